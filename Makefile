@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Re-install whenever pyproject.toml changes: the stamp is named by its hash.
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+# Releases that lie on this machine's disk; aarch64 gets the CPU build that exists there.
+ifeq ($(shell uname -m),aarch64)
+TORCH := torch==2.9.1 torchvision==0.24.1
+else
+TORCH := torch==2.14.1 torchvision==0.29.1
+endif
+export RAY_AUTH_MODE := disabled
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[all,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/tevid-hpo demo
+
+test: venv
+	$(PY) -m pytest -q -m "not slow" --timeout=900 $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m experiments.bench_overhead
+
+clean-venv:
+	rm -rf $(VENV)

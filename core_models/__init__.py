@@ -1,0 +1,1 @@
+"""Models that read internal-state videos: DYNAMICS-MAE, TEViD, the EDL head, metrics and baselines."""

@@ -1,0 +1,1 @@
+"""Entry points that produce the project's measured results (``python -m experiments.NAME``)."""

@@ -1,0 +1,41 @@
+"""Writing measured results into ``docs/results.md``: each experiment owns one marked section,
+replaced in place on every rerun, stamped with the command, seed, config and date.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> doc = pathlib.Path(tempfile.mkdtemp()) / "results.md"
+    >>> write_section("demo", "| a |\\n|---|\\n| 1 |", command="python -m x", path=doc)
+    >>> "BEGIN demo" in doc.read_text()
+    True
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+_HEADER = "# Measured results\n\nEvery section below is written by the command it names; rerun it to refresh.\n"
+
+
+def provenance(command: str, **config: object) -> str:
+    """One line naming how a result was produced."""
+    cfg = ", ".join(f"{k}={v}" for k, v in config.items())
+    host = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    date = _dt.date.today().isoformat()
+    return f"_Command: `{command}`{'; ' + cfg if cfg else ''}; {host}; {date}._"
+
+
+def write_section(name: str, body: str, command: str, path: Path = RESULTS, **config: object) -> Path:
+    """Replace (or append) the section ``name`` of the results file with ``body``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else _HEADER
+    block = f"<!-- BEGIN {name} -->\n{body.rstrip()}\n\n{provenance(command, **config)}\n<!-- END {name} -->"
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path

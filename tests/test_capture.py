@@ -1,0 +1,241 @@
+"""StateCapture across architecture families: layer choice, frame shape, gradients, cleanup."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from data_factory.capture import StateCapture, candidate_layers, pick_depths
+from data_factory.frames import FrameEncoder, reduce_to_map
+
+S = 16
+
+
+class GRUClassifier(nn.Module):
+    def __init__(self, vocab: int = 20, dim: int = 16, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.gru = nn.GRU(dim, dim)  # seq-first on purpose: layout handling is under test
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(self.embed(tokens).transpose(0, 1))
+        return self.head(out[-1])
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab: int = 30, dim: int = 16, layers: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, nhead=2, dim_feedforward=32, batch_first=True,
+                                           dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1])
+        return self.head(self.encoder(self.embed(tokens), mask=mask, is_causal=True))
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                         nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def with_random_head(model: nn.Module) -> nn.Module:
+    # timm zero-initialises the Mixer head, so no gradient reaches any block on step 0.
+    nn.init.normal_(model.head.weight, std=0.02)
+    return model
+
+
+def image_batch():
+    return torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+
+
+def image_loss(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def lm_batch():
+    return torch.randint(0, 30, (4, 12)), None
+
+
+def lm_loss(model, batch):
+    tokens, _ = batch
+    logits = model(tokens[:, :-1])
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+CASES = {
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), image_batch, image_loss),
+    "vit": (lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=4,
+                                      num_classes=10), image_batch, image_loss),
+    "mixer": (lambda: with_random_head(timm.models.mlp_mixer.MlpMixer(
+        img_size=32, patch_size=8, num_blocks=4, embed_dim=32, num_classes=10)), image_batch, image_loss),
+    "convnext": (lambda: timm.models.convnext.ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64),
+                                                       num_classes=10), image_batch, image_loss),
+    "mlp": (mlp, lambda: (torch.randn(4, 10), torch.randint(0, 3, (4,))), image_loss),
+    "transformer_lm": (TinyLM, lm_batch, lm_loss),
+    "gru": (GRUClassifier, lambda: (torch.randint(0, 20, (4, 7)), torch.randint(0, 3, (4,))),
+            image_loss),
+}
+
+
+def execution_order(model: nn.Module, batch, loss_fn) -> list[str]:
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n) if n not in order else None)
+               for n, m in model.named_modules()]
+    loss_fn(model, batch)
+    for h in handles:
+        h.remove()
+    return order
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_capture_three_layers_in_depth_order(name):
+    torch.manual_seed(0)
+    build, make_batch, loss_fn = CASES[name]
+    model = build()
+    before = hook_count(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    frames = []
+    with StateCapture(model, every=2, frame_size=S, stats=True) as cap:
+        for _ in range(5):
+            loss = loss_fn(model, make_batch())
+            opt.zero_grad()
+            loss.backward()
+            frame = cap.step()
+            opt.step()
+            if frame is not None:
+                frames.append(frame)
+    assert [f.step for f in frames] == [0, 2, 4]
+    assert len(set(cap.layers)) == 3
+    order = execution_order(model, make_batch(), loss_fn)
+    positions = [order.index(n) for n in cap.layers]
+    assert positions == sorted(positions), (cap.layers, positions)
+    for f in frames:
+        assert tuple(f.tensor.shape) == (6, S, S) and f.tensor.dtype == torch.bfloat16
+        assert f.finite and torch.isfinite(f.tensor.float()).all()
+        assert f.layers == cap.layers
+        for i in range(3):
+            assert f.stats[f"grad{i}_rms"] > 0, f"no gradient reached {cap.layers[i]}"
+            assert f.stats[f"act{i}_rms"] > 0
+    # Later frames are normalised against the first: gradient channels carry signal.
+    assert frames[-1].tensor[3:].float().abs().sum() > 0
+    assert hook_count(model) == before
+
+
+def test_residual_adapters_hook_branch_before_skip():
+    assert [p.name for p in candidate_layers(torchvision.models.resnet18())][0] == "layer1.0.bn2"
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=4)
+    assert [p.name for p in candidate_layers(vit)] == [f"blocks.{i}.attn" for i in range(4)]
+    lm = TinyLM()
+    assert [p.name for p in candidate_layers(lm)] == [f"encoder.layers.{i}.dropout1" for i in range(4)]
+
+
+def test_explicit_layers_and_errors():
+    model = mlp()
+    with StateCapture(model, every=1, layers=["0", "2", "6"], frame_size=8) as cap:
+        nn.functional.cross_entropy(model(torch.randn(3, 10)), torch.zeros(3, dtype=torch.long)).backward()
+        assert cap.step() is not None
+    assert cap.layers == ("0", "2", "6")
+    with pytest.raises(ValueError, match="no module named"):
+        StateCapture(model, layers=["0", "2", "nope"]).__enter__()
+    with pytest.raises(ValueError, match="exactly 3"):
+        StateCapture(model, layers=["0"])
+    with pytest.raises(ValueError, match="capturable"):
+        StateCapture(nn.Linear(3, 3)).__enter__()
+
+
+def test_non_capture_steps_do_no_tensor_work(monkeypatch):
+    import data_factory.capture as capture
+
+    calls = []
+    real = capture.summarise
+    monkeypatch.setattr(capture, "summarise", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = mlp()
+    with StateCapture(model, every=3, frame_size=8) as cap:
+        for step in range(6):
+            nn.functional.cross_entropy(model(torch.randn(3, 10)), torch.zeros(3, dtype=torch.long)).backward()
+            n = len(calls)
+            cap.step()
+            if step in (1, 2, 4, 5):
+                assert len(calls) == n == calls_at_last_capture
+            calls_at_last_capture = len(calls)
+
+
+def test_frame_produced_when_activations_blow_up():
+    model = mlp()
+    with torch.no_grad():
+        model[0].weight.fill_(1e38)  # first layer output overflows to inf, later layers NaN
+    with StateCapture(model, every=1, frame_size=8) as cap:
+        out = model(torch.ones(3, 10))
+        nn.functional.cross_entropy(out, torch.zeros(3, dtype=torch.long)).backward()
+        frame = cap.step()
+    assert frame is not None and not frame.finite
+    assert torch.isfinite(frame.tensor.float()).all()
+    assert frame.tensor.float().abs().max() == FrameEncoder().clip
+
+
+def test_eval_passes_do_not_overwrite_training_capture():
+    model = mlp()
+    with StateCapture(model, every=1, frame_size=8, stats=True) as cap:
+        x = torch.randn(3, 10)
+        nn.functional.cross_entropy(model(x), torch.zeros(3, dtype=torch.long)).backward()
+        with torch.no_grad():
+            model(torch.full((3, 10), 1e6))
+        frame = cap.step()
+    assert frame.finite and frame.stats["act0_rms"] < 1e4
+
+
+def test_state_dict_resumes_step_and_layers():
+    model = mlp()
+    with StateCapture(model, every=2, frame_size=8) as cap:
+        for _ in range(3):
+            nn.functional.cross_entropy(model(torch.randn(3, 10)), torch.zeros(3, dtype=torch.long)).backward()
+            cap.step()
+    state = cap.state_dict()
+    resumed = StateCapture(model, every=2, frame_size=8)
+    resumed.load_state_dict(state)
+    with resumed:
+        nn.functional.cross_entropy(model(torch.randn(3, 10)), torch.zeros(3, dtype=torch.long)).backward()
+        assert resumed.step() is None  # step 3: not a capture step
+        nn.functional.cross_entropy(model(torch.randn(3, 10)), torch.zeros(3, dtype=torch.long)).backward()
+        frame = resumed.step()
+    assert frame.step == 4 and resumed.layers == cap.layers
+
+
+def test_pick_depths_and_layouts():
+    assert pick_depths(4) == [1, 2, 3]
+    assert pick_depths(100) == [25, 50, 75]
+    with pytest.raises(ValueError):
+        pick_depths(2)
+    assert reduce_to_map(torch.ones(2, 64, 5)).shape == (8, 8)          # sequence
+    assert reduce_to_map(torch.ones(2, 50, 5)).shape == (7, 7)          # 49 tokens + CLS
+    assert reduce_to_map(torch.ones(2, 10)).shape == (4, 4)             # vector, padded
+    assert reduce_to_map(torch.ones(12, 2, 5), batch_first=False).shape == (4, 4)
+    m = reduce_to_map(torch.full((2, 3, 4, 4), 2.0))
+    assert torch.allclose(m, torch.full((4, 4), math.log(2.0)), atol=1e-5)
+
+
+def test_encoder_normalisation_is_causal_and_frozen():
+    enc = FrameEncoder(frame_size=4, warmup=2)
+    maps = [torch.randn(4, 4) for _ in range(6)]
+    enc.encode_maps(maps)
+    enc.encode_maps([m + 1 for m in maps])
+    assert enc.frozen
+    probe, _ = enc.encode_maps(maps)
+    enc2 = FrameEncoder(frame_size=4, warmup=2)
+    enc2.load_state_dict(enc.state_dict())
+    assert torch.equal(enc2.encode_maps(maps)[0], probe)

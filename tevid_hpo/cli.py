@@ -1,0 +1,72 @@
+"""The ``tevid-hpo`` command line.
+
+Example:
+    $ tevid-hpo --help
+    $ tevid-hpo demo
+    $ tevid-hpo show tevid_runs/capture-demo/runs/diverging-sgd-lr20 --gif
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from data_factory.store import RunStoreError, load_run
+    from tevid_hpo.render import render_gif, render_strip
+
+    try:
+        run = load_run(args.run_dir)
+        frames = list(run.frames)
+    except RunStoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.run_dir) / ("video.gif" if args.gif else "video.png")
+    if args.gif:
+        render_gif(frames, out, max_frames=args.max_frames)
+    else:
+        render_strip(frames, out, max_frames=args.max_frames, title=run.run_id)
+    print(out)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tevid_hpo.capture_demo import run_capture_demo
+
+    run_capture_demo(args.out, epochs=args.epochs)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="tevid-hpo",
+        description="Diagnosis-driven pruning for hyperparameter search: capture internal-state "
+                    "videos of training runs and stop doomed trials early.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train two small runs (healthy, diverging), capture and render them")
+    demo.add_argument("--out", default="tevid_runs/capture-demo", help="output directory")
+    demo.add_argument("--epochs", type=int, default=6)
+    demo.set_defaults(func=_cmd_demo)
+
+    show = sub.add_parser("show", help="render a stored run's internal-state video (PNG or GIF)")
+    show.add_argument("run_dir", help="a run directory written by RunStore")
+    show.add_argument("--out", help="output file (default RUN_DIR/video.png or .gif)")
+    show.add_argument("--gif", action="store_true", help="write an animated GIF instead of a PNG strip")
+    show.add_argument("--max-frames", type=int, default=16, help="frames shown (sampled evenly)")
+    show.set_defaults(func=_cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tevid-hpo`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
