@@ -1,1 +1,14 @@
-"""tevid-hpo."""
+"""tevid-hpo: diagnosis-driven pruning for hyperparameter search and NAS.
+
+Example:
+    >>> from tevid_hpo import LABELS, CostModel
+    >>> LABELS[-1], CostModel().c_md
+    ('Unknown', 10.0)
+"""
+
+from data_factory.labels import LABELS
+from tevid_hpo.cost import CostModel
+from tevid_hpo.diagnostician import Diagnosis, Diagnostician
+
+__all__ = ["LABELS", "CostModel", "Diagnosis", "Diagnostician"]
+__version__ = "0.1.0"

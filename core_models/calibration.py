@@ -1,0 +1,367 @@
+"""Post-hoc calibration on the validation split (Section 4.3, Appendix E.1).
+
+Three things are chosen once on validation predictions and frozen in the checkpoint config:
+
+* the temperature ``T`` of the evidence logits (:func:`fit_temperature`, minimum NLL of
+  ``p = α/S``);
+* the abstention threshold ``tau_u``: a diagnosis with vacuity ``u > tau_u`` is *Unknown*
+  (:func:`fit_abstention_threshold`; 0.35 as in the paper unless a risk/coverage target is given);
+* per-class alert thresholds ``tau_c`` for the rule "``k = 3`` consecutive non-abstained
+  predictions with ``p_c ≥ tau_c``" (:class:`ConsecutiveAlert`), set so that at most 5 % of
+  healthy validation runs ever raise an alert (:func:`fit_class_thresholds`).
+
+Everything here is a pure function of numpy arrays, so it is tested on constructed cases and can
+be reused for any model that outputs Dirichlet probabilities and a vacuity.
+
+Example:
+    >>> import numpy as np
+    >>> rule = ConsecutiveAlert({"Instability": 0.6}, tau_u=0.35)
+    >>> p = np.array([0.1, 0.05, 0.7, 0.1, 0.05])
+    >>> [rule.update(p, vacuity=0.2) for _ in range(3)]
+    [None, None, 'Instability']
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from data_factory.labels import HEALTHY, KNOWN_LABELS
+
+__all__ = [
+    "ALERT_LABELS",
+    "DEFAULT_TAU_C",
+    "DEFAULT_TAU_U",
+    "Calibration",
+    "ConsecutiveAlert",
+    "RunPredictions",
+    "calibrate",
+    "evidential_probs",
+    "false_alarm_rate",
+    "first_alert",
+    "fit_abstention_threshold",
+    "fit_class_thresholds",
+    "fit_temperature",
+    "run_alert_scores",
+]
+
+#: Classes that can raise an alert: every known class except Healthy (a healthy confirmation
+#: is not an alarm).
+ALERT_LABELS: tuple[str, ...] = tuple(c for c in KNOWN_LABELS if c != HEALTHY)
+#: Paper Section 4.3: ``u > 0.35`` abstains.
+DEFAULT_TAU_U = 0.35
+#: Appendix E.1: an alert needs calibrated probability above 0.9 (used until calibrated).
+DEFAULT_TAU_C = 0.9
+
+
+@dataclass
+class Calibration:
+    """The frozen post-hoc parameters of a diagnostician (stored in the checkpoint JSON).
+
+    Example:
+        >>> c = Calibration()
+        >>> Calibration.from_dict(c.to_dict()) == c, c.tau_u, c.consecutive
+        (True, 0.35, 3)
+    """
+
+    temperature: float = 1.0
+    tau_u: float = DEFAULT_TAU_U
+    tau_c: dict[str, float] = field(default_factory=lambda: {c: DEFAULT_TAU_C
+                                                             for c in ALERT_LABELS})
+    consecutive: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": float(self.temperature), "tau_u": float(self.tau_u),
+                "tau_c": {k: float(v) for k, v in self.tau_c.items()},
+                "consecutive": int(self.consecutive)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
+        default = cls()
+        return cls(temperature=float(d.get("temperature", default.temperature)),
+                   tau_u=float(d.get("tau_u", default.tau_u)),
+                   tau_c={k: float(v) for k, v in d.get("tau_c", default.tau_c).items()},
+                   consecutive=int(d.get("consecutive", default.consecutive)))
+
+
+@dataclass
+class RunPredictions:
+    """One validation run's streaming predictions.
+
+    Attributes:
+        probs: ``(T, K)`` calibrated class probabilities per diagnostic step (head order).
+        vacuity: ``(T,)`` vacuity per step.
+        label: the run's ground-truth label (e.g. ``"Healthy"``).
+    """
+
+    probs: np.ndarray
+    vacuity: np.ndarray
+    label: str
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, label: str, temperature: float = 1.0
+                    ) -> RunPredictions:
+        """Build from raw evidence logits ``(T, K)`` with temperature ``T`` applied."""
+        probs, vacuity = evidential_probs(logits, temperature)
+        return cls(probs=probs, vacuity=vacuity, label=label)
+
+
+def evidential_probs(logits: np.ndarray, temperature: float = 1.0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy twin of :func:`core_models.edl.evidential_output`: ``(probs, vacuity)``.
+
+    Example:
+        >>> p, u = evidential_probs(np.zeros((1, 5)))
+        >>> p.round(2).tolist(), round(float(u[0]), 3)
+        ([[0.2, 0.2, 0.2, 0.2, 0.2]], 0.591)
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    alpha = np.logaddexp(0.0, logits / temperature) + 1.0
+    strength = alpha.sum(axis=-1, keepdims=True)
+    return alpha / strength, logits.shape[-1] / strength[..., 0]
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray,
+                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature minimising the mean NLL ``−log p_y`` of the Dirichlet mean on validation clips.
+
+    Clips whose label is not a known class index (``< 0`` or ``≥ K``, e.g. Unknown) are ignored.
+    The search is over ``log T`` within ``bounds`` (bounded Brent).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.integers(0, 3, 400)
+        >>> logits = 40.0 * np.eye(3)[y] + rng.normal(0, 30, (400, 3))  # confidently wrong often
+        >>> fit_temperature(logits, y) > 1.0     # softened
+        True
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    keep = (labels >= 0) & (labels < logits.shape[1])
+    if not keep.any():
+        warnings.warn("fit_temperature: no known-class clips; keeping T=1", stacklevel=2)
+        return 1.0
+    z, y = logits[keep], labels[keep].astype(int)
+
+    def nll(log_t: float) -> float:
+        probs, _ = evidential_probs(z, math.exp(log_t))
+        return float(-np.log(probs[np.arange(len(y)), y]).mean())
+
+    res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])),
+                          method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(res.x))
+
+
+def fit_abstention_threshold(vacuity: np.ndarray, correct: np.ndarray | None = None, *,
+                             max_risk: float | None = None, min_coverage: float | None = None,
+                             default: float = DEFAULT_TAU_U) -> float:
+    """Choose ``tau_u`` (abstain when ``u > tau_u``) on validation clips.
+
+    * ``max_risk``: the largest threshold (= highest coverage) whose selective risk, the error
+      rate among non-abstained clips, is at most ``max_risk``. Encode clips of unknown/novel
+      families as ``correct=False``: answering them with a known class is an error.
+    * ``min_coverage``: the smallest threshold keeping at least that fraction of clips.
+    * neither: ``default`` (the paper's 0.35).
+
+    Example:
+        >>> u = np.array([0.1, 0.2, 0.3, 0.6, 0.8])
+        >>> ok = np.array([True, True, True, False, False])
+        >>> fit_abstention_threshold(u, ok, max_risk=0.0)
+        0.3
+        >>> fit_abstention_threshold(u, min_coverage=0.8)
+        0.6
+    """
+    if max_risk is not None and min_coverage is not None:
+        raise ValueError("give max_risk or min_coverage, not both")
+    if max_risk is None and min_coverage is None:
+        return float(default)
+    u = np.asarray(vacuity, dtype=np.float64)
+    if u.size == 0:
+        warnings.warn("fit_abstention_threshold: no clips; using the default", stacklevel=2)
+        return float(default)
+    order = np.argsort(u, kind="stable")
+    u_sorted = u[order]
+    if min_coverage is not None:
+        idx = max(0, math.ceil(min_coverage * len(u)) - 1)
+        return float(u_sorted[min(idx, len(u) - 1)])
+    if correct is None:
+        raise ValueError("max_risk needs `correct`")
+    errors = np.cumsum(~np.asarray(correct, dtype=bool)[order])
+    covered = np.arange(1, len(u) + 1)
+    last_of_tie = np.r_[u_sorted[1:] != u_sorted[:-1], True]   # thresholds sit on distinct values
+    ok = last_of_tie & (errors / covered <= max_risk)
+    if not ok.any():
+        warnings.warn(f"no threshold reaches selective risk <= {max_risk}; abstaining on all",
+                      stacklevel=2)
+        return float(np.nextafter(u_sorted[0], -np.inf))
+    return float(u_sorted[np.flatnonzero(ok)[-1]])
+
+
+class ConsecutiveAlert:
+    """Streaming alert rule: class ``c`` is confirmed after ``k`` consecutive predictions that
+    are not abstained (``u ≤ tau_u``) and have ``p_c ≥ tau_c``.
+
+    An abstained step, or one with ``p_c < tau_c``, resets ``c``'s streak. When several classes
+    are confirmed at once (only possible with ``tau_c < 0.5``), the most probable one is
+    returned. :meth:`update` returns the confirmed class at this step (it stays confirmed while
+    its streak continues), else ``None``.
+
+    Args:
+        tau_c: threshold per alert class; classes absent from it never alert.
+        tau_u: abstention threshold.
+        labels: class names in head order.
+        k: consecutive confirmations needed (paper: 3).
+    """
+
+    def __init__(self, tau_c: Mapping[str, float], tau_u: float = DEFAULT_TAU_U,
+                 labels: Sequence[str] = KNOWN_LABELS, k: int = 3) -> None:
+        unknown = set(tau_c) - set(labels)
+        if unknown:
+            raise ValueError(f"tau_c names classes not in labels: {sorted(unknown)}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.labels, self.tau_u, self.k = tuple(labels), float(tau_u), int(k)
+        self._index = [self.labels.index(c) for c in tau_c]
+        self._names = list(tau_c)
+        self._tau = np.array([tau_c[c] for c in tau_c], dtype=np.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all streaks (new run)."""
+        self.streaks = np.zeros(len(self._names), dtype=np.int64)
+
+    def update(self, probs: Sequence[float] | np.ndarray, vacuity: float) -> str | None:
+        """Feed one diagnosis; returns the confirmed alert class or ``None``."""
+        p = np.asarray(probs, dtype=np.float64)[self._index]
+        hit = (p >= self._tau) if vacuity <= self.tau_u else np.zeros(len(p), dtype=bool)
+        self.streaks = np.where(hit, self.streaks + 1, 0)
+        confirmed = np.flatnonzero(self.streaks >= self.k)
+        if confirmed.size == 0:
+            return None
+        return self._names[int(confirmed[np.argmax(p[confirmed])])]
+
+
+def first_alert(probs: np.ndarray, vacuity: np.ndarray, tau_c: Mapping[str, float],
+                tau_u: float = DEFAULT_TAU_U, labels: Sequence[str] = KNOWN_LABELS, k: int = 3
+                ) -> tuple[int, str] | None:
+    """Step index and class of the first confirmed alert of one run, or ``None``.
+
+    Example:
+        >>> p = np.tile([0.05, 0.05, 0.8, 0.05, 0.05], (5, 1))
+        >>> first_alert(p, np.array([0.1, 0.5, 0.1, 0.1, 0.1]), {"Instability": 0.7})
+        (4, 'Instability')
+    """
+    rule = ConsecutiveAlert(tau_c, tau_u, labels, k)
+    for t, (p, u) in enumerate(zip(np.asarray(probs), np.asarray(vacuity))):
+        alert = rule.update(p, float(u))
+        if alert is not None:
+            return t, alert
+    return None
+
+
+def run_alert_scores(probs: np.ndarray, vacuity: np.ndarray, tau_u: float = DEFAULT_TAU_U,
+                     k: int = 3) -> np.ndarray:
+    """For each class, the largest ``tau_c`` at which the run would raise an alert.
+
+    That is ``max over windows of k consecutive non-abstained steps of min p_c`` (``-inf`` when
+    the run has no such window): class ``c`` alerts in this run iff ``tau_c ≤ score_c``.
+
+    Example:
+        >>> p = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.95, 0.05]])
+        >>> run_alert_scores(p, np.full(4, 0.1), k=3).tolist()
+        [0.6, 0.1]
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    valid = np.asarray(vacuity, dtype=np.float64) <= tau_u
+    if len(p) < k:
+        return np.full(p.shape[1], -np.inf)
+    q = np.where(valid[:, None], p, -np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(q, k, axis=0)   # (T-k+1, K, k)
+    return windows.min(axis=-1).max(axis=0)
+
+
+def false_alarm_rate(runs: Iterable[RunPredictions], tau_c: Mapping[str, float],
+                     tau_u: float = DEFAULT_TAU_U, labels: Sequence[str] = KNOWN_LABELS,
+                     k: int = 3, healthy: str = HEALTHY) -> float:
+    """Fraction of healthy runs in which any alert class is ever confirmed (NaN if none)."""
+    healthy_runs = [r for r in runs if r.label == healthy]
+    if not healthy_runs:
+        return float("nan")
+    alarms = sum(first_alert(r.probs, r.vacuity, tau_c, tau_u, labels, k) is not None
+                 for r in healthy_runs)
+    return alarms / len(healthy_runs)
+
+
+def fit_class_thresholds(runs: Sequence[RunPredictions], tau_u: float = DEFAULT_TAU_U,
+                         target_far: float = 0.05, labels: Sequence[str] = KNOWN_LABELS,
+                         alert_labels: Sequence[str] = ALERT_LABELS, k: int = 3,
+                         floor: float = 0.5, default: float = DEFAULT_TAU_C,
+                         healthy: str = HEALTHY) -> dict[str, float]:
+    """Per-class ``tau_c`` with run-level false-alarm rate ``≤ target_far`` on healthy runs.
+
+    Each class gets the same budget of ``b`` healthy runs it may alarm on (its threshold sits
+    just above the ``(b+1)``-th largest :func:`run_alert_scores` value, never below ``floor``);
+    ``b`` is the largest budget whose *union* of alarms over all classes stays within
+    ``target_far``. Thresholds therefore adapt to how each class behaves on healthy runs
+    (class-specific, as in Section 4.3) while the guarantee is on the overall rate. Only
+    healthy runs enter; with none, every class gets ``default`` (0.9, Appendix E.1).
+
+    Example:
+        >>> calm = RunPredictions(np.tile([0.9, 0.02, 0.04, 0.02, 0.02], (6, 1)), np.full(6, .1),
+        ...                       "Healthy")
+        >>> noisy = RunPredictions(np.tile([0.3, 0.02, 0.64, 0.02, 0.02], (6, 1)), np.full(6, .1),
+        ...                        "Healthy")
+        >>> tau = fit_class_thresholds([calm] * 19 + [noisy] * 1, target_far=0.0)
+        >>> tau["Instability"] > 0.64, false_alarm_rate([calm] * 19 + [noisy], tau)
+        (True, 0.0)
+    """
+    healthy_runs = [r for r in runs if r.label == healthy]
+    if not healthy_runs:
+        warnings.warn("fit_class_thresholds: no healthy validation runs; using defaults",
+                      stacklevel=2)
+        return {c: float(default) for c in alert_labels}
+    idx = [list(labels).index(c) for c in alert_labels]
+    scores = np.stack([run_alert_scores(r.probs, r.vacuity, tau_u, k)[idx]
+                       for r in healthy_runs])                               # (runs, classes)
+    n = len(healthy_runs)
+    allowed = math.floor(target_far * n + 1e-9)
+    ranked = -np.sort(-scores, axis=0)                                       # descending
+    for budget in range(n, -1, -1):
+        if budget >= n:
+            tau = np.full(len(idx), floor)
+        else:
+            tau = np.maximum(np.nextafter(ranked[budget], np.inf), floor)
+        if int((scores >= tau).any(axis=1).sum()) <= allowed:
+            return {c: float(min(t, 1.0)) for c, t in zip(alert_labels, tau)}
+    raise AssertionError("unreachable: budget 0 never alarms")  # pragma: no cover
+
+
+def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
+              runs: Sequence[tuple[np.ndarray, str]], *, target_far: float = 0.05,
+              max_risk: float | None = None, min_coverage: float | None = None,
+              labels: Sequence[str] = KNOWN_LABELS, k: int = 3) -> Calibration:
+    """All three steps in order on validation data.
+
+    Args:
+        clip_logits: ``(N, K)`` evidence logits of validation clips (uncalibrated, ``T=1``).
+        clip_labels: ``(N,)`` class indices; ``-1`` (or ``≥ K``) marks Unknown-family clips.
+        runs: per validation run, ``(logits (T, K), run label)`` of its streaming diagnoses.
+        target_far: run-level false-alarm budget on healthy runs.
+        max_risk, min_coverage: optional target for ``tau_u`` (else 0.35).
+    """
+    clip_logits = np.asarray(clip_logits, dtype=np.float64)
+    clip_labels = np.asarray(clip_labels)
+    temperature = fit_temperature(clip_logits, clip_labels)
+    probs, vacuity = evidential_probs(clip_logits, temperature)
+    correct = probs.argmax(axis=1) == clip_labels            # Unknown clips are never correct
+    tau_u = fit_abstention_threshold(vacuity, correct, max_risk=max_risk,
+                                     min_coverage=min_coverage)
+    run_preds = [RunPredictions.from_logits(z, lab, temperature) for z, lab in runs]
+    tau_c = fit_class_thresholds(run_preds, tau_u, target_far, labels, k=k)
+    return Calibration(temperature=temperature, tau_u=tau_u, tau_c=tau_c, consecutive=k)

@@ -1,0 +1,167 @@
+"""Blocks shared by DYNAMICS-MAE and TEViD: input normalisation, tubelet embedding, pos-embed.
+
+Both models read clips ``B×T×6×S×S`` through the same three modules with the same parameter
+names, which is what lets :meth:`core_models.tevid.TEViD.load_mae_encoder` copy a pretrained
+encoder by name.
+
+Example:
+    >>> import torch
+    >>> from core_models.layers import TubeletEmbed, SpaceTimePosEmbed
+    >>> emb = TubeletEmbed(in_chans=6, embed_dim=32, patch_size=4, tubelet_t=2)
+    >>> tokens = emb(torch.randn(2, 4, 6, 16, 16))
+    >>> tuple(tokens.shape)                     # B, slots, patches per slot, dim
+    (2, 2, 16, 32)
+    >>> tuple(SpaceTimePosEmbed(2, 4, 32)(tokens).shape)
+    (2, 2, 16, 32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from timm.layers import build_sincos2d_pos_embed, trunc_normal_
+from torch import nn
+
+__all__ = [
+    "InputNorm",
+    "SpaceTimePosEmbed",
+    "TubeletEmbed",
+    "check_clip_shape",
+    "drop_path_rates",
+    "init_vit_weights",
+    "sincos_1d",
+]
+
+
+class InputNorm(nn.Module):
+    """Make any clip safe to feed: NaN/±inf → finite, per-channel affine normalisation, clamp.
+
+    Divergence is exactly what the diagnostician must see, so non-finite inputs saturate to the
+    clamp value (NaN and +inf → ``+clip``, −inf → ``−clip``, as the frame encoder does) instead
+    of raising. ``mean``/``std`` are buffers (saved with the weights, mirrored in the checkpoint
+    JSON); they default to the identity because frames are already normalised per run.
+
+    Example:
+        >>> import torch
+        >>> norm = InputNorm(in_chans=1, clip=5.0)
+        >>> norm(torch.tensor([float("nan"), -float("inf"), 2.0]).view(1, 1, 3, 1, 1)).flatten()
+        tensor([ 5., -5.,  2.])
+    """
+
+    def __init__(self, in_chans: int = 6, clip: float = 10.0,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.clip = float(clip)
+        self.register_buffer("mean", torch.zeros(in_chans) if mean is None
+                             else torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.ones(in_chans) if std is None
+                             else torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """``clips``: ``B×T×C×S×S`` (any float dtype) → float32 of the same shape."""
+        x = clips.float()
+        x = torch.nan_to_num(x, nan=self.clip, posinf=self.clip, neginf=-self.clip)
+        x = (x - self.mean.view(1, 1, -1, 1, 1)) / self.std.view(1, 1, -1, 1, 1)
+        return x.clamp(-self.clip, self.clip)
+
+    def to_config(self) -> dict[str, object]:
+        """JSON mirror of the normalisation (stored in checkpoint configs)."""
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip}
+
+
+class TubeletEmbed(nn.Module):
+    """VideoMAE tubelet embedding: a Conv3d with kernel = stride = ``(tubelet_t, p, p)``.
+
+    timm's ``PatchEmbed`` is 2-D only, hence this module. Output keeps time and space apart
+    (``B×T'×N×D`` with ``T' = T/tubelet_t`` slots and ``N = (S/p)²`` patches) because TEViD
+    attends along each axis separately; DYNAMICS-MAE flattens it.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, tubelet_t: int = 2) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.tubelet_t = tubelet_t
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(tubelet_t, patch_size, patch_size),
+                              stride=(tubelet_t, patch_size, patch_size))
+        # MAE: initialise like nn.Linear (xavier on the flattened kernel), not like a conv.
+        w = self.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """``clips``: ``B×T×C×S×S`` → tokens ``B×T'×N×D`` (row-major patches)."""
+        x = self.proj(rearrange(clips, "b t c h w -> b c t h w"))
+        return rearrange(x, "b d t h w -> b t (h w) d")
+
+
+def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 1-D sin-cos embedding ``(length, dim)`` (the time half of the space-time pos-embed).
+
+    Example:
+        >>> sincos_1d(5, 8).shape
+        torch.Size([5, 8])
+    """
+    if dim % 2:
+        raise ValueError(f"dim must be even, got {dim}")
+    omega = 1.0 / temperature ** (torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+    pos = torch.arange(length, dtype=torch.float32)[:, None] * omega[None]
+    return torch.cat([pos.sin(), pos.cos()], dim=1)
+
+
+class SpaceTimePosEmbed(nn.Module):
+    """Separable position embedding: ``spatial[n] + temporal[t]`` added to ``B×T'×N×D`` tokens.
+
+    Separable is what TimeSformer does (learned spatial ``pos_embed`` + ``time_embed``) and it
+    lets the same module serve both models. ``learnable=False`` gives fixed sin-cos tables
+    (2-D for space via ``timm.layers.build_sincos2d_pos_embed``, 1-D for time), kept as
+    non-persistent buffers because they follow from the shape alone.
+    """
+
+    def __init__(self, num_slots: int, grid_size: int, dim: int, learnable: bool = False) -> None:
+        super().__init__()
+        self.learnable = learnable
+        if learnable:
+            self.spatial = nn.Parameter(torch.zeros(1, 1, grid_size * grid_size, dim))
+            self.temporal = nn.Parameter(torch.zeros(1, num_slots, 1, dim))
+            trunc_normal_(self.spatial, std=0.02)
+            trunc_normal_(self.temporal, std=0.02)
+        else:
+            spatial = build_sincos2d_pos_embed([grid_size, grid_size], dim=dim)
+            self.register_buffer("spatial", spatial.view(1, 1, -1, dim), persistent=False)
+            self.register_buffer("temporal", sincos_1d(num_slots, dim).view(1, num_slots, 1, dim),
+                                 persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Add the embedding to ``B×T'×N×D`` tokens."""
+        return tokens + self.spatial + self.temporal
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """timm/MAE initialisation: truncated-normal Linear weights, unit LayerNorm, zero biases.
+
+    Use as ``model.apply(init_vit_weights)``; Conv3d and parameters set elsewhere are untouched.
+    """
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def drop_path_rates(drop_path: float, depth: int) -> list[float]:
+    """Stochastic-depth rate per block, linearly increasing to ``drop_path`` (timm convention)."""
+    if depth <= 1:
+        return [drop_path] * depth
+    return [drop_path * i / (depth - 1) for i in range(depth)]
+
+
+def check_clip_shape(clips: torch.Tensor, window: int, in_chans: int, frame_size: int) -> None:
+    """Fail early with shapes in the message instead of deep inside a Conv3d."""
+    if clips.dim() != 5 or tuple(clips.shape[1:]) != (window, in_chans, frame_size, frame_size):
+        raise ValueError(f"expected clips of shape (B, {window}, {in_chans}, {frame_size}, "
+                         f"{frame_size}), got {tuple(clips.shape)}")
+

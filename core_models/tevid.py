@@ -1,0 +1,224 @@
+"""TEViD: a divided space–time video transformer with an evidential head (Section 4.3, App. D).
+
+Clips ``B×W×6×S×S`` become tubelet tokens ``B×T'×N×D`` (the embedding DYNAMICS-MAE pretrains)
+plus one [CLS] token. Each block follows TimeSformer's divided attention:
+
+1. temporal attention over ``(b n) t d`` — every patch location attends across time slots;
+   its output goes through ``temporal_fc`` (zero-initialised, so a fresh block starts as the
+   identity in time);
+2. spatial attention over ``(b t) (1+n) d`` — [CLS] is repeated into every slot as an anchor,
+   attends with that slot's patches, and its per-slot outputs are averaged back into one token;
+3. an MLP on all tokens.
+
+The [CLS] token (after the final LayerNorm) feeds a linear evidence head; see
+:mod:`core_models.edl` for how evidence becomes probabilities and vacuity.
+
+Example:
+    >>> import torch
+    >>> from core_models.tevid import TEViD
+    >>> model = TEViD("tiny").eval()
+    >>> out = model(torch.randn(3, 4, 6, 16, 16))
+    >>> tuple(out.probs.shape), bool(torch.allclose(out.vacuity, 5 / out.alpha.sum(-1)))
+    ((3, 5), True)
+    >>> tuple(model.embed(torch.randn(3, 4, 6, 16, 16)).shape)
+    (3, 32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange, reduce, repeat
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers.attention import Attention
+from torch import nn
+
+from core_models.edl import EvidentialOutput, evidential_output
+from core_models.layers import (
+    InputNorm,
+    SpaceTimePosEmbed,
+    TubeletEmbed,
+    check_clip_shape,
+    drop_path_rates,
+    init_vit_weights,
+)
+from core_models.profiles import Profile, get_profile
+from data_factory.labels import KNOWN_LABELS
+
+__all__ = ["CHANNEL_SETS", "DividedSpaceTimeBlock", "TEViD"]
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+#: Which frame channels each ``channels`` option keeps (Table 12 ablation): activations are
+#: channels 0–2, gradients 3–5 (``data_factory.frames.CHANNELS``).
+CHANNEL_SETS: dict[str, tuple[int, ...]] = {"both": (0, 1, 2, 3, 4, 5), "act": (0, 1, 2),
+                                            "grad": (3, 4, 5)}
+
+
+class DividedSpaceTimeBlock(nn.Module):
+    """TimeSformer's divided space–time block on ``([CLS] B×1×D, tokens B×T×N×D)``.
+
+    Parameter names of the spatial half (``norm1``, ``attn``, ``norm2``, ``mlp``) match
+    ``timm``'s ``Block`` so a DYNAMICS-MAE block loads into it by name.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.temporal_norm = LayerNorm(dim)
+        self.temporal_attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
+        self.temporal_fc = nn.Linear(dim, dim)
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t = x.shape[:2]
+        # Temporal: each patch location attends over the time slots. [CLS] sits out (as in
+        # TimeSformer): it has no single location and collects time through the spatial step.
+        xt = self.temporal_attn(self.temporal_norm(rearrange(x, "b t n d -> (b n) t d")))
+        x = x + self.drop_path(self.temporal_fc(rearrange(xt, "(b n) t d -> b t n d", b=b)))
+        # Spatial: per slot, [CLS] joins as an anchor; its T copies are averaged back.
+        xs = torch.cat([repeat(cls, "b 1 d -> (b t) 1 d", t=t),
+                        rearrange(x, "b t n d -> (b t) n d")], dim=1)
+        xs = self.attn(self.norm1(xs))
+        cls = cls + self.drop_path(reduce(xs[:, :1], "(b t) 1 d -> b 1 d", "mean", b=b))
+        x = x + self.drop_path(rearrange(xs[:, 1:], "(b t) n d -> b t n d", b=b))
+        # MLP on every token, [CLS] included.
+        tokens = torch.cat([cls, x.flatten(1, 2)], dim=1)
+        tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
+        return tokens[:, :1], tokens[:, 1:].view_as(x)
+
+
+class TEViD(nn.Module):
+    """Temporal Vision Diagnostician: clips of ``W`` frames → evidential class prediction.
+
+    Args:
+        profile: profile name, :class:`~core_models.profiles.Profile` or its dict.
+        num_classes: known classes ``K`` (default: the 5 of :data:`KNOWN_LABELS`).
+        channels: ``"both"``, ``"act"`` or ``"grad"``: the others are zeroed after
+            normalisation (the Table 12 ablation).
+        temperature: evidence-logit temperature ``T`` (set by calibration; 1 while training).
+    """
+
+    def __init__(self, profile: str | Profile | Mapping[str, Any] = "cpu",
+                 num_classes: int = len(KNOWN_LABELS), channels: str = "both",
+                 temperature: float = 1.0) -> None:
+        super().__init__()
+        if channels not in CHANNEL_SETS:
+            raise ValueError(f"channels must be one of {sorted(CHANNEL_SETS)}, got {channels!r}")
+        p = self.profile = get_profile(profile)
+        self.num_classes, self.channels, self.temperature = num_classes, channels, float(temperature)
+        dim = p.embed_dim
+        keep = torch.zeros(p.in_chans)
+        keep[list(CHANNEL_SETS[channels])] = 1.0
+        self.register_buffer("channel_mask", keep.view(1, 1, -1, 1, 1), persistent=False)
+
+        self.input_norm = InputNorm(p.in_chans, p.input_clip)
+        self.patch_embed = TubeletEmbed(p.in_chans, dim, p.patch_size, p.tubelet_t)
+        self.pos_embed = SpaceTimePosEmbed(p.num_slots, p.grid_size, dim, p.pos_embed == "learned")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList([
+            DividedSpaceTimeBlock(dim, p.num_heads, p.mlp_ratio, drop_path=r)
+            for r in drop_path_rates(p.drop_path, p.depth)])
+        self.norm = LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+        self.apply(init_vit_weights)
+        trunc_normal_(self.cls_token, std=0.02)
+        # TimeSformer: every block but the first starts with a silent temporal branch.
+        for i, blk in enumerate(self.blocks):
+            if i > 0:
+                nn.init.zeros_(blk.temporal_fc.weight)
+                nn.init.zeros_(blk.temporal_fc.bias)
+
+    def embed(self, clips: torch.Tensor) -> torch.Tensor:
+        """Final-normalised [CLS] embedding ``B×D`` (used by the Embedding-CPD baseline).
+
+        Example:
+            >>> import torch
+            >>> TEViD("tiny").embed(torch.zeros(1, 4, 6, 16, 16)).shape
+            torch.Size([1, 32])
+        """
+        p = self.profile
+        check_clip_shape(clips, p.window, p.in_chans, p.frame_size)
+        x = self.input_norm(clips) * self.channel_mask
+        x = self.pos_embed(self.patch_embed(x))
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        for blk in self.blocks:
+            cls, x = blk(cls, x)
+        return self.norm(cls[:, 0])
+
+    def forward(self, clips: torch.Tensor, temperature: float | None = None) -> EvidentialOutput:
+        """``clips`` ``B×W×6×S×S`` → :class:`EvidentialOutput` (``temperature`` overrides ``T``)."""
+        logits = self.head(self.embed(clips))
+        return evidential_output(logits, self.temperature if temperature is None else temperature)
+
+    @torch.no_grad()
+    def load_mae_encoder(self, state: Mapping[str, torch.Tensor] | nn.Module | str | Path
+                         ) -> list[str]:
+        """Initialise the encoder from a DYNAMICS-MAE state dict, module or checkpoint path.
+
+        Input normalisation, tubelet embedding, pos-embed, [CLS] and the final norm are copied by
+        name. Each MAE block's attention/MLP become the *spatial* half of the divided block; as in
+        TimeSformer the temporal attention starts as a copy of that attention and
+        ``temporal_fc`` is zeroed, so at initialisation every slot is encoded exactly as the MAE
+        encoder would encode it alone. The decoder is ignored; the head stays random.
+
+        Returns:
+            The TEViD parameter/buffer names that were set.
+
+        Example:
+            >>> from core_models.mae import DynamicsMAE
+            >>> tevid = TEViD("tiny")
+            >>> "blocks.0.attn.qkv.weight" in tevid.load_mae_encoder(DynamicsMAE("tiny"))
+            True
+        """
+        if isinstance(state, (str, Path)):
+            from core_models.checkpoint import load_checkpoint
+            state, _ = load_checkpoint(state)
+        elif isinstance(state, nn.Module):
+            state = state.state_dict()
+        own = self.state_dict()
+        updates: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if key.startswith(("decoder", "mask_token")) or key not in own:
+                continue
+            updates[key] = value
+            if key.startswith("blocks.") and (".attn." in key or ".norm1." in key):
+                twin = key.replace(".attn.", ".temporal_attn.").replace(".norm1.", ".temporal_norm.")
+                updates[twin] = value
+        for i in range(len(self.blocks)):
+            for name in ("weight", "bias"):
+                updates[f"blocks.{i}.temporal_fc.{name}"] = torch.zeros_like(
+                    own[f"blocks.{i}.temporal_fc.{name}"])
+        expected = [k for k in own if not k.startswith("head.") and ".temporal_fc." not in k]
+        missing = [k for k in expected if k not in updates]
+        if missing:
+            raise KeyError(f"MAE state lacks encoder weights for {missing[:5]} "
+                           f"(different profile/depth?)")
+        for key, value in updates.items():
+            if own[key].shape != value.shape:
+                raise ValueError(f"shape mismatch for {key}: MAE {tuple(value.shape)} vs "
+                                 f"TEViD {tuple(own[key].shape)}")
+            own[key].copy_(value)
+        return sorted(updates)
+
+    def config(self) -> dict[str, Any]:
+        """JSON config that :meth:`from_config` rebuilds the architecture from."""
+        return {"kind": "tevid", "profile": self.profile.to_dict(),
+                "num_classes": self.num_classes, "channels": self.channels,
+                "temperature": self.temperature, "normalization": self.input_norm.to_config()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TEViD:
+        """Build an (untrained) model from :meth:`config` output or a checkpoint config."""
+        return cls(config["profile"], num_classes=int(config.get("num_classes", len(KNOWN_LABELS))),
+                   channels=config.get("channels", "both"),
+                   temperature=float(config.get("temperature", 1.0)))

@@ -1,0 +1,252 @@
+"""Streaming Diagnostician, its checkpoint format, and the calibration functions."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import tevid_hpo.diagnostician as diag_mod
+from core_models.calibration import (
+    ALERT_LABELS,
+    Calibration,
+    ConsecutiveAlert,
+    RunPredictions,
+    calibrate,
+    evidential_probs,
+    false_alarm_rate,
+    first_alert,
+    fit_abstention_threshold,
+    fit_class_thresholds,
+    fit_temperature,
+    run_alert_scores,
+)
+from core_models.profiles import get_profile
+from core_models.tevid import TEViD
+from data_factory.frames import Frame
+from data_factory.labels import INSTABILITY, KNOWN_LABELS, LABELS, UNKNOWN
+from tevid_hpo.diagnostician import Diagnosis, Diagnostician
+
+TINY = get_profile("tiny")
+S = TINY.frame_size
+
+
+def frames(n: int, seed: int = 0, start: int = 0) -> list[Frame]:
+    g = torch.Generator().manual_seed(seed)
+    return [Frame(torch.randn(6, S, S, generator=g).to(torch.bfloat16), step=(start + i) * 10,
+                  epoch=(start + i) // 4) for i in range(n)]
+
+
+def diagnostician(**calib) -> Diagnostician:
+    torch.manual_seed(0)
+    return Diagnostician(TEViD("tiny"), Calibration(**calib), device="cpu")
+
+
+def biased(logit_bias: list[float], **calib) -> Diagnostician:
+    """A diagnostician whose head ignores the input and emits fixed evidence logits."""
+    d = diagnostician(**calib)
+    torch.nn.init.zeros_(d.model.head.weight)
+    d.model.head.bias.data = torch.tensor(logit_bias)
+    return d
+
+
+# ----------------------------------------------------------------------------- streaming
+def test_diagnosis_fields_and_labels():
+    d = diagnostician()
+    out = d.update(frames(1)[0])
+    assert isinstance(out, Diagnosis)
+    assert out.step == 0 and out.epoch == 0 and set(out.probs) == set(KNOWN_LABELS)
+    assert sum(out.probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert out.label in LABELS and out.confidence == pytest.approx(max(out.probs.values()))
+    assert d.labels == LABELS
+    json.dumps(out.to_dict())                                   # JSON-able for trial attrs
+
+
+def test_streaming_diagnosis_at_t_ignores_later_frames():
+    base = frames(9, seed=1)
+    other = base[:5] + frames(4, seed=2, start=5)               # same up to t=4, then different
+    a, b = diagnostician(), diagnostician()
+    da = [a.update(f) for f in base]
+    db = [b.update(f) for f in other]
+    assert da[:5] == db[:5]
+    assert da[5].probs != db[5].probs
+
+
+def test_window_is_the_last_w_frames_left_padded_with_the_first():
+    d = diagnostician()
+    fs = frames(7, seed=3)
+    model = d.model
+
+    def direct(window: list[Frame]) -> float:
+        clip = torch.stack([f.tensor.float() for f in window])[None]
+        with torch.no_grad():
+            return float(model(clip).vacuity[0])
+
+    first = d.update(fs[0])
+    assert first.vacuity == pytest.approx(direct([fs[0]] * TINY.window), abs=1e-6)
+    second = d.update(fs[1])
+    assert second.vacuity == pytest.approx(direct([fs[0]] * 3 + [fs[1]]), abs=1e-6)
+    for f in fs[2:]:
+        last = d.update(f)
+    assert last.vacuity == pytest.approx(direct(fs[-TINY.window:]), abs=1e-6)
+    d.reset()
+    assert d.update(fs[0]) == first
+
+
+def test_alert_needs_three_consecutive_confident_predictions():
+    d = biased([-10.0, -10.0, 80.0, -10.0, -10.0])              # always confident Instability
+    f = frames(5)
+    outs = [d.update(x) for x in f]
+    assert [o.label for o in outs] == [INSTABILITY] * 5
+    assert [o.alert for o in outs] == [None, None, INSTABILITY, INSTABILITY, INSTABILITY]
+    assert d.first_alert == (20, INSTABILITY)
+
+
+def test_high_vacuity_abstains_to_unknown_and_never_alerts():
+    d = biased([-10.0] * 5)                                     # no evidence at all
+    outs = [d.update(x) for x in frames(5)]
+    assert all(o.label == UNKNOWN and o.abstained and o.alert is None for o in outs)
+    assert outs[0].vacuity > 0.99
+
+
+def test_healthy_confirmations_are_not_alerts():
+    d = biased([30.0, -10.0, -10.0, -10.0, -10.0])
+    assert all(d.update(x).alert is None for x in frames(5))
+
+
+def test_non_finite_frames_are_clamped_and_flagged():
+    d = diagnostician()
+    bad = torch.full((6, S, S), float("nan"))
+    bad[0, 0, 0] = float("inf")
+    bad[1, 0, 0] = -float("inf")
+    out = d.update(Frame(bad.to(torch.bfloat16), step=0))
+    assert not out.finite and np.isfinite(out.vacuity)
+    assert all(np.isfinite(v) for v in out.probs.values())
+    assert d.update(torch.zeros(6, S, S)).finite                # bare tensors work too
+    with pytest.raises(ValueError):
+        d.update(torch.zeros(6, S + 1, S + 1))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_save_pretrained_round_trip_identical_and_never_unpickles(tmp_path, monkeypatch):
+    calib = Calibration(temperature=1.3, tau_u=0.5,
+                        tau_c={c: 0.7 + 0.05 * i for i, c in enumerate(ALERT_LABELS)})
+    d = diagnostician(**calib.to_dict())
+    path = d.save_pretrained(tmp_path / "ckpt", corpus_hash="abc", split_hash="def",
+                             val_metrics={"auprc": 0.5})
+    cfg = json.loads((tmp_path / "ckpt.json").read_text())
+    for key in ("profile", "labels", "temperature", "tau_u", "tau_c", "corpus_hash", "split_hash",
+                "created", "val_metrics", "normalization", "consecutive"):
+        assert key in cfg, key
+    assert cfg["labels"] == list(KNOWN_LABELS) and cfg["tau_u"] == 0.5
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    loaded = Diagnostician.from_pretrained(path, device="cpu")
+    assert loaded.calibration == d.calibration and loaded.model.temperature == pytest.approx(1.3)
+    assert loaded.metadata["corpus_hash"] == "abc"
+    for f in frames(6, seed=4):
+        assert loaded.update(f) == d.update(f)
+    # A directory holding default.* loads too.
+    d.save_pretrained(tmp_path / "pkg" / "default")
+    assert Diagnostician.from_pretrained(tmp_path / "pkg", device="cpu").window == TINY.window
+
+
+def test_from_pretrained_default_missing_names_path_and_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(diag_mod, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "default")
+    with pytest.raises(FileNotFoundError, match="make pipeline") as err:
+        Diagnostician.from_pretrained()
+    assert "default.safetensors" in str(err.value)
+    # Once something is there, the default loads.
+    diagnostician().save_pretrained(tmp_path / "checkpoints" / "default")
+    assert Diagnostician.from_pretrained(device="cpu").profile == TINY
+
+
+def test_from_pretrained_profile_name_warns_untrained():
+    with pytest.warns(UserWarning, match="UNTRAINED"):
+        d = Diagnostician.from_pretrained("tiny", device="cpu")
+    assert d.window == TINY.window
+
+
+# ----------------------------------------------------------------------------- calibration
+def test_consecutive_rule_resets_on_abstention_and_low_probability():
+    rule = ConsecutiveAlert({INSTABILITY: 0.6}, tau_u=0.35)
+    hi = np.array([0.1, 0.05, 0.7, 0.1, 0.05])
+    lo = np.array([0.5, 0.05, 0.3, 0.1, 0.05])
+    seq = [(hi, 0.1), (hi, 0.1), (hi, 0.5),                     # 3rd abstains: streak broken
+           (hi, 0.1), (lo, 0.1),                                # low p: broken again
+           (hi, 0.1), (hi, 0.1), (hi, 0.1), (hi, 0.1)]
+    assert [rule.update(p, u) for p, u in seq] == [None] * 7 + [INSTABILITY] * 2
+    probs = np.stack([p for p, _ in seq])
+    vac = np.array([u for _, u in seq])
+    assert first_alert(probs, vac, {INSTABILITY: 0.6}) == (7, INSTABILITY)
+    assert run_alert_scores(probs, vac)[2] == pytest.approx(0.7)
+
+
+def test_fit_temperature_recovers_the_generating_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 6, (4000, 5))
+    probs, _ = evidential_probs(logits, 3.0)
+    labels = np.array([rng.choice(5, p=p) for p in probs])
+    labels[:50] = -1                                             # Unknown clips are ignored
+    assert fit_temperature(logits, labels) == pytest.approx(3.0, rel=0.15)
+
+
+def test_fit_abstention_threshold_cases():
+    u = np.array([0.05, 0.1, 0.2, 0.3, 0.5, 0.9])
+    correct = np.array([True, True, False, True, False, False])
+    assert fit_abstention_threshold(u, correct) == 0.35                     # paper default
+    assert fit_abstention_threshold(u, correct, max_risk=0.0) == 0.1
+    assert fit_abstention_threshold(u, correct, max_risk=0.25) == 0.3       # 1 error in 4
+    assert fit_abstention_threshold(u, min_coverage=0.5) == 0.2
+    with pytest.warns(UserWarning):
+        tau = fit_abstention_threshold(u, np.zeros(6, bool), max_risk=0.0)
+    assert (u > tau).all()                                                  # abstain on all
+
+
+def _run(p_instability: float, n: int = 12, label: str = "Healthy", seed: int = 0
+         ) -> RunPredictions:
+    rng = np.random.default_rng(seed)
+    p_inst = np.clip(p_instability + rng.normal(0, 0.02, n), 0.01, 0.97)
+    probs = np.zeros((n, 5))
+    probs[:, 2] = p_inst
+    probs[:, 0] = 1 - p_inst - 0.03
+    probs[:, [1, 3, 4]] = 0.01
+    return RunPredictions(probs, np.full(n, 0.1), label)
+
+
+def test_class_thresholds_meet_the_false_alarm_budget_and_are_tight():
+    runs = [_run(0.2 + 0.7 * i / 39, seed=i) for i in range(40)]            # healthy, graded
+    runs += [_run(0.95, label=INSTABILITY, seed=99)]                       # ignored by the fit
+    tau = fit_class_thresholds(runs, tau_u=0.35, target_far=0.05)
+    assert set(tau) == set(ALERT_LABELS)
+    far = false_alarm_rate(runs, tau, tau_u=0.35)
+    assert far <= 0.05
+    healthy = [r for r in runs if r.label == "Healthy"]
+    assert sum(first_alert(r.probs, r.vacuity, tau) is not None for r in healthy) == 2   # 5 % of 40
+    lower = dict(tau, **{INSTABILITY: tau[INSTABILITY] - 0.02})
+    assert false_alarm_rate(runs, lower) > 0.05                             # tight
+    assert tau[ALERT_LABELS[0]] == 0.5                                      # floor when quiet
+    with pytest.warns(UserWarning):
+        assert fit_class_thresholds([_run(0.9, label=INSTABILITY)]) == {
+            c: 0.9 for c in ALERT_LABELS}
+
+
+def test_calibrate_end_to_end_on_constructed_predictions():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 300)
+    logits = 4.0 * np.eye(5)[y] + rng.normal(0, 1, (300, 5))
+    runs = [(rng.normal(0, 1, (10, 5)) + 3.0 * np.eye(5)[0], "Healthy") for _ in range(20)]
+    cal = calibrate(logits, y, runs, target_far=0.05)
+    assert cal.temperature > 0 and cal.tau_u == 0.35 and cal.consecutive == 3
+    healthy = [RunPredictions.from_logits(z, lab, cal.temperature) for z, lab in runs]
+    assert false_alarm_rate(healthy, cal.tau_c, cal.tau_u) <= 0.05
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal

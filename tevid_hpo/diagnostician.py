@@ -1,0 +1,262 @@
+"""Streaming diagnosis of one training run from its internal-state frames (Section 4.3, App. E.1).
+
+:class:`Diagnostician` keeps the last ``W`` frames in a ring buffer and, at every
+:meth:`~Diagnostician.update`, runs TEViD on them and returns a :class:`Diagnosis`: calibrated
+class probabilities, vacuity, the label (``"Unknown"`` when the vacuity exceeds ``tau_u``) and an
+alert once a class has been confirmed by 3 consecutive non-abstained predictions with
+``p_c ≥ tau_c``. Everything it uses is in the past: the diagnosis at step ``t`` depends only on
+frames up to ``t``.
+
+Before ``W`` frames have arrived the window is left-padded by repeating the *first* frame of the
+run, so the first diagnoses see a "static" history instead of zeros the model never saw in
+training; early diagnoses are correspondingly uninformed (and usually abstain).
+
+Example:
+    >>> import tempfile, torch, warnings
+    >>> from data_factory.frames import Frame
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")             # "untrained model" warning
+    ...     diag = Diagnostician.from_pretrained("tiny", device="cpu")
+    >>> d = diag.update(Frame(torch.zeros(6, 16, 16, dtype=torch.bfloat16), step=10, epoch=0))
+    >>> d.step, sorted(d.probs) == sorted(diag.known_labels), d.alert
+    (10, True, None)
+    >>> path = diag.save_pretrained(f"{tempfile.mkdtemp()}/mine")
+    >>> Diagnostician.from_pretrained(path, device="cpu").window
+    4
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core_models.calibration import Calibration, ConsecutiveAlert
+from core_models.checkpoint import (
+    checkpoint_paths,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
+from core_models.profiles import PROFILES, Profile
+from core_models.tevid import TEViD
+from data_factory.frames import Frame
+from data_factory.labels import KNOWN_LABELS, LABELS, UNKNOWN
+
+__all__ = ["DEFAULT_CHECKPOINT", "LABELS", "Diagnosis", "Diagnostician"]
+
+#: Stem of the checkpoint shipped with the package (``default.safetensors`` + ``default.json``).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One streaming diagnosis.
+
+    Attributes:
+        step: optimisation step of the newest frame in the window.
+        epoch: its epoch (``None`` when the loop has no epochs).
+        probs: calibrated expected probability per known class (``α_c / S``).
+        vacuity: ``K / S``; above ``tau_u`` the diagnosis abstains.
+        label: argmax class, or ``"Unknown"`` when abstained.
+        alert: the class confirmed by the consecutive rule at this step, else ``None``
+            (Healthy never alerts).
+        confidence: probability of the most likely known class (also when abstained).
+        abstained: ``vacuity > tau_u``.
+        finite: ``False`` when the newest frame held NaN/inf (clamped before the model saw it).
+    """
+
+    step: int
+    epoch: int | None
+    probs: dict[str, float]
+    vacuity: float
+    label: str
+    alert: str | None
+    confidence: float
+    abstained: bool = False
+    finite: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (for Optuna user attrs, Ray Tune result dicts, logs)."""
+        return asdict(self)
+
+
+class Diagnostician:
+    """Causal, streaming TEViD diagnostician for one run at a time.
+
+    Args:
+        model: a (trained) :class:`~core_models.tevid.TEViD`.
+        calibration: temperature, ``tau_u``, ``tau_c`` and the consecutive count ``k``
+            (defaults: ``T=1``, 0.35, 0.9, 3).
+        labels: known class names in head order.
+        metadata: provenance stored in saved checkpoints (corpus/split hash, validation
+            metrics, …).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, …
+
+    Use :meth:`from_pretrained` to get the shipped default, a saved checkpoint, or an untrained
+    model of a named profile.
+    """
+
+    def __init__(self, model: TEViD, calibration: Calibration | None = None,
+                 labels: Sequence[str] = KNOWN_LABELS, metadata: Mapping[str, Any] | None = None,
+                 device: str | torch.device = "auto") -> None:
+        if len(labels) != model.num_classes:
+            raise ValueError(f"{len(labels)} labels for a head with {model.num_classes} outputs")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.calibration = calibration or Calibration()
+        self.model.temperature = float(self.calibration.temperature)
+        self.known_labels: tuple[str, ...] = tuple(labels)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        #: The checkpoint this was loaded from and its full JSON config (``None`` if built).
+        self.source: Path | None = None
+        self.source_config: dict[str, Any] | None = None
+        self._rule = ConsecutiveAlert(
+            {c: t for c, t in self.calibration.tau_c.items() if c in self.known_labels},
+            self.calibration.tau_u, self.known_labels, self.calibration.consecutive)
+        self.reset()
+
+    # ------------------------------------------------------------------ streaming
+    @property
+    def profile(self) -> Profile:
+        """The model's profile (frame size, window, cadence)."""
+        return self.model.profile
+
+    @property
+    def window(self) -> int:
+        """Frames per diagnosis ``W``."""
+        return self.profile.window
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Every label a diagnosis can carry: the known classes then ``"Unknown"``."""
+        return self.known_labels + (UNKNOWN,)
+
+    def reset(self) -> None:
+        """Forget the buffered frames, alert streaks and latched alert (start of a new run)."""
+        self._frames: deque[torch.Tensor] = deque(maxlen=self.window)
+        self._updates = 0
+        self._rule.reset()
+        self.first_alert: tuple[int, str] | None = None
+        self.last: Diagnosis | None = None
+
+    def update(self, frame: Frame | torch.Tensor, step: int | None = None,
+               epoch: int | None = None) -> Diagnosis:
+        """Add the newest frame and diagnose the window ending at it.
+
+        Args:
+            frame: a :class:`~data_factory.frames.Frame` or a bare ``(6, S, S)`` tensor.
+            step, epoch: override the frame's (for bare tensors ``step`` defaults to the
+                number of earlier updates).
+        """
+        if isinstance(frame, Frame):
+            tensor, finite = frame.tensor, frame.finite
+            step = frame.step if step is None else step
+            epoch = frame.epoch if epoch is None else epoch
+        else:
+            tensor, finite = frame, True
+            step = self._updates if step is None else step
+        p = self.profile
+        if tuple(tensor.shape) != (p.in_chans, p.frame_size, p.frame_size):
+            raise ValueError(f"frame of shape {tuple(tensor.shape)} does not match profile "
+                             f"{p.name!r} ({p.in_chans}, {p.frame_size}, {p.frame_size})")
+        x = tensor.detach().to(self.device, torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            finite = False
+            clip = self.model.input_norm.clip  # the same saturation the model applies
+            x = torch.nan_to_num(x, nan=clip, posinf=clip, neginf=-clip)
+        if not self._frames:
+            self._frames.extend([x] * self.window)   # left-pad with the first frame
+        else:
+            self._frames.append(x)
+        self._updates += 1
+
+        with torch.inference_mode():
+            out = self.model(torch.stack(tuple(self._frames))[None])
+        probs = out.probs[0].tolist()
+        vacuity = float(out.vacuity[0])
+        abstained = vacuity > self.calibration.tau_u
+        best = max(range(len(probs)), key=probs.__getitem__)
+        alert = self._rule.update(probs, vacuity)
+        if alert is not None and self.first_alert is None:
+            self.first_alert = (int(step), alert)
+        self.last = Diagnosis(
+            step=int(step), epoch=epoch, probs=dict(zip(self.known_labels, probs)),
+            vacuity=vacuity, label=UNKNOWN if abstained else self.known_labels[best],
+            alert=alert, confidence=probs[best], abstained=abstained, finite=finite)
+        return self.last
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """The checkpoint JSON: architecture, labels, calibration, provenance."""
+        return {**self.model.config(), "labels": list(self.known_labels),
+                **self.calibration.to_dict(),
+                "corpus_hash": None, "split_hash": None, "val_metrics": {},
+                **self.metadata,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def save_pretrained(self, path: str | os.PathLike[str], **metadata: Any) -> Path:
+        """Write ``path.safetensors`` + ``path.json``; ``metadata`` adds/overrides provenance
+        keys (``corpus_hash``, ``split_hash``, ``val_metrics``, …). Returns the weights path."""
+        self.metadata.update(metadata)
+        return save_checkpoint(path, self.model.state_dict(), self.config())
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None,
+                        device: str | torch.device = "auto") -> Diagnostician:
+        """Load a diagnostician.
+
+        Args:
+            name_or_path: ``None`` for the default checkpoint shipped in
+                ``tevid_hpo/checkpoints/``; a checkpoint stem/file or a directory holding
+                ``default.*`` or ``model.*``; or a profile name (``"cpu"``, ``"paper"``,
+                ``"tiny"``), which builds an *untrained* model and warns.
+            device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, …
+
+        Raises:
+            FileNotFoundError: no checkpoint where expected (the message says how to make one).
+        """
+        if name_or_path is None:
+            weights, cfg = checkpoint_paths(DEFAULT_CHECKPOINT)
+            if not (weights.is_file() and cfg.is_file()):
+                raise FileNotFoundError(
+                    f"no default TEViD checkpoint at {weights} (+ {cfg.name}). It is produced by "
+                    "`make pipeline` (corpus -> labels -> pretrain -> finetune -> calibrate); "
+                    "or pass a checkpoint path, or a profile name "
+                    f"({', '.join(sorted(PROFILES))}) for an untrained model.")
+            return cls._load(DEFAULT_CHECKPOINT, device)
+        if isinstance(name_or_path, str) and name_or_path in PROFILES and not Path(
+                name_or_path).exists():
+            warnings.warn(f"Diagnostician.from_pretrained({name_or_path!r}) builds an UNTRAINED "
+                          "model: its diagnoses are meaningless until it is trained.",
+                          UserWarning, stacklevel=2)
+            return cls(TEViD(name_or_path), device=device,
+                       metadata={"trained": False, "profile_name": name_or_path})
+        path = Path(name_or_path)
+        if path.is_dir():
+            for stem in ("default", "model"):
+                if checkpoint_paths(path / stem)[0].is_file():
+                    return cls._load(path / stem, device)
+            raise FileNotFoundError(f"no default.safetensors or model.safetensors in {path}")
+        return cls._load(path, device)
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike[str], device: str | torch.device) -> Diagnostician:
+        tensors, config = load_checkpoint(path)
+        if config.get("kind") != "tevid":
+            raise ValueError(f"{path} is a {config.get('kind')!r} checkpoint, not a TEViD one")
+        model = TEViD.from_config(config)
+        model.load_state_dict(tensors, strict=True)
+        skip = {"format", "kind", "profile", "num_classes", "channels", "normalization", "labels",
+                "temperature", "tau_u", "tau_c", "consecutive", "created"}
+        diag = cls(model, Calibration.from_dict(config), config.get("labels", KNOWN_LABELS),
+                   metadata={k: v for k, v in config.items() if k not in skip}, device=device)
+        diag.source, diag.source_config = checkpoint_paths(path)[0], config
+        return diag
