@@ -1,0 +1,336 @@
+"""One factory run: train a registry model on a registry data set under an intervention,
+capture its internal-state video and store everything the labelers and models need.
+
+What is stored, and who may read it:
+
+* ``frames.safetensors`` — the internal-state video: what TEViD reads (plus raw per-layer
+  summaries, ``stats``, for the Stats-GBDT / rules baselines).
+* ``steps.csv`` — per step ``step, epoch, loss, lr, grad_norm`` (causal, non-privileged) and
+  ``lyapunov`` (privileged: the Algorithm 1 proxy, NaN where not probed).
+* ``epochs.csv`` — per epoch ``train_loss, train_acc, val_loss, val_acc`` (+ ``val_ppl`` for
+  language models, ``primary_acc`` on the original task after a task switch,
+  ``clean_acc``/``poisoned_acc`` for concept-bias runs). Validation curves are privileged for TEViD, which never sees them.
+* ``arrays.safetensors`` — per-sample probe correctness for the forgetting (McNemar) and concept
+  bias (logistic regression) rules.
+* ``meta.json`` — the run spec, the intervention record, ``privileged_columns``, timings.
+
+Example:
+    >>> import tempfile
+    >>> from data_factory.store import RunStore
+    >>> spec = RunSpec("demo", "train", "cnn", "digits", "adamw", "healthy", seed=0, epochs=1)
+    >>> row = execute_run(spec, RunStore(tempfile.mkdtemp()))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_factory.architectures import ARCHITECTURES, build_model
+from data_factory.capture import StateCapture
+from data_factory.datasets import DATASETS, TensorData, load_dataset
+from data_factory.interventions import ConceptBias, Forgetting, Plan, add_shortcut, make_intervention
+from data_factory.optimizers import OPTIMIZERS, build_optimizer
+from data_factory.store import RunStore
+
+logger = logging.getLogger(__name__)
+
+PRIVILEGED_STEP_COLUMNS: tuple[str, ...] = ("lyapunov",)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one factory run (same spec + same seed → same run).
+
+    Attributes:
+        run_id: unique name; also the run's directory name.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        arch, dataset, optimizer: registry names.
+        intervention: an :data:`~data_factory.interventions.INTERVENTIONS` kind.
+        seed: seeds model init, data order and the intervention's draws.
+        epochs: base epoch count (interventions may change it).
+        batch_size: mini-batch size.
+        every: capture cadence in steps; frame_size: frame side ``S``.
+        lyapunov_every, lyapunov_horizon: a window of ``horizon`` consecutive probed steps starts
+            every ``lyapunov_every`` steps (0 disables the probe).
+        severity, start_step: fix the intervention's draws (``None`` draws them).
+    """
+
+    run_id: str
+    split: str
+    arch: str
+    dataset: str
+    optimizer: str
+    intervention: str
+    seed: int = 0
+    epochs: int = 16
+    batch_size: int = 32
+    every: int = 10
+    frame_size: int = 32
+    lyapunov_every: int = 100
+    lyapunov_horizon: int = 10
+    severity: float | None = None
+    start_step: int | None = None
+    data_seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(name: str, seed: int) -> TensorData:
+    # Every run of a data set shares one split; loading is deterministic, so caching is safe.
+    return load_dataset(name, seed=seed)
+
+
+def _run_seed(spec: RunSpec) -> int:
+    digest = hashlib.sha256(f"{spec.run_id}:{spec.seed}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if logits.dim() == 3:  # language model: B×L×V against B×L
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    return nn.functional.cross_entropy(logits, y)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256
+              ) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and per-sample correctness (per token for language models)."""
+    was_training = model.training
+    model.eval()
+    losses, correct = [], []
+    for i in range(0, len(x), batch):
+        logits = model(x[i:i + batch])
+        losses.append(_loss(logits, y[i:i + batch]).item() * len(x[i:i + batch]))
+        correct.append((logits.argmax(-1) == y[i:i + batch]).reshape(-1))
+    model.train(was_training)
+    right = torch.cat(correct)
+    return sum(losses) / len(x), right.float().mean().item(), right
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if x.dim() != 4:
+        return x + 0.02 * torch.randn(x.shape, generator=gen) if x.is_floating_point() else x
+    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+    return torch.roll(x, shifts=(dx, dy), dims=(2, 3)) + 0.05 * torch.randn(x.shape, generator=gen)
+
+
+def _lr_at(step: int, plan: Plan, total: int) -> float:
+    if step < plan.warmup_steps:
+        return plan.lr * (step + 1) / plan.warmup_steps
+    progress = (step - plan.warmup_steps) / max(1, total - plan.warmup_steps)
+    return plan.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _bias_probe(data: TensorData, modality: str, rng: np.random.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation inputs with a shortcut that matches the true class on half of them and a
+    different class on the other half; returns ``(inputs, indicator)``."""
+    y = data.y_val
+    agree = torch.from_numpy(rng.random(len(y)) < 0.5)
+    other = (y + torch.from_numpy(rng.integers(1, data.num_classes, len(y)))) % data.num_classes
+    marks = torch.where(agree, y, other)
+    return add_shortcut(data.x_val.clone(), marks, modality), agree
+
+
+def execute_run(spec: RunSpec, store: RunStore, overwrite: bool = False) -> dict[str, Any]:
+    """Run ``spec`` and publish it in ``store``; returns a summary row for the corpus index.
+
+    Exceptions inside training are caught: nothing is published and the row says
+    ``status="failed"`` with the error, so a corpus build goes on.
+    """
+    start = time.perf_counter()
+    row: dict[str, Any] = {"run_id": spec.run_id, "split": spec.split, "arch": spec.arch,
+                           "dataset": spec.dataset, "optimizer": spec.optimizer,
+                           "intervention": spec.intervention, "seed": spec.seed}
+    try:
+        row.update(_train(spec, store, overwrite))
+        row["status"] = "ok"
+    except Exception as err:  # a crashing run must not stop the corpus
+        logger.error("run %s failed: %s", spec.run_id, err)
+        row.update(status="failed", error=f"{type(err).__name__}: {err}",
+                   traceback=traceback.format_exc(limit=5))
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    return row
+
+
+def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
+    arch, dset, opt_spec = ARCHITECTURES[spec.arch], DATASETS[spec.dataset], OPTIMIZERS[spec.optimizer]
+    if arch.modality != dset.modality and not (arch.modality == "tabular" and dset.modality == "image"):
+        raise ValueError(f"{spec.arch} ({arch.modality}) cannot train on {spec.dataset} ({dset.modality})")
+    modality = dset.modality
+    seed = _run_seed(spec)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    data = _dataset(spec.dataset, spec.data_seed)
+    base = Plan(lr=opt_spec.reference_lr, epochs=spec.epochs, batch_size=spec.batch_size,
+                augment=modality == "image")
+    n_full = len(data.y_train)
+    steps_full = math.ceil(n_full / base.batch_size)
+    iv = make_intervention(spec.intervention, rng, total_steps=steps_full * base.epochs,
+                           severity=spec.severity, start_step=spec.start_step)
+    if modality not in iv.modalities:
+        raise ValueError(f"intervention {iv.kind} is not defined for {modality} data")
+    plan = iv.hparams(base)
+    data = iv.prepare(data, modality)
+    n_train = max(plan.batch_size, int(round(plan.train_fraction * n_full)))
+    subset = torch.from_numpy(rng.permutation(n_full)[:n_train])
+    x_train, y_train = data.x_train[subset], data.y_train[subset]
+    # An epoch is always n_full samples: a small subset is cycled (several passes per epoch), so
+    # memorisation gets as many optimisation steps as a healthy run gets data.
+    steps_per_epoch = math.ceil(n_full / plan.batch_size)
+    total_steps = steps_per_epoch * plan.epochs
+    switch_epoch = None
+    if isinstance(iv, Forgetting):
+        # the task switch happens at an epoch boundary so "primary accuracy before/after" is clean
+        lo = max(1, min(3, plan.epochs - 2))  # at least one epoch before, some epochs after
+        switch_epoch = int(np.clip(round(iv.start_step / steps_per_epoch), lo, max(lo, plan.epochs - 6)))
+        iv.start_step = switch_epoch * steps_per_epoch
+
+    input_shape = tuple(data.x_train.shape[1:])
+    model = build_model(spec.arch, input_shape, data.num_classes)
+    optimizer = build_optimizer(spec.optimizer, model.parameters(), lr=plan.lr,
+                                weight_decay=plan.weight_decay)
+    probe = _make_probe(spec, model, optimizer)
+    # Every image/tabular run gets the shortcut probe: runs trained clean are the rule's negatives.
+    bias_inputs = _bias_probe(data, modality, rng) if modality != "text" else None
+
+    meta = {**{k: v for k, v in asdict(spec).items() if k not in ("severity", "start_step")},
+            "arch_family": arch.family, "modality": modality, "input_shape": list(input_shape),
+            "num_classes": data.num_classes, "intervention": iv.describe(), "novel": iv.novel,
+            "plan": asdict(plan), "n_train": n_train, "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps, "task_switch_epoch": switch_epoch,
+            "params": sum(p.numel() for p in model.parameters()),
+            "privileged_columns": list(PRIVILEGED_STEP_COLUMNS),
+            "lyapunov": probe is not None}
+    with store.create(spec.run_id, meta, overwrite=overwrite) as writer, \
+            StateCapture(model, every=spec.every, frame_size=spec.frame_size, stats=True) as cap:
+        summary = _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap, probe,
+                        gen, steps_per_epoch, total_steps, switch_epoch, modality, bias_inputs)
+        writer.update_meta(layers=list(cap.layers), **summary)
+    return {"n_frames": summary["n_frames"], "epochs_run": summary["epochs_run"],
+            "final_val_acc": summary["final_val_acc"], "diverged_step": summary["diverged_step"],
+            "family": iv.family, "novel": iv.novel}
+
+
+def _make_probe(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer):
+    if spec.lyapunov_every <= 0:
+        return None
+    from data_factory.labelers.lyapunov import FunctionalOptimizer, LyapunovProbe
+
+    try:
+        FunctionalOptimizer.from_optimizer(optimizer, model)
+    except (NotImplementedError, ValueError, TypeError, KeyError) as err:
+        logger.info("no Lyapunov probe for %s: %s", spec.optimizer, err)
+        return None
+    return LyapunovProbe(model, lambda f, b: _loss(f(b[0]), b[1]), optimizer, seed=spec.seed)
+
+
+def _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap, probe, gen,
+          steps_per_epoch, total_steps, switch_epoch, modality, bias_inputs) -> dict[str, Any]:
+    step, diverged_step, bad_streak, frames = 0, None, 0, 0
+    before_correct = None
+    epoch = 0
+    val_acc = float("nan")
+    for epoch in range(plan.epochs):
+        passes = math.ceil(steps_per_epoch * plan.batch_size / len(y_train))
+        order = torch.cat([torch.randperm(len(y_train), generator=gen) for _ in range(passes)])
+        order = order[: steps_per_epoch * plan.batch_size]
+        ep_loss, ep_correct, ep_count = 0.0, 0.0, 0
+        for i in range(0, len(order), plan.batch_size):
+            idx = order[i:i + plan.batch_size]
+            x, y = x_train[idx], y_train[idx]
+            if plan.augment and modality == "image":
+                x = _augment(x, gen)
+            x, y = iv.batch(step, x, y)
+            lr = _lr_at(step, plan, total_steps) * iv.lr_factor(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = model(x)
+            loss = _loss(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            iv.after_backward(step, model, optimizer)
+            grad_norm = float(torch.sqrt(sum((p.grad.detach().float() ** 2).sum()
+                                             for p in model.parameters() if p.grad is not None)))
+            lyap = float("nan")
+            if probe is not None and step % spec.lyapunov_every < spec.lyapunov_horizon:
+                if step % spec.lyapunov_every == 0:
+                    probe.reset()  # a new window: the Jacobian product restarts
+                try:
+                    lyap = probe.step((x, y))
+                except Exception as err:  # the probe is privileged garnish, never fatal
+                    logger.debug("lyapunov probe failed at step %d: %s", step, err)
+            frame = cap.step(epoch=epoch)
+            if frame is not None:
+                writer.add_frame(frame)
+                frames += 1
+            optimizer.step()
+            value = loss.item()
+            writer.log_step(step=step, epoch=epoch, loss=value, lr=lr, grad_norm=grad_norm, lyapunov=lyap)
+            finite = math.isfinite(value)
+            bad_streak = 0 if finite else bad_streak + 1
+            if not finite and diverged_step is None:
+                diverged_step = step
+            if finite:
+                ep_loss += value * len(y)
+                ep_correct += (logits.detach().argmax(-1) == y).float().mean().item() * len(y)
+                ep_count += len(y)
+            step += 1
+            if bad_streak >= 3 * spec.every:
+                break  # dead run: enough non-finite frames are on record; save the compute
+        row = _epoch_row(model, data, epoch, ep_loss, ep_correct, ep_count, switch_epoch, iv, modality,
+                         bias_inputs)
+        writer.log_epoch(**row)
+        val_acc = row["val_acc"]
+        if switch_epoch is not None and epoch == switch_epoch - 1:
+            before_correct = _evaluate(model, data.x_val, data.y_val)[2]
+        if switch_epoch is not None and before_correct is not None and \
+                (epoch == min(plan.epochs - 1, switch_epoch + 9)):
+            writer.add_array("forget_correct_before", before_correct.numpy())
+            writer.add_array("forget_correct_after", _evaluate(model, data.x_val, data.y_val)[2].numpy())
+            writer.update_meta(forget_eval_step=step - 1, forget_eval_epoch=epoch)
+            before_correct = None
+        if bad_streak >= 3 * spec.every:
+            break
+    if bias_inputs is not None:
+        x_probe, agree = bias_inputs
+        _, _, correct = _evaluate(model, x_probe, data.y_val)
+        writer.add_array("bias_correct", correct.numpy())
+        writer.add_array("bias_shortcut", agree.numpy())
+        writer.add_array("bias_class", data.y_val.numpy())
+    return {"n_frames": frames, "epochs_run": epoch + 1, "steps_run": step,
+            "final_val_acc": val_acc, "diverged_step": diverged_step}
+
+
+def _epoch_row(model, data, epoch, ep_loss, ep_correct, ep_count, switch_epoch, iv, modality,
+               bias_inputs) -> dict[str, float]:
+    y_val = data.y_val
+    if switch_epoch is not None and epoch >= switch_epoch and isinstance(iv, Forgetting):
+        y_val = iv.permutation[y_val]  # the current task's labels
+    val_loss, val_acc, _ = _evaluate(model, data.x_val, y_val)
+    row = {"epoch": epoch,
+           "train_loss": ep_loss / ep_count if ep_count else float("nan"),
+           "train_acc": ep_correct / ep_count if ep_count else float("nan"),
+           "val_loss": val_loss, "val_acc": val_acc}
+    if modality == "text":
+        row["val_ppl"] = math.exp(min(val_loss, 50.0))
+    if switch_epoch is not None:
+        row["primary_acc"] = _evaluate(model, data.x_val, data.y_val)[1]
+    if isinstance(iv, ConceptBias):  # the per-epoch view of the shortcut; the rule reads arrays
+        row["clean_acc"] = val_acc
+        poisoned = add_shortcut(data.x_val.clone(), data.y_val, modality)
+        row["poisoned_acc"] = _evaluate(model, poisoned, data.y_val)[1]
+    return row

@@ -1,0 +1,116 @@
+"""The factorially held-out split (paper Table 2): test cells share no architecture, data set or
+optimizer with the train and validation cells, and the novel intervention families appear only
+in test.
+
+Example:
+    >>> check_factorial(DEFAULT_SPLIT)
+    >>> sorted({c.optimizer for c in DEFAULT_SPLIT.test})
+    ['adafactor', 'lion']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from data_factory.interventions import INTERVENTIONS, NOVEL_KINDS
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (architecture, data set, optimizer) combination of a split."""
+
+    arch: str
+    dataset: str
+    optimizer: str
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Cells per split and how many runs of each intervention a cell gets.
+
+    Attributes:
+        train, val, test: the cells.
+        mix: ``{split: {intervention kind: runs per cell}}``.
+    """
+
+    train: tuple[Cell, ...]
+    val: tuple[Cell, ...]
+    test: tuple[Cell, ...]
+    mix: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+    def cells(self, split: str) -> tuple[Cell, ...]:
+        """The cells of ``split``."""
+        if split not in SPLITS:
+            raise KeyError(f"unknown split {split!r}; choose from {SPLITS}")
+        return getattr(self, split)
+
+    def axes(self, splits: Iterable[str]) -> dict[str, set[str]]:
+        """Architectures, data sets and optimizers used by ``splits``."""
+        cells = [c for s in splits for c in self.cells(s)]
+        return {"arch": {c.arch for c in cells}, "dataset": {c.dataset for c in cells},
+                "optimizer": {c.optimizer for c in cells}}
+
+
+class SplitLeakError(ValueError):
+    """The test split shares a factor (or a novel family) with train/val."""
+
+
+def check_factorial(spec: SplitSpec) -> None:
+    """Raise :class:`SplitLeakError` unless test is disjoint from train ∪ val on every axis and
+    novel intervention families occur in test only.
+
+    Example:
+        >>> bad = SplitSpec(train=(Cell("cnn", "digits", "sgd"),), val=(),
+        ...                 test=(Cell("mixer", "digits", "lion"),))
+        >>> check_factorial(bad)
+        Traceback (most recent call last):
+        ...
+        data_factory.split.SplitLeakError: test shares dataset {'digits'} with train/val
+    """
+    seen, test = spec.axes(("train", "val")), spec.axes(("test",))
+    for axis in ("arch", "dataset", "optimizer"):
+        shared = seen[axis] & test[axis]
+        if shared:
+            raise SplitLeakError(f"test shares {axis} {shared} with train/val")
+    for split in ("train", "val"):
+        novel = set(spec.mix.get(split, {})) & set(NOVEL_KINDS)
+        if novel:
+            raise SplitLeakError(f"novel families {sorted(novel)} appear in {split}")
+    for split, mix in spec.mix.items():
+        unknown = set(mix) - set(INTERVENTIONS)
+        if unknown:
+            raise KeyError(f"unknown interventions {sorted(unknown)} in the {split} mix")
+
+
+_KNOWN_MIX = {"healthy": 4, "overfitting": 5, "instability": 5, "forgetting": 2, "concept_bias": 2}
+
+#: Table 2 at this machine's scale. Train/val: plain CNN, ResNet, ConvNeXt, ViT, DeiT and MLP on
+#: digits / shapes / tabular with AdamW and SGD. Test: DenseNet, MobileNet, RegNet, MLP-Mixer,
+#: a hierarchical ViT and two language models on unseen data (patterns, text) with Lion and
+#: Adafactor, plus the novel families.
+DEFAULT_SPLIT = SplitSpec(
+    train=(
+        Cell("cnn", "digits", "sgd"), Cell("cnn", "shapes", "adamw"),
+        Cell("resnet", "shapes", "sgd"), Cell("resnet", "digits", "adamw"),
+        Cell("convnext", "shapes", "adamw"), Cell("vit", "digits", "adamw"),
+        Cell("deit", "digits", "adamw"), Cell("mlp", "tabular", "sgd"),
+    ),
+    val=(
+        Cell("resnet", "shapes", "adamw"), Cell("vit", "digits", "sgd"),
+        Cell("convnext", "digits", "sgd"), Cell("mlp", "tabular", "adamw"),
+    ),
+    test=(
+        Cell("densenet", "patterns", "lion"), Cell("mobilenet", "patterns", "adafactor"),
+        Cell("regnet", "patterns", "adafactor"), Cell("mixer", "patterns", "lion"),
+        Cell("swin", "patterns", "adafactor"), Cell("transformer_lm", "text", "adafactor"),
+        Cell("gru_lm", "text", "lion"),
+    ),
+    mix={
+        "train": _KNOWN_MIX,
+        "val": _KNOWN_MIX,
+        "test": {**_KNOWN_MIX, **{kind: 1 for kind in NOVEL_KINDS}},
+    },
+)

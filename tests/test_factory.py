@@ -1,0 +1,146 @@
+"""The data factory end to end: a tiny corpus, the factorial split, failures and resumption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_factory.interventions import INTERVENTIONS, NOVEL_KINDS, Plan, make_intervention
+from data_factory.runner import RunSpec, execute_run
+from data_factory.split import DEFAULT_SPLIT, Cell, SplitLeakError, SplitSpec, check_factorial
+from data_factory.store import RunStore
+from experiments.factory import build_corpus, compatible, corpus_index, plan_corpus
+
+TINY = dict(epochs=3, every=5, frame_size=16, lyapunov_every=20, lyapunov_horizon=4)
+
+
+def test_default_split_is_factorially_disjoint():
+    check_factorial(DEFAULT_SPLIT)
+    specs = plan_corpus()
+    seen = {(s.arch, s.dataset, s.optimizer) for s in specs if s.split != "test"}
+    test = [s for s in specs if s.split == "test"]
+    for axis, i in (("arch", 0), ("dataset", 1), ("optimizer", 2)):
+        assert not {c[i] for c in seen} & {getattr(s, axis) for s in test}, axis
+    assert {s.intervention for s in specs if s.split != "test"}.isdisjoint(NOVEL_KINDS)
+    assert set(NOVEL_KINDS) <= {s.intervention for s in test}
+    counts = {split: sum(s.split == split for s in specs) for split in ("train", "val", "test")}
+    assert counts["train"] + counts["val"] >= 600 and counts["test"] >= 300, counts
+
+
+def test_leaky_split_is_rejected():
+    leaky = SplitSpec(train=(Cell("cnn", "digits", "sgd"),), val=(Cell("vit", "shapes", "adamw"),),
+                      test=(Cell("mixer", "patterns", "adamw"),))
+    with pytest.raises(SplitLeakError, match="optimizer"):
+        check_factorial(leaky)
+    novel_in_train = SplitSpec(train=(Cell("cnn", "digits", "sgd"),), val=(),
+                               test=(Cell("mixer", "patterns", "lion"),),
+                               mix={"train": {"loader_stall": 1}})
+    with pytest.raises(SplitLeakError, match="novel"):
+        check_factorial(novel_in_train)
+
+
+@pytest.mark.parametrize("kind", list(INTERVENTIONS))
+def test_interventions_record_their_draws(kind):
+    iv = make_intervention(kind, np.random.default_rng(0), total_steps=400)
+    record = iv.describe()
+    assert record["kind"] == kind and 0.2 <= record["severity"] <= 1.0
+    assert 100 <= record["start_step"] <= 220
+    plan = iv.hparams(Plan(lr=1e-3))
+    assert plan.lr == 1e-3  # the lr multiplier acts through lr_factor, not the plan
+
+
+def test_instability_lr_schedules():
+    for variant in ("extreme", "cyclical", "jump"):
+        iv = make_intervention("instability", np.random.default_rng(0), 400, severity=1.0, start_step=100)
+        iv.variant = variant
+        before, after = iv.lr_factor(50), max(iv.lr_factor(s) for s in range(100, 200))
+        assert after >= iv.factor * (1 - 2 / iv.period) and iv.factor > 299  # triangle peak on the step grid
+        assert before == (after if variant == "extreme" else 1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    torch.set_num_threads(1)  # tiny models: extra threads only contend (the factory does the same)
+    root = tmp_path_factory.mktemp("corpus")
+    cfg = {"root": str(root), "backend": "local", "repeats": {"train": 1, "test": 1},
+           "splits": ["train", "test"], "seed": 0, "limit": None, "run": TINY,
+           "write_results": False, "ray": {"address": None, "num_cpus": None, "temp_dir": "/tmp/ray_tevid"}}
+    specs = [s for s in plan_corpus(repeats={"train": 1, "test": 1}, splits=["train", "test"], **TINY)]
+    # a few runs per kind: the first cell of each kind in each split
+    keep, seen = [], set()
+    for s in specs:
+        if (s.split, s.intervention) not in seen:
+            seen.add((s.split, s.intervention))
+            keep.append(s.run_id)
+    store = RunStore(root)
+    for s in specs:
+        if s.run_id in keep:
+            execute_run(s, store)
+    index = corpus_index(store)
+    return root, store, index, cfg
+
+
+def test_tiny_corpus_runs_have_frames_scalars_and_metadata(tiny_corpus):
+    root, store, index, _ = tiny_corpus
+    assert set(index["intervention"]) == set(INTERVENTIONS)
+    for run in store:
+        m = run.meta
+        assert m["complete"] and m["split"] in ("train", "test") and len(m["layers"]) == 3
+        assert m["intervention"]["kind"] in INTERVENTIONS
+        frames = run.frames
+        assert frames.tensor.shape[1:] == (6, 16, 16) and len(frames) == m["n_frames"] > 0
+        assert torch.isfinite(frames.tensor.float()).all()
+        assert {"step", "epoch", "loss", "lr", "grad_norm", "lyapunov"} <= set(run.steps.columns)
+        assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"} <= set(run.epochs.columns)
+        assert m["privileged_columns"] == ["lyapunov"]
+        if m["intervention"]["kind"] == "forgetting":
+            assert "primary_acc" in run.epochs and m["task_switch_epoch"] is not None
+            assert {"forget_correct_before", "forget_correct_after"} <= set(run.arrays)
+        if m["modality"] != "text":
+            assert {"bias_correct", "bias_shortcut", "bias_class"} <= set(run.arrays)
+            if m["intervention"]["kind"] == "concept_bias":
+                assert {"clean_acc", "poisoned_acc"} <= set(run.epochs.columns)
+        else:
+            assert "val_ppl" in run.epochs
+
+
+def test_tiny_corpus_split_is_disjoint_by_code(tiny_corpus):
+    _, _, index, _ = tiny_corpus
+    train, test = index[index.split != "test"], index[index.split == "test"]
+    for axis in ("arch", "dataset", "optimizer"):
+        assert set(train[axis]).isdisjoint(test[axis]), axis
+    assert not train["novel"].any() and test["novel"].any()
+
+
+def test_build_resumes_and_records_failures(tiny_corpus, tmp_path):
+    root, store, index, cfg = tiny_corpus
+    build_corpus(cfg | {"limit": 3})  # runs whichever of the first 3 planned runs are missing
+    before = {p.name: p.stat().st_mtime_ns for p in root.iterdir() if p.is_dir()}
+    out = build_corpus(cfg | {"limit": 3})  # everything done: nothing reruns, index rebuilt
+    assert {p.name: p.stat().st_mtime_ns for p in root.iterdir() if p.is_dir()} == before
+    assert len(out) == 3 and (root / "index.csv").exists()
+    bad = RunSpec("bad", "train", "transformer_lm", "digits", "sgd", "healthy", **TINY)
+    row = execute_run(bad, RunStore(tmp_path))
+    assert row["status"] == "failed" and "cannot train" in row["error"]
+    assert RunStore(tmp_path).list() == []
+
+
+def test_compatibility_rules():
+    assert compatible("mlp", "tabular", "concept_bias")
+    assert not compatible("transformer_lm", "text", "concept_bias")
+    assert not compatible("cnn", "text", "healthy")
+
+
+def test_ray_backend_builds_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    cfg = {"root": str(tmp_path / "c"), "backend": "ray", "repeats": {"train": 1}, "splits": ["train"],
+           "seed": 0, "limit": 2, "run": TINY | {"epochs": 1}, "write_results": False,
+           "ray": {"address": None, "num_cpus": 2, "temp_dir": "/tmp/ray_tevid"}}
+    try:
+        index = build_corpus(cfg)
+    finally:
+        ray.shutdown()
+    assert len(index) == 2 and (tmp_path / "c" / "index.csv").exists()
