@@ -77,7 +77,7 @@ class RunSpec:
     batch_size: int = 32
     every: int = 10
     frame_size: int = 32
-    lyapunov_every: int = 100
+    lyapunov_every: int = 200
     lyapunov_horizon: int = 10
     severity: float | None = None
     start_step: int | None = None

@@ -17,7 +17,7 @@ from tevid_hpo.cli import main
 
 def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "tevid_hpo.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "show" in out.stdout and "demo" in out.stdout
+    assert out.returncode == 0 and "show" in out.stdout and "capture-demo" in out.stdout
 
 
 def test_show_renders_png_and_gif(tmp_path, capsys):

@@ -3,6 +3,7 @@
 Example:
     $ tevid-hpo --help
     $ tevid-hpo demo
+    $ tevid-hpo capture-demo
     $ tevid-hpo show tevid_runs/capture-demo/runs/diverging-sgd-lr20 --gif
 """
 
@@ -34,6 +35,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from tevid_hpo.optuna_demo import run_demo
+
+    run_demo(out_dir=args.out, n_trials=args.trials, epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def _cmd_capture_demo(args: argparse.Namespace) -> int:
     from tevid_hpo.capture_demo import run_capture_demo
 
     run_capture_demo(args.out, epochs=args.epochs)
@@ -48,10 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "videos of training runs and stop doomed trials early.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train two small runs (healthy, diverging), capture and render them")
-    demo.add_argument("--out", default="tevid_runs/capture-demo", help="output directory")
-    demo.add_argument("--epochs", type=int, default=6)
+    from tevid_hpo.optuna_demo import DEFAULT_EPOCHS, DEFAULT_TRIALS
+
+    demo = sub.add_parser("demo", help="an Optuna study on digits, once with HyperbandPruner and "
+                                       "once with TEViDPruner, side by side")
+    demo.add_argument("--out", default="tevid_runs", help="output directory (SQLite storage, runs)")
+    demo.add_argument("--trials", type=int, default=DEFAULT_TRIALS)
+    demo.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+
+    cdemo = sub.add_parser("capture-demo",
+                           help="train two small runs (healthy, diverging), capture and render them")
+    cdemo.add_argument("--out", default="tevid_runs/capture-demo", help="output directory")
+    cdemo.add_argument("--epochs", type=int, default=6)
+    cdemo.set_defaults(func=_cmd_capture_demo)
 
     show = sub.add_parser("show", help="render a stored run's internal-state video (PNG or GIF)")
     show.add_argument("run_dir", help="a run directory written by RunStore")

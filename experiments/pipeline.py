@@ -1,0 +1,211 @@
+"""The whole CPU pipeline from one command: corpus → labels → DYNAMICS-MAE → TEViD → calibration.
+
+    python -m experiments.pipeline                 # or: make pipeline
+    python -m experiments.pipeline pretrain.epochs=2 finetune.epochs=2 ship=false
+
+Every stage is resumable and skipped when its output exists: the corpus (``experiments.factory``)
+and its labels (``experiments.label``) live next to each other under ``root``; model checkpoints
+under ``out``. Only *train*-split runs reach pretraining and fine-tuning; *val* runs are used for
+calibration (temperature, abstention, class thresholds at 5 % false alarms on healthy runs) and
+the reported validation metrics; *test* runs are never read here. The calibrated DYNAMICS-MAE
+variant is written to ``out/tevid_mae/default`` and, with ``ship=true``, copied into
+``tevid_hpo/checkpoints/default.*``, with the corpus hash, split hash, configs and date in its JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from core_models.calibration import calibrate, false_alarm_rate, RunPredictions
+from core_models.clips import ClipDataset
+from core_models.mae import DynamicsMAE
+from core_models.tevid import TEViD
+from core_models.train import FinetuneConfig, PretrainConfig, finetune, predict, pretrain, seed_everything
+from data_factory.labelers import RunLabel, frame_event_labels
+from data_factory.labels import KNOWN_LABELS
+from data_factory.split import DEFAULT_SPLIT
+from data_factory.store import RunStore
+from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
+
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+def corpus_hash(root: Path) -> str:
+    """Hash of the corpus index (run ids and their recorded outcomes)."""
+    index = pd.read_csv(root / "index.csv").sort_values("run_id")
+    return hashlib.sha256(index.to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def split_hash() -> str:
+    """Hash of the split specification the corpus was built from."""
+    return hashlib.sha256(repr(DEFAULT_SPLIT).encode()).hexdigest()[:16]
+
+
+def load_labels(root: Path) -> dict[str, RunLabel]:
+    """RunLabels from ``labels.csv`` (written by ``experiments.label``)."""
+    table = pd.read_csv(root / "labels.csv")
+
+    def opt(v: Any) -> int | None:
+        return None if pd.isna(v) else int(v)
+
+    return {r.run_id: RunLabel(r.label, opt(r.onset), opt(r.fire_time), opt(r.onset_epoch),
+                               opt(r.fire_epoch)) for r in table.itertuples()}
+
+
+def split_runs(store: RunStore, labels: dict[str, RunLabel], split: str):
+    """Runs of one split with their per-frame event labels."""
+    runs, events = [], []
+    for run_id in store.list():
+        if not run_id.startswith(f"{split}-") or run_id not in labels:
+            continue
+        run = store.load(run_id)
+        if run.meta.get("split") != split or run.meta.get("n_frames", 0) == 0:
+            continue
+        runs.append(run)
+        events.append(frame_event_labels(labels[run_id], run.frames.steps))
+    return runs, events
+
+
+def _config(cls, values: DictConfig, device: str, seed: int):
+    known = {f.name for f in fields(cls)}
+    kw = {k: v for k, v in OmegaConf.to_container(values).items() if k in known}
+    return cls(**kw, device=device, seed=seed)
+
+
+def stream_logits(model: TEViD, runs, events, window: int, device: str) -> list[tuple[np.ndarray, str, list]]:
+    """Per run: evidence logits of every streaming window, the run label, per-frame labels."""
+    out = []
+    for run, ev in zip(runs, events):
+        ds = ClipDataset([run], [ev], window=window, stride=1)
+        pred = predict(model, ds, batch_size=64, device=device, temperature=1.0)
+        out.append((pred["logits"], run_label_of(ev), ev))
+    return out
+
+
+def run_label_of(events: np.ndarray) -> str:
+    """A run's label is the last event label it reaches (Healthy runs stay Healthy)."""
+    return str(events[-1]) if len(events) else KNOWN_LABELS[0]
+
+
+def validation_metrics(model: TEViD, streams, calibration) -> dict[str, float]:
+    """Window accuracy on known classes and the alert false-alarm rate on healthy val runs."""
+    probs_all, labels_all = [], []
+    preds = []
+    for logits, label, ev in streams:
+        p = RunPredictions.from_logits(logits, label, calibration.temperature)
+        preds.append(p)
+        probs_all.append(p.probs)
+        labels_all.append(ev)
+    probs = np.concatenate(probs_all)
+    labels = np.concatenate(labels_all)
+    known = np.isin(labels, KNOWN_LABELS)
+    idx = np.array([KNOWN_LABELS.index(x) for x in labels[known]])
+    acc = float((probs[known].argmax(1) == idx).mean()) if known.any() else float("nan")
+    far = false_alarm_rate(preds, calibration.tau_c, tau_u=calibration.tau_u, k=calibration.consecutive)
+    return {"val_window_accuracy": round(acc, 4), "val_healthy_far": round(float(far), 4),
+            "val_runs": len(streams), "val_windows": int(len(labels))}
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) every stage; returns a summary."""
+    root, out = Path(cfg.root).expanduser(), Path(cfg.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    if not (root / "index.csv").exists():
+        from experiments.factory import build_corpus
+
+        factory_cfg = OmegaConf.load(CONF / "factory.yaml")
+        factory_cfg.root = str(root)
+        build_corpus(factory_cfg)
+        timings["corpus_s"] = time.time() - t0
+    if not (root / "labels.csv").exists():
+        from experiments.label import label_corpus
+
+        t = time.time()
+        label_corpus(root, workers=cfg.label_workers)
+        timings["label_s"] = time.time() - t
+    store = RunStore(root)
+    labels = load_labels(root)
+    train_runs, train_events = split_runs(store, labels, "train")
+    val_runs, val_events = split_runs(store, labels, "val")
+    if not train_runs or not val_runs:
+        raise RuntimeError(f"need train and val runs under {root}; found {len(train_runs)} / {len(val_runs)}")
+    seed_everything(cfg.seed)
+    mae = DynamicsMAE(cfg.profile)
+    window = mae.profile.window if hasattr(mae.profile, "window") else 10
+    print(f"{len(train_runs)} train runs, {len(val_runs)} val runs, window {window}")
+
+    t = time.time()
+    pre_ds = ClipDataset(train_runs, None, window=window, stride=cfg.clips.pretrain_stride)
+    pre = pretrain(mae, pre_ds, _config(PretrainConfig, cfg.pretrain, cfg.device, cfg.seed), out / "mae")
+    timings["pretrain_s"] = time.time() - t
+
+    ft_ds = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride)
+    print("fine-tuning clips per label:", {KNOWN_LABELS[k] if k >= 0 else "Unknown": v
+                                          for k, v in ft_ds.label_counts().items()})
+    variants = {"tevid_mae": True} | ({"tevid_scratch": False} if cfg.scratch else {})
+    summary: dict[str, Any] = {"corpus_hash": corpus_hash(root), "split_hash": split_hash(),
+                               "train_runs": len(train_runs), "val_runs": len(val_runs),
+                               "pretrain_final_loss": pre.history[-1]["loss"] if pre.history else None}
+    for name, from_mae in variants.items():
+        t = time.time()
+        seed_everything(cfg.seed)
+        model = TEViD(cfg.profile)
+        if from_mae:
+            model.load_mae_encoder(mae)
+        result = finetune(model, ft_ds, _config(FinetuneConfig, cfg.finetune, cfg.device, cfg.seed),
+                          out / name)
+        streams = stream_logits(model, val_runs, val_events, window, cfg.device)
+        clip_logits = np.concatenate([s[0] for s in streams])
+        clip_labels = np.concatenate([[KNOWN_LABELS.index(x) if x in KNOWN_LABELS else -1 for x in s[2]]
+                                      for s in streams])
+        calibration = calibrate(clip_logits, clip_labels, [(s[0], s[1]) for s in streams],
+                                target_far=cfg.target_far)
+        metrics = validation_metrics(model, streams, calibration)
+        diag = Diagnostician(model, calibration, device="cpu")
+        path = diag.save_pretrained(
+            out / name / "default", corpus_hash=summary["corpus_hash"], split_hash=summary["split_hash"],
+            variant=name, val_metrics=metrics, train_runs=len(train_runs),
+            pretrain_config=OmegaConf.to_container(cfg.pretrain) if from_mae else None,
+            finetune_config=OmegaConf.to_container(cfg.finetune), finetune_history=result.history,
+            produced_by="python -m experiments.pipeline")
+        timings[f"{name}_s"] = time.time() - t
+        summary[name] = {"checkpoint": str(path), **metrics, **calibration.to_dict()}
+        print(name, json.dumps(summary[name], indent=1))
+    if cfg.ship:
+        DEFAULT_CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            shutil.copyfile(out / "tevid_mae" / f"default{suffix}", DEFAULT_CHECKPOINT.with_suffix(suffix))
+        summary["shipped"] = str(DEFAULT_CHECKPOINT.with_suffix(".safetensors"))
+    timings["total_s"] = time.time() - t0
+    summary["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    (out / "pipeline_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(json.dumps(summary["timings"]))
+    return summary
+
+
+def main() -> None:
+    import hydra
+
+    @hydra.main(config_path=str(CONF), config_name="pipeline", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        run_pipeline(cfg)
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

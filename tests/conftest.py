@@ -1,0 +1,42 @@
+"""Shared fixtures: a small but really trained diagnostician, and the digits data it was made on.
+
+No test may assume the shipped default checkpoint (``tevid_hpo/checkpoints/default.*``) exists:
+tests that need a trained diagnostician use :func:`toy_checkpoint` / :func:`toy_diagnostician`,
+trained once per session in ~15 s by :func:`tevid_hpo.toy_diagnostician.train_toy_diagnostician`
+(digits runs captured with StateCapture at the ``tiny`` profile, Healthy vs Instability clips,
+``core_models.train.finetune``, minimal calibration, ``save_pretrained`` →
+``Diagnostician.from_pretrained``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_factory.datasets import TensorData, digits
+from tevid_hpo.diagnostician import Diagnostician
+from tevid_hpo.toy_diagnostician import QUICK_CORPUS, train_toy_diagnostician
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory holding ``model.safetensors`` + ``model.json`` of the toy diagnostician."""
+    return train_toy_diagnostician(tmp_path_factory.mktemp("toy-diagnostician"), QUICK_CORPUS)
+
+
+@pytest.fixture(scope="session")
+def toy_diagnostician(toy_checkpoint: Path) -> Diagnostician:
+    """The toy diagnostician, loaded from its checkpoint on CPU.
+
+    Shared by the session: a :class:`~tevid_hpo.monitor.TrialMonitor` resets it on entry, so
+    sequential use is safe. Tests that change it or run trials concurrently load their own with
+    ``Diagnostician.from_pretrained(toy_checkpoint, device="cpu")``.
+    """
+    return Diagnostician.from_pretrained(toy_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def digits_data() -> TensorData:
+    """scikit-learn digits at 16×16, the data the toy diagnostician was trained on."""
+    return digits(image_size=16, seed=0)

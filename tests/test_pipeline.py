@@ -1,0 +1,58 @@
+"""The CPU pipeline end to end on a tiny corpus: label → pretrain → fine-tune → calibrate → load."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from data_factory.runner import RunSpec, execute_run
+from data_factory.store import RunStore
+from experiments.factory import corpus_index
+from experiments.label import agreement, label_corpus
+from experiments.pipeline import CONF, run_pipeline
+from tevid_hpo.diagnostician import Diagnostician
+
+TINY = dict(epochs=3, every=5, frame_size=16, lyapunov_every=0)
+
+
+def test_pipeline_on_tiny_corpus(tmp_path):
+    torch.set_num_threads(1)
+    root = tmp_path / "corpus"
+    store = RunStore(root)
+    cells = [("train", "cnn", "digits", "sgd"), ("train", "mlp", "tabular", "adamw"),
+             ("val", "mlp", "tabular", "sgd")]
+    for split, arch, data, opt in cells:
+        for kind in ("healthy", "instability", "healthy"):
+            run_id = f"{split}-{arch}-{data}-{opt}-{kind}-{len(store.list())}"
+            spec = RunSpec(run_id, split, arch, data, opt, kind, severity=1.0, **TINY)
+            assert execute_run(spec, store)["status"] == "ok"
+    corpus_index(store).to_csv(root / "index.csv", index=False)
+
+    table, cfg = label_corpus(root, workers=1, variants=False)
+    assert set(table["intervention"]) == {"healthy", "instability"}
+    matrix, per_family = agreement(table)
+    assert per_family["instability"] > 0  # lr x300 blows up tiny runs (the jump variant may be late)
+    assert matrix.to_numpy().sum() == 9
+
+    conf = OmegaConf.load(CONF / "pipeline.yaml")
+    conf.merge_with({"root": str(root), "out": str(tmp_path / "models"), "profile": "tiny",
+                     "device": "cpu", "ship": False, "label_workers": 1,
+                     "pretrain": {"epochs": 1, "batch_size": 8},
+                     "finetune": {"epochs": 1, "batch_size": 8}})
+    conf.pretrain.progress = False
+    summary = run_pipeline(conf)
+    assert summary["train_runs"] == 6 and summary["val_runs"] == 3
+    for variant in ("tevid_mae", "tevid_scratch"):
+        path = tmp_path / "models" / variant / "default"
+        diag = Diagnostician.from_pretrained(path, device="cpu")
+        config = json.loads(path.with_suffix(".json").read_text())
+        assert config["corpus_hash"] == summary["corpus_hash"] and config["variant"] == variant
+        assert 0.0 <= config["val_metrics"]["val_window_accuracy"] <= 1.0
+        frames = store.load(store.list()[0]).frames
+        diagnoses = [diag.update(f) for f in frames]
+        assert all(0.0 <= d.vacuity <= 1.0 for d in diagnoses)
+    assert not (tmp_path / "models" / "tevid_mae" / "default.safetensors").stat().st_size == 0
+    assert isinstance(pd.read_csv(root / "labels.csv"), pd.DataFrame)

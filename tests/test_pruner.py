@@ -1,0 +1,268 @@
+"""TEViDPruner from stored diagnoses: decision order, recorded reasons, Hyperband identity,
+storages. Diagnoses are written by hand here; tests/test_optuna_e2e.py uses real monitors."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import pickle
+
+import optuna
+import pytest
+from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, _filter_study
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from data_factory.labels import FORGETTING, INSTABILITY, OVERFITTING
+from tevid_hpo.cost import CostModel
+from tevid_hpo.monitor import ERROR_ATTR, USER_ATTR
+from tevid_hpo.pruners import REASON_ATTR, REASON_SYSTEM_ATTR, TEViDPruner, prune_reason
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def alert(label, step=30, epoch=0, confidence=0.97, reason="diagnosis"):
+    return {"label": label, "step": step, "epoch": epoch, "confidence": confidence,
+            "vacuity": 0.1, "reason": reason}
+
+
+def diagnosis(alerts=(), latest=None):
+    return {"version": 1, "alerts": {a["label"]: a for a in alerts}, "latest": latest,
+            "alert": alerts[0]["label"] if alerts else None, "history": []}
+
+
+def latest(p_instability, vacuity=0.05, step=10):
+    rest = (1.0 - p_instability) / 4
+    probs = {"Healthy": rest, "Overfitting": rest, "Instability": p_instability,
+             "Forgetting": rest, "ConceptBias": rest}
+    return {"step": step, "epoch": 0, "label": "Instability", "probs": probs,
+            "vacuity": vacuity, "alert": None, "finite": True}
+
+
+class Always(BasePruner):
+    """A wrapped pruner that always (or never) prunes, counting its calls."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.answer, self.calls = answer, 0
+
+    def prune(self, study, trial):
+        self.calls += 1
+        return self.answer
+
+
+def run_one(pruner, attrs=None, steps=1, storage=None, extra=None):
+    """One trial that stores ``attrs`` and reports ``steps`` values; returns the frozen trial."""
+    study = optuna.create_study(pruner=pruner, storage=storage)
+
+    def objective(trial):
+        if attrs is not None:
+            trial.set_user_attr(USER_ATTR, attrs)
+        for key, value in (extra or {}).items():
+            trial.set_user_attr(key, value)
+        for step in range(steps):
+            trial.report(1.0, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return 1.0
+
+    study.optimize(objective, n_trials=1)
+    return study, study.trials[0]
+
+
+# ----------------------------------------------------------------------------- identity
+def test_default_wraps_a_hyperband_and_is_one():
+    p = TEViDPruner()
+    assert isinstance(p, TEViDPruner) and isinstance(p, HyperbandPruner)
+    assert type(p.wrapped) is HyperbandPruner and p.prune_on == (INSTABILITY, OVERFITTING)
+
+
+def test_is_a_hyperband_exactly_when_wrapping_one():
+    hb = HyperbandPruner(min_resource=1, max_resource=9)
+    assert isinstance(TEViDPruner(hb), HyperbandPruner) and TEViDPruner(hb).wrapped is hb
+    assert isinstance(TEViDPruner(wrapped=hb), HyperbandPruner)
+    for other in (None, MedianPruner(), Always()):
+        p = TEViDPruner(wrapped=other)
+        assert isinstance(p, TEViDPruner) and not isinstance(p, HyperbandPruner)
+
+
+@pytest.mark.parametrize("wrapped", ["hyperband", None, MedianPruner()])
+def test_pickle_and_deepcopy_keep_the_class(wrapped):
+    p = TEViDPruner(wrapped, prune_on=(INSTABILITY,), min_confidence=0.5)
+    for q in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p)):
+        assert type(q) is type(p) and q.prune_on == (INSTABILITY,)
+        assert type(q.wrapped) is type(p.wrapped)
+
+
+def _bracket_partition(pruner, study_name="brackets"):
+    """Trial numbers grouped by the study view Optuna hands the sampler."""
+    study = optuna.create_study(study_name=study_name, pruner=pruner,
+                                sampler=optuna.samplers.RandomSampler(0))
+
+    def objective(trial):
+        trial.suggest_float("x", 0, 1)
+        for step in range(9):
+            trial.report(trial.number + step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return trial.number
+
+    study.optimize(objective, n_trials=20)
+    views = {}
+    for t in study.trials:
+        view = _filter_study(study, t)
+        views[t.number] = (type(view).__name__, tuple(u.number for u in view.get_trials()))
+    return views
+
+
+def test_sampler_gets_the_per_bracket_view_of_the_wrapped_hyperband():
+    ours = _bracket_partition(TEViDPruner(HyperbandPruner(1, 9, 3)))
+    reference = _bracket_partition(HyperbandPruner(1, 9, 3))
+    assert {kind for kind, _ in ours.values()} == {"_BracketStudy"}
+    assert {n: trials for n, (_, trials) in ours.items()} == \
+        {n: trials for n, (_, trials) in reference.items()}
+    assert len({trials for _, trials in ours.values()}) > 1   # more than one bracket: a real view
+    alone = _bracket_partition(TEViDPruner(wrapped=None))
+    assert {kind for kind, _ in alone.values()} == {"Study"}   # no Hyperband, no bracket view
+
+
+# ----------------------------------------------------------------------------- decisions
+def test_prunes_on_a_confirmed_alert_and_records_why():
+    wrapped = Always(False)
+    _, t = run_one(TEViDPruner(wrapped), diagnosis([alert(INSTABILITY, step=30)]))
+    assert t.state == TrialState.PRUNED and wrapped.calls == 0
+    reason = prune_reason(t)
+    assert reason == t.user_attrs[REASON_ATTR] == t.system_attrs[REASON_SYSTEM_ATTR]
+    assert reason == {"pruner": "TEViD", "rule": "alert", "label": INSTABILITY,
+                      "reason": "diagnosis", "step": 30, "epoch": 0, "confidence": 0.97,
+                      "vacuity": 0.1, "report_step": 0}
+
+
+def test_earliest_alert_in_prune_on_wins():
+    attrs = diagnosis([alert(FORGETTING, step=10), alert(OVERFITTING, step=50),
+                       alert(INSTABILITY, step=40)])
+    _, t = run_one(TEViDPruner(None), attrs)
+    assert prune_reason(t)["label"] == INSTABILITY          # Forgetting is not in prune_on
+    _, t = run_one(TEViDPruner(None, prune_on=(FORGETTING,)), attrs)
+    assert prune_reason(t)["label"] == FORGETTING
+
+
+def test_alert_outside_prune_on_or_below_min_confidence_defers():
+    attrs = diagnosis([alert(INSTABILITY, confidence=0.6)])
+    _, t = run_one(TEViDPruner(None, prune_on=(OVERFITTING,)), attrs)
+    assert t.state == TrialState.COMPLETE
+    _, t = run_one(TEViDPruner(None, min_confidence=0.7), attrs)
+    assert t.state == TrialState.COMPLETE and REASON_ATTR not in t.user_attrs
+    wrapped = Always(True)
+    _, t = run_one(TEViDPruner(wrapped, min_confidence=0.7), attrs)
+    assert t.state == TrialState.PRUNED and wrapped.calls == 1
+    assert prune_reason(t) == {"pruner": "Always", "rule": "wrapped", "report_step": 0,
+                               "value": 1.0}
+
+
+def test_non_finite_loss_alert_prunes_with_its_reason():
+    attrs = diagnosis([alert(INSTABILITY, step=6, confidence=1.0, reason="non-finite loss")])
+    _, t = run_one(TEViDPruner(None), attrs)
+    assert prune_reason(t)["reason"] == "non-finite loss"
+
+
+def test_without_a_monitor_it_is_the_wrapped_pruner():
+    wrapped = Always(True)
+    _, t = run_one(TEViDPruner(wrapped), attrs=None)
+    assert t.state == TrialState.PRUNED and prune_reason(t)["rule"] == "wrapped"
+    _, t = run_one(TEViDPruner(None), attrs=None, steps=3)
+    assert t.state == TrialState.COMPLETE
+
+
+def test_monitor_error_falls_back_to_wrapped_but_keeps_earlier_alerts():
+    cost = CostModel()
+    error = {ERROR_ATTR: "RuntimeError: boom (while step 40)"}
+    # The cost rule would stop this trial (strong latest belief), but the latest diagnosis
+    # of a failed monitor is stale: only `wrapped` decides.
+    attrs = diagnosis(latest=latest(0.9))
+    _, t = run_one(TEViDPruner(Always(False), cost=cost, max_resource=10), attrs, extra=error)
+    assert t.state == TrialState.COMPLETE
+    _, t = run_one(TEViDPruner(Always(False), cost=cost, max_resource=10), attrs)
+    assert prune_reason(t)["rule"] == "cost"                 # same attrs, no error: cost stops
+    # An alert confirmed before the failure was a complete detection: it still prunes.
+    _, t = run_one(TEViDPruner(Always(False)), diagnosis([alert(INSTABILITY)]), extra=error)
+    assert prune_reason(t)["pruner"] == "TEViD"
+
+
+def test_malformed_attribute_warns_once_and_defers(caplog):
+    pruner = TEViDPruner(Always(False))
+    with caplog.at_level(logging.WARNING, logger="tevid_hpo.pruners"):
+        for _ in range(2):
+            _, t = run_one(pruner, {"version": 99, "alerts": {"x": 1}}, steps=2)
+            assert t.state == TrialState.COMPLETE
+    assert len([r for r in caplog.records if r.name == "tevid_hpo.pruners"]) == 1
+
+
+# ----------------------------------------------------------------------------- cost rule
+def test_cost_rule_stops_early_on_a_strong_belief_but_not_when_nothing_is_left():
+    pruner = TEViDPruner(None, cost=CostModel(), max_resource=10)
+    _, t = run_one(pruner, diagnosis(latest=latest(0.6)))      # 1 of 10 steps used
+    reason = prune_reason(t)
+    assert t.state == TrialState.PRUNED and reason["rule"] == "cost"
+    assert reason["label"] == INSTABILITY and reason["budget_used"] == 1
+    assert reason["cost_stop"] < reason["cost_continue"]
+    assert reason["confidence"] > reason["p_threshold"]
+    # The same diagnosis read at the last step: no budget left to save, so no stop.
+    study = optuna.create_study()
+    last = optuna.trial.create_trial(value=1.0, intermediate_values={9: 1.0},
+                                     user_attrs={USER_ATTR: diagnosis(latest=latest(0.6))})
+    assert pruner.prune(study, last) is False
+    first = optuna.trial.create_trial(value=1.0, intermediate_values={0: 1.0},
+                                      user_attrs={USER_ATTR: diagnosis(latest=latest(0.6))})
+    assert pruner.prune(study, first) is True
+    # Weak belief (all vacuity): never stops.
+    _, t = run_one(pruner, diagnosis(latest=latest(0.2, vacuity=1.0)), steps=10)
+    assert t.state == TrialState.COMPLETE
+
+
+def test_cost_rule_takes_the_budget_from_the_wrapped_hyperband():
+    attrs = diagnosis(latest=latest(0.6))
+    _, t = run_one(TEViDPruner(HyperbandPruner(1, 10), cost=CostModel()), attrs)
+    assert prune_reason(t)["budget"] == 10
+    # max_resource="auto" is unknown before a trial completes: the cost rule waits.
+    _, t = run_one(TEViDPruner(cost=CostModel()), attrs, steps=3)
+    assert t.state == TrialState.COMPLETE
+
+
+def test_without_a_cost_model_a_strong_latest_belief_alone_does_not_prune():
+    _, t = run_one(TEViDPruner(None), diagnosis(latest=latest(0.99)), steps=3)
+    assert t.state == TrialState.COMPLETE
+
+
+# ----------------------------------------------------------------------------- storages
+@pytest.mark.parametrize("kind", ["inmemory", "sqlite", "journal"])
+def test_decision_and_reason_round_trip_through_every_storage(kind, tmp_path):
+    storage = {"inmemory": None, "sqlite": f"sqlite:///{tmp_path / 'o.db'}",
+               "journal": JournalStorage(JournalFileBackend(str(tmp_path / "o.log")))}[kind]
+    study, t = run_one(TEViDPruner(), diagnosis([alert(OVERFITTING, step=120, epoch=3)]),
+                       storage=storage)
+    assert t.state == TrialState.PRUNED
+    if storage is not None:   # a fresh handle reads what another process would
+        study = optuna.load_study(study_name=study.study_name, storage=storage)
+    again = study.trials[0]
+    assert prune_reason(again)["label"] == OVERFITTING
+    assert again.system_attrs[REASON_SYSTEM_ATTR]["step"] == 120
+    # Deciding again from storage alone (e.g. in another process) gives the same answer.
+    assert TEViDPruner(None).prune(study, again) is True
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("kwargs, error", [
+    ({"prune_on": ("Healthy",)}, ValueError),
+    ({"prune_on": ("Divergence",)}, ValueError),
+    ({"prune_on": ()}, ValueError),
+    ({"wrapped": "median"}, ValueError),
+    ({"wrapped": object()}, TypeError),
+    ({"wrapped": TEViDPruner(None)}, TypeError),
+    ({"cost": 3.0}, TypeError),
+    ({"min_confidence": 1.5}, ValueError),
+    ({"max_resource": 0}, ValueError),
+])
+def test_rejects_bad_arguments(kwargs, error):
+    with pytest.raises(error):
+        TEViDPruner(**kwargs)

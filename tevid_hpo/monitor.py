@@ -1,0 +1,463 @@
+"""Watch one training run from inside its process and publish a compact diagnosis on its trial.
+
+:class:`TrialMonitor` is the trial-side half of tevid-hpo's Optuna integration (DESIGN §7). Around
+a training loop it attaches :class:`~data_factory.capture.StateCapture` to the model, feeds each
+captured frame to a :class:`~tevid_hpo.diagnostician.Diagnostician` on the model's own device,
+and writes what it concludes to the Optuna trial as the user attribute ``"tevid"``. The pruner
+(:class:`tevid_hpo.pruners.TEViDPruner`) decides from that attribute only, so it works with any
+storage — in-memory, RDB, journal — and with any number of worker processes.
+
+What is written (``trial.user_attrs["tevid"]``, JSON)::
+
+    {"version": 1, "every": 10, "step": 341, "epoch": 9, "epochs_done": 10, "n_diagnoses": 35,
+     "alert": "Instability" | None,           # the run's first confirmed alert (latched)
+     "alerts": {label: {"label", "step", "epoch", "confidence", "vacuity", "reason"}},
+     "latest": {"step", "epoch", "label", "probs", "vacuity", "alert", "finite"} | None,
+     "history": [...]}                         # the last ``history_size`` diagnoses
+
+``alerts`` holds the *first* confirmed alert of each label (at most one per label), ``history``
+the last ``history_size`` (default 16) diagnoses with probabilities rounded to 4 digits, so the
+attribute stays under ~6 KB however long the run is (MySQL's TEXT column holds 64 KB; journal
+storages append every write, so size and write frequency both matter). It is written when an
+alert is first confirmed (at once, so a pruner sees it at the next ``trial.should_prune()``), at
+every :meth:`TrialMonitor.epoch_end`, every ``sync_every`` diagnoses, and when the ``with`` block
+ends. A monitoring failure is written as ``trial.user_attrs["tevid_error"]``.
+
+Two alert sources:
+
+* TEViD: the diagnostician's calibrated rule (3 consecutive non-abstained predictions with
+  ``p_c >= tau_c``), ``reason="diagnosis"``;
+* non-finite loss: ``nan_patience`` consecutive NaN/inf losses passed to :meth:`TrialMonitor.step`
+  raise a confirmed Instability with ``reason="non-finite loss"`` and confidence 1, whatever TEViD
+  says. Optuna's Median/Percentile/Patient/Wilcoxon pruners skip NaN values and let such trials
+  run to the end; divergence is exactly what must stop them.
+
+Monitoring never breaks the user's trial: the first exception raised inside capture, diagnosis or
+the attribute write is logged once (with its traceback), the monitor removes its hooks and turns
+itself off, and ``tevid_error`` tells the pruner to fall back to its wrapped pruner.
+
+Example:
+    >>> import tempfile, torch, optuna
+    >>> from data_factory.architectures import small_cnn
+    >>> from tevid_hpo.toy_diagnostician import train_toy_diagnostician
+    >>> diag = Diagnostician.from_pretrained(train_toy_diagnostician(tempfile.mkdtemp()),
+    ...                                      device="cpu")              # doctest: +SKIP
+    >>> def objective(trial):
+    ...     model = small_cnn(in_channels=1)
+    ...     opt = torch.optim.SGD(model.parameters(), lr=trial.suggest_float("lr", 1e-3, 100, log=True))
+    ...     with TrialMonitor(model, trial, diagnostician=diag) as mon:
+    ...         for epoch in range(3):
+    ...             for _ in range(20):
+    ...                 x, y = torch.randn(32, 1, 16, 16), torch.randint(0, 10, (32,))
+    ...                 loss = torch.nn.functional.cross_entropy(model(x), y)
+    ...                 opt.zero_grad(); loss.backward(); mon.step(loss=loss.item()); opt.step()
+    ...             mon.epoch_end(epoch)
+    ...             trial.report(-loss.item(), epoch)
+    ...             if trial.should_prune():
+    ...                 raise optuna.TrialPruned()
+    ...     return -loss.item()
+    >>> from tevid_hpo.pruners import TEViDPruner
+    >>> study = optuna.create_study(direction="maximize", pruner=TEViDPruner())   # doctest: +SKIP
+    >>> study.optimize(objective, n_trials=4)                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_factory.capture import StateCapture
+from data_factory.labels import INSTABILITY
+from tevid_hpo.diagnostician import Diagnosis, Diagnostician
+
+__all__ = ["ERROR_ATTR", "FORMAT_VERSION", "NONFINITE_LOSS", "USER_ATTR", "TrialMonitor"]
+
+logger = logging.getLogger(__name__)
+
+#: Trial user attribute holding the compact diagnosis (see the module docstring).
+USER_ATTR = "tevid"
+#: Trial user attribute set when monitoring failed; the pruner then defers to ``wrapped``.
+ERROR_ATTR = "tevid_error"
+#: Version of the ``USER_ATTR`` layout; a pruner ignores layouts it does not know.
+FORMAT_VERSION = 1
+#: ``reason`` of an alert raised by the non-finite-loss rule.
+NONFINITE_LOSS = "non-finite loss"
+
+_DIGITS = 4
+
+
+class TrialLike(Protocol):
+    """What the monitor needs from a trial: ``optuna.Trial`` (or ``FixedTrial``) fits."""
+
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+def _num(x: float | None) -> float | None:
+    """Rounded float, or ``None`` for missing/non-finite values (JSON has no NaN)."""
+    if x is None:
+        return None
+    v = float(x)
+    return round(v, _DIGITS) if math.isfinite(v) else None
+
+
+def _entry(d: Diagnosis) -> dict[str, Any]:
+    return {"step": d.step, "epoch": d.epoch, "label": d.label,
+            "probs": {c: _num(p) for c, p in d.probs.items()}, "vacuity": _num(d.vacuity),
+            "alert": d.alert, "finite": d.finite}
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class TrialMonitor:
+    """Capture + streaming TEViD diagnosis of one trial, published on the Optuna trial.
+
+    Use it as a context manager around the training loop; call :meth:`step` after every
+    ``loss.backward()`` and, optionally, :meth:`epoch_end` at epoch boundaries (before
+    ``trial.report`` / ``trial.should_prune``, so the pruner sees the epoch's last diagnosis).
+
+    Args:
+        model: the model being trained (any ``nn.Module`` with at least three capturable layers).
+        trial: an ``optuna.Trial`` (anything with ``set_user_attr``), or ``None`` to only
+            diagnose (e.g. for Ray Tune, which reads :meth:`metrics`).
+        every: capture cadence in optimisation steps; ``None`` takes the diagnostician's
+            training cadence (``profile.every``: 10 for the cpu/tiny profiles, 50 for paper).
+            Frames taken at another cadence show dynamics at another speed than TEViD learned.
+        diagnostician: a :class:`Diagnostician`; ``None`` loads the shipped default checkpoint
+            (:meth:`Diagnostician.from_pretrained`). The monitor resets it on entry and owns its
+            streaming state while active: use one diagnostician per concurrently running trial.
+        device: where the default diagnostician runs; ``"auto"`` = the model's device (the
+            trial's own). Ignored when ``diagnostician`` is given (it keeps its device).
+        layers: three module names to capture instead of the automatic 25/50/75 % choice.
+        history_size: diagnoses kept in the trial attribute (the in-process :attr:`history`
+            keeps all of them).
+        nan_patience: consecutive non-finite losses that confirm Instability. The default 3
+            mirrors the diagnostician's 3-consecutive rule: a single NaN/inf loss can be a
+            transient that the loop survives (e.g. a skipped step under dynamic loss scaling),
+            whereas without such protection one NaN poisons the weights and every later loss is
+            NaN too, so waiting two more steps costs two steps.
+        sync_every: also write the trial attribute every this many diagnoses (for loops that
+            never call :meth:`epoch_end`).
+
+    Raises:
+        FileNotFoundError: ``diagnostician=None`` and no default checkpoint is installed. That
+            is a setup problem, reported here rather than silently disabling every trial.
+    """
+
+    def __init__(self, model: nn.Module, trial: TrialLike | None = None, every: int | None = None,
+                 diagnostician: Diagnostician | None = None, device: str | torch.device = "auto",
+                 *, layers: Sequence[str] | None = None, history_size: int = 16,
+                 nan_patience: int = 3, sync_every: int = 10) -> None:
+        for name, value in (("history_size", history_size), ("nan_patience", nan_patience),
+                            ("sync_every", sync_every)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if diagnostician is None:
+            where = _model_device(model) if device == "auto" else device
+            try:
+                diagnostician = Diagnostician.from_pretrained(device=where)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(
+                    f"TrialMonitor needs a trained diagnostician and none is installed: {err} "
+                    "Pass diagnostician=Diagnostician.from_pretrained(PATH).") from err
+        self.model = model
+        self.trial = trial
+        self.diagnostician = diagnostician
+        self.history_size = int(history_size)
+        self.nan_patience = int(nan_patience)
+        self.sync_every = int(sync_every)
+        profile = diagnostician.profile
+        self.every = int(every if every is not None else profile.every)
+        self._capture = StateCapture(model, every=self.every, frame_size=profile.frame_size,
+                                     layers=layers)
+        self._history: list[dict[str, Any]] = []
+        self._alerts: dict[str, dict[str, Any]] = {}   # insertion order = time order
+        self._latest: Diagnosis | None = None
+        self._epoch = 0
+        self._epochs_done: int | None = None
+        self._nan_streak = 0
+        self._since_sync = 0
+        self._error: str | None = None
+        self._active = False
+        self._started = False    # entered at least once (re-entry keeps the stream going)
+        self._restored = False   # load_state_dict() supplied the diagnostician's window
+
+    # ------------------------------------------------------------------ context
+    def __enter__(self) -> TrialMonitor:
+        if self._active:
+            raise RuntimeError("TrialMonitor is already active")
+        self._active = True
+        if self._error is None:
+            try:
+                if not (self._started or self._restored):
+                    self.diagnostician.reset()
+                self._capture.__enter__()
+            except Exception as err:
+                self._fail(err, "attaching the capture hooks")
+        self._started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._active = False
+        self._capture.close()
+        if self._error is None:
+            self._sync()
+
+    # ------------------------------------------------------------------ training-loop calls
+    def step(self, loss: float | torch.Tensor | None = None, epoch: int | None = None
+             ) -> Diagnosis | None:
+        """Close one optimisation step (call after ``loss.backward()``).
+
+        Args:
+            loss: this step's training loss, checked for NaN/inf. Pass the Python float you
+                already have (``loss.item()``); a CUDA tensor would be synchronised here.
+            epoch: the current epoch, if the loop does not call :meth:`epoch_end`.
+
+        Returns:
+            The :class:`Diagnosis` on capture steps, else ``None`` (also once disabled).
+        """
+        if not self._active:
+            raise RuntimeError("TrialMonitor.step() called outside `with TrialMonitor(...)`")
+        if self._error is not None:
+            return None
+        try:
+            if epoch is not None:
+                self._epoch = int(epoch)
+            step = self._capture.step_count
+            if loss is not None:
+                self._check_loss(loss, step)
+            frame = self._capture.step(epoch=self._epoch)
+            if frame is None:
+                return None
+            diagnosis = self.diagnostician.update(frame)
+            self._record(diagnosis)
+            return diagnosis
+        except Exception as err:
+            self._fail(err, f"step {self._capture.step_count}")
+            return None
+
+    def epoch_end(self, epoch: int | None = None) -> None:
+        """Mark the end of ``epoch`` (default: the current one) and publish to the trial."""
+        self._epoch = (self._epoch if epoch is None else int(epoch)) + 1
+        self._epochs_done = self._epoch
+        if self._error is None:
+            self._sync()
+
+    # ------------------------------------------------------------------ results
+    @property
+    def alert(self) -> str | None:
+        """The run's first confirmed alert label (latched), or ``None``."""
+        return next(iter(self._alerts), None)
+
+    @property
+    def alerts(self) -> dict[str, dict[str, Any]]:
+        """First confirmed alert of each label: ``{label: {step, epoch, confidence, ...}}``."""
+        return {k: dict(v) for k, v in self._alerts.items()}
+
+    @property
+    def last(self) -> Diagnosis | None:
+        """The latest diagnosis, or ``None`` before the first capture step."""
+        return self._latest
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every diagnosis of the run as a compact dict (step, epoch, label, probs, vacuity,
+        alert, finite); the trial attribute keeps only the last ``history_size``."""
+        return list(self._history)
+
+    @property
+    def error(self) -> str | None:
+        """Why monitoring turned itself off, or ``None`` while it works."""
+        return self._error
+
+    def metrics(self) -> dict[str, int | float | str]:
+        """A flat dict of plain Python numbers and strings (Ray Tune results, loggers).
+
+        Keys: ``tevid_step``, ``tevid_epoch`` (``-1`` before the first diagnosis),
+        ``tevid_label``, ``tevid_alert`` (``""`` for none), ``tevid_alerted`` (0/1),
+        ``tevid_vacuity``, ``tevid_p_<label>`` per known class, ``tevid_error`` (``""``). Before
+        the first diagnosis the probabilities are the uniform prior and the vacuity is 1 (no
+        evidence), so the key set never changes.
+
+        Example:
+            >>> import warnings, torch
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     diag = Diagnostician.from_pretrained("tiny", device="cpu")   # untrained
+            >>> mon = TrialMonitor(torch.nn.Sequential(*[torch.nn.Linear(4, 4)] * 3),
+            ...                    diagnostician=diag)
+            >>> m = mon.metrics()
+            >>> m["tevid_alert"], m["tevid_vacuity"], m["tevid_p_Healthy"]
+            ('', 1.0, 0.2)
+        """
+        d = self._latest
+        known = self.diagnostician.known_labels
+        probs = d.probs if d is not None else {c: 1.0 / len(known) for c in known}
+        out: dict[str, int | float | str] = {
+            "tevid_step": d.step if d is not None else -1,
+            "tevid_epoch": d.epoch if d is not None and d.epoch is not None else -1,
+            "tevid_label": d.label if d is not None else "",
+            "tevid_alert": self.alert or "",
+            "tevid_alerted": int(self.alert is not None),
+            "tevid_vacuity": float(d.vacuity) if d is not None else 1.0,
+        }
+        out.update({f"tevid_p_{c}": float(probs.get(c, 0.0)) for c in known})
+        out["tevid_error"] = self._error or ""
+        return out
+
+    # ------------------------------------------------------------------ pause / resume
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state: capture (step counter, layers, frame normalisation), the
+        diagnostician's window and alert streaks, alerts and history. With the model's and
+        optimizer's own state it resumes the stream exactly (e.g. a Ray Tune PAUSE)."""
+        return {
+            "version": FORMAT_VERSION,
+            "capture": self._capture.state_dict(),
+            "diagnostician": _diagnostician_state(self.diagnostician),
+            "history": list(self._history),
+            "alerts": self.alerts,
+            "latest": self._latest.to_dict() if self._latest is not None else None,
+            "epoch": self._epoch,
+            "epochs_done": self._epochs_done,
+            "nan_streak": self._nan_streak,
+            "error": self._error,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; call before entering the ``with`` block."""
+        if self._active:
+            raise RuntimeError("load_state_dict must be called before entering the monitor")
+        if state.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported TrialMonitor state version {state.get('version')!r}")
+        self._capture.load_state_dict(state["capture"])
+        _load_diagnostician_state(self.diagnostician, state["diagnostician"])
+        self._history = [dict(e) for e in state["history"]]
+        self._alerts = {k: dict(v) for k, v in state["alerts"].items()}
+        latest = state.get("latest")
+        self._latest = Diagnosis(**latest) if latest is not None else None
+        self._epoch = int(state["epoch"])
+        self._epochs_done = state.get("epochs_done")
+        self._nan_streak = int(state.get("nan_streak", 0))
+        self._error = state.get("error")
+        self._restored = True
+
+    # ------------------------------------------------------------------ internals
+    def _check_loss(self, loss: float | torch.Tensor, step: int) -> None:
+        value = float(loss)
+        if math.isfinite(value):
+            self._nan_streak = 0
+            return
+        self._nan_streak += 1
+        if self._nan_streak >= self.nan_patience and INSTABILITY not in self._alerts:
+            self._add_alert({"label": INSTABILITY, "step": step, "epoch": self._epoch,
+                             "confidence": 1.0, "vacuity": None, "reason": NONFINITE_LOSS,
+                             "loss": repr(value)})
+
+    def _record(self, d: Diagnosis) -> None:
+        self._latest = d
+        self._history.append(_entry(d))
+        if d.alert is not None and d.alert not in self._alerts:
+            self._add_alert({"label": d.alert, "step": d.step, "epoch": d.epoch,
+                             "confidence": _num(d.probs.get(d.alert)), "vacuity": _num(d.vacuity),
+                             "reason": "diagnosis"})
+            return
+        self._since_sync += 1
+        if self._since_sync >= self.sync_every:
+            self._sync()
+
+    def _add_alert(self, record: dict[str, Any]) -> None:
+        self._alerts[record["label"]] = record
+        logger.info("TEViD alert %s at step %s (epoch %s, %s)%s", record["label"], record["step"],
+                    record["epoch"], record["reason"], self._trial_suffix())
+        self._sync()   # at once: the next trial.should_prune() must see it
+
+    def _payload(self) -> dict[str, Any]:
+        latest = self._history[-1] if self._history else None
+        return {"version": FORMAT_VERSION, "every": self.every,
+                "step": self._capture.step_count - 1, "epoch": self._epoch,
+                "epochs_done": self._epochs_done, "n_diagnoses": len(self._history),
+                "alert": self.alert, "alerts": self.alerts, "latest": latest,
+                "history": self._history[-self.history_size:]}
+
+    def _sync(self) -> None:
+        self._since_sync = 0
+        if self.trial is None:
+            return
+        try:
+            self.trial.set_user_attr(USER_ATTR, self._payload())
+        except Exception as err:
+            self._fail(err, "writing the diagnosis to the trial")
+
+    def _fail(self, err: BaseException, where: str) -> None:
+        if self._error is not None:
+            return
+        self._error = f"{type(err).__name__}: {err} (while {where})"
+        logger.warning("TEViD monitoring disabled%s: %s. The trial continues; the pruner falls "
+                       "back to its wrapped pruner.", self._trial_suffix(), self._error,
+                       exc_info=err)
+        try:
+            self._capture.close()
+        except Exception as close_err:  # pragma: no cover - close() only removes hooks
+            logger.debug("removing the capture hooks failed: %r", close_err)
+        if self.trial is not None:
+            try:
+                self.trial.set_user_attr(ERROR_ATTR, self._error)
+            except Exception as write_err:   # the storage itself may be what failed
+                logger.debug("could not record %s on the trial: %r", ERROR_ATTR, write_err)
+
+    def _trial_suffix(self) -> str:
+        number = getattr(self.trial, "number", None)
+        return f" for trial {number}" if number is not None else ""
+
+
+# ---------------------------------------------------------------------- diagnostician state
+# The streaming state lives in private attributes of Diagnostician; until it grows a public
+# state_dict()/load_state_dict() pair (used here when present) this is the one place that
+# knows about them.
+def _diagnostician_state(diag: Diagnostician) -> dict[str, Any]:
+    if hasattr(diag, "state_dict") and hasattr(diag, "load_state_dict"):
+        return {"public": diag.state_dict()}
+    frames = list(diag._frames)
+    return {
+        "frames": _encode_frames(torch.stack(frames)) if frames else None,
+        "updates": int(diag._updates),
+        "streaks": [int(s) for s in diag._rule.streaks],
+        "first_alert": list(diag.first_alert) if diag.first_alert is not None else None,
+        "last": diag.last.to_dict() if diag.last is not None else None,
+    }
+
+
+def _load_diagnostician_state(diag: Diagnostician, state: Mapping[str, Any]) -> None:
+    if "public" in state:
+        diag.load_state_dict(state["public"])
+        return
+    diag.reset()
+    if state["frames"] is not None:
+        frames = _decode_frames(state["frames"]).to(diag.device)
+        diag._frames = deque(frames.unbind(0), maxlen=diag.window)
+    diag._updates = int(state["updates"])
+    diag._rule.streaks = np.asarray(state["streaks"], dtype=np.int64)
+    diag.first_alert = tuple(state["first_alert"]) if state["first_alert"] else None
+    diag.last = Diagnosis(**state["last"]) if state["last"] is not None else None
+
+
+def _encode_frames(x: torch.Tensor) -> dict[str, Any]:
+    # Frames are bfloat16 from capture (and NaN-clamped to a bf16-exact value), so bf16 bytes
+    # are lossless and ~8x smaller than a JSON list of floats.
+    raw = x.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
+    return {"dtype": "bfloat16", "shape": list(x.shape), "data": base64.b64encode(raw).decode()}
+
+
+def _decode_frames(d: Mapping[str, Any]) -> torch.Tensor:
+    buf = np.frombuffer(base64.b64decode(d["data"]), dtype=np.int16).copy()
+    return torch.from_numpy(buf).view(torch.bfloat16).reshape(d["shape"]).float()

@@ -1,0 +1,306 @@
+"""TEViDPruner: stop Optuna trials on a confirmed diagnosis, otherwise defer to a usual pruner.
+
+The decision is made from what :class:`~tevid_hpo.monitor.TrialMonitor` stored on the trial
+(``trial.user_attrs["tevid"]``), never from in-process state, so the same pruner works with
+in-memory, RDB (SQLite, PostgreSQL, MySQL) and journal storages and with any number of workers.
+
+For each ``trial.should_prune()`` call, in order:
+
+1. **Confirmed alert.** The trial's earliest confirmed alert whose label is in ``prune_on``
+   (default Instability, Overfitting) and whose confidence is at least ``min_confidence``
+   prunes. Alerts come from TEViD's calibrated 3-consecutive rule or from the monitor's
+   non-finite-loss rule; they are latched, so an alert confirmed mid-epoch still prunes at the
+   epoch's ``should_prune()``.
+2. **Cost rule** (only with ``cost=CostModel(...)``). :meth:`CostModel.decide
+   <tevid_hpo.cost.CostModel.decide>` on the latest diagnosis with the budget used so far
+   (``trial.last_step + 1`` reported steps out of ``max_resource``) stops the trial when
+   stopping is expected to be cheaper than continuing. Off by default: with the paper's
+   coefficients a weak early belief suffices, which is only sensible with a well-calibrated
+   checkpoint.
+3. **Wrapped pruner.** Otherwise the decision is ``wrapped.prune(study, trial)``: a
+   ``HyperbandPruner()`` by default, ``None`` for TEViD alone, or any Optuna pruner.
+
+Trials without a monitor, and trials whose monitor failed (``tevid_error``), are judged by the
+wrapped pruner alone, except that an alert confirmed before a monitor failure still counts.
+
+Why a pruning happened is recorded on the trial, as the user attribute ``"tevid_prune_reason"``
+(visible in ``study.trials_dataframe()`` and optuna-dashboard) and the system attribute
+``"tevid:prune_reason"`` (where Optuna's own pruners keep their state), e.g.::
+
+    {"pruner": "TEViD", "rule": "alert", "label": "Instability", "reason": "diagnosis",
+     "step": 30, "epoch": 0, "confidence": 0.8213, "vacuity": 0.2187, "report_step": 0}
+    {"pruner": "HyperbandPruner", "rule": "wrapped", "report_step": 3, "value": 0.41}
+
+Read it with :func:`prune_reason`.
+
+**Hyperband and the sampler.** Optuna gives the sampler a per-bracket view of the study (each
+bracket samples from its own history) only when ``isinstance(study.pruner, HyperbandPruner)``
+(``optuna.pruners._filter_study``). A pruner that merely *holds* a HyperbandPruner would silently
+change sampling, so ``TEViDPruner(wrapped=<a HyperbandPruner>)`` — the default — constructs an
+instance of a private subclass of both ``TEViDPruner`` and ``HyperbandPruner`` whose bracket
+methods delegate to the wrapped pruner (which keeps all bracket state). With ``wrapped=None`` or
+another pruner it is a plain ``TEViDPruner``, so ``isinstance(pruner, HyperbandPruner)`` is
+true exactly when Hyperband is in charge.
+
+Example:
+    >>> import optuna
+    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> def objective(trial):
+    ...     x = trial.suggest_float("x", -1, 1)
+    ...     trial.set_user_attr("tevid", {"version": 1, "alerts": {"Instability": {
+    ...         "label": "Instability", "step": 30, "epoch": 0, "confidence": 0.97,
+    ...         "vacuity": 0.1, "reason": "diagnosis"}}} if x > 0 else {"version": 1})
+    ...     trial.report(x, 0)
+    ...     if trial.should_prune():
+    ...         raise optuna.TrialPruned()
+    ...     return x
+    >>> pruner = TEViDPruner()
+    >>> isinstance(pruner, optuna.pruners.HyperbandPruner), isinstance(pruner, TEViDPruner)
+    (True, True)
+    >>> study = optuna.create_study(pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
+    >>> study.optimize(objective, n_trials=6)
+    >>> {t.state.name for t in study.trials if t.params["x"] > 0}
+    {'PRUNED'}
+    >>> prune_reason(next(t for t in study.trials if t.params["x"] > 0))["label"]
+    'Instability'
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Mapping
+from typing import Any, Literal
+
+import optuna
+from optuna.pruners import BasePruner, HyperbandPruner
+from optuna.trial import FrozenTrial
+
+from data_factory.labels import HEALTHY, INSTABILITY, LABELS, OVERFITTING
+from tevid_hpo.cost import CostModel
+from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
+
+__all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "prune_reason"]
+
+logger = logging.getLogger(__name__)
+
+#: Trial user attribute with the reason of a pruning decision (user-visible).
+REASON_ATTR = "tevid_prune_reason"
+#: Trial system attribute with the same reason (Optuna's pruner-state namespace).
+REASON_SYSTEM_ATTR = "tevid:prune_reason"
+
+#: Label TEViD uses for its own decisions in recorded reasons.
+_TEVID = "TEViD"
+
+
+def prune_reason(trial: FrozenTrial) -> dict[str, Any] | None:
+    """Why ``trial`` was pruned through a :class:`TEViDPruner`, or ``None``.
+
+    Example:
+        >>> import optuna
+        >>> prune_reason(optuna.trial.create_trial(value=1.0)) is None
+        True
+    """
+    reason = trial.user_attrs.get(REASON_ATTR)
+    if reason is None:
+        reason = trial.system_attrs.get(REASON_SYSTEM_ATTR)
+    return dict(reason) if isinstance(reason, Mapping) else None
+
+
+class TEViDPruner(BasePruner):
+    """Prune on a confirmed TEViD diagnosis (or the cost rule), else defer to ``wrapped``.
+
+    See the module documentation for the decision order, what is recorded, and why the default
+    instance is also a :class:`~optuna.pruners.HyperbandPruner`.
+
+    Args:
+        wrapped: the pruner to defer to: ``"hyperband"`` (default) for a fresh
+            ``HyperbandPruner()``, a configured pruner instance, or ``None`` for TEViD alone.
+        prune_on: alert labels that prune (any of ``LABELS`` except Healthy).
+        cost: a :class:`~tevid_hpo.cost.CostModel` to also stop when the expected cost of
+            stopping is lower; ``None`` (default) prunes on confirmed alerts only.
+        min_confidence: ignore alerts whose probability for their label is below this (extra
+            conservatism on top of the checkpoint's calibrated thresholds).
+        max_resource: the budget in reported steps for the cost rule; ``None`` takes the
+            wrapped Hyperband's ``max_resource`` once known (the cost rule waits until then).
+
+    Example:
+        >>> import optuna
+        >>> TEViDPruner(wrapped=None)
+        TEViDPruner(wrapped=None, prune_on=('Instability', 'Overfitting'), cost=None)
+        >>> p = TEViDPruner(optuna.pruners.MedianPruner())
+        >>> isinstance(p, optuna.pruners.HyperbandPruner), p.wrapped.__class__.__name__
+        (False, 'MedianPruner')
+    """
+
+    _wrapped: BasePruner | None
+
+    def __new__(cls, wrapped: BasePruner | Literal["hyperband"] | None = "hyperband",
+                *args: Any, **kwargs: Any) -> TEViDPruner:
+        # Around a Hyperband, be one (see the module docstring): the sampler's bracket view
+        # depends on an isinstance check we cannot otherwise satisfy.
+        hyperband = wrapped == "hyperband" if isinstance(wrapped, str) else isinstance(
+            wrapped, HyperbandPruner)
+        return super().__new__(_TEViDHyperbandPruner if cls is TEViDPruner and hyperband else cls)
+
+    def __init__(self, wrapped: BasePruner | Literal["hyperband"] | None = "hyperband",
+                 prune_on: Collection[str] = (INSTABILITY, OVERFITTING),
+                 cost: CostModel | None = None, *, min_confidence: float = 0.0,
+                 max_resource: int | None = None) -> None:
+        if isinstance(wrapped, str):
+            if wrapped != "hyperband":
+                raise ValueError(f"wrapped must be a BasePruner, None or 'hyperband', "
+                                 f"got {wrapped!r}")
+            wrapped = HyperbandPruner()
+        if wrapped is not None and not isinstance(wrapped, BasePruner):
+            raise TypeError(f"wrapped must be an optuna BasePruner or None, got {type(wrapped)}")
+        if isinstance(wrapped, TEViDPruner):
+            raise TypeError("wrapping a TEViDPruner in a TEViDPruner checks every alert twice")
+        labels = tuple(prune_on)
+        bad = [c for c in labels if c not in LABELS or c == HEALTHY]
+        if not labels or bad:
+            raise ValueError(f"prune_on must name labels from {LABELS[1:]} (not Healthy), "
+                             f"got {list(labels)}")
+        if cost is not None and not isinstance(cost, CostModel):
+            raise TypeError(f"cost must be a CostModel or None, got {type(cost)}")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must lie in [0, 1], got {min_confidence}")
+        if max_resource is not None and max_resource < 1:
+            raise ValueError(f"max_resource must be >= 1, got {max_resource}")
+        self._wrapped = wrapped
+        self._prune_on = labels
+        self._cost = cost
+        self._min_confidence = float(min_confidence)
+        self._max_resource = max_resource
+        self._warned = False
+
+    def __getnewargs_ex__(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # pickle/deepcopy call __new__ again: pass `wrapped` so it picks the same class.
+        return (), {"wrapped": self._wrapped}
+
+    def __repr__(self) -> str:
+        wrapped = None if self._wrapped is None else type(self._wrapped).__name__
+        return (f"TEViDPruner(wrapped={wrapped}, prune_on={self._prune_on!r}, "
+                f"cost={self._cost!r})")
+
+    @property
+    def wrapped(self) -> BasePruner | None:
+        """The pruner deferred to when TEViD has no reason to prune."""
+        return self._wrapped
+
+    @property
+    def prune_on(self) -> tuple[str, ...]:
+        """Alert labels that prune."""
+        return self._prune_on
+
+    def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
+        """Decide for ``trial`` from its stored diagnosis, else ask the wrapped pruner."""
+        reason = self._tevid_reason(study, trial)
+        if reason is not None:
+            self._record(study, trial, reason)
+            return True
+        if self._wrapped is None or not self._wrapped.prune(study, trial):
+            return False
+        step = trial.last_step
+        value = trial.intermediate_values.get(step) if step is not None else None
+        self._record(study, trial, {
+            "pruner": type(self._wrapped).__name__, "rule": "wrapped", "report_step": step,
+            "value": value if value is not None and math.isfinite(value) else None})
+        return True
+
+    # ------------------------------------------------------------------ internals
+    def _tevid_reason(self, study: optuna.study.Study, trial: FrozenTrial
+                      ) -> dict[str, Any] | None:
+        state = trial.user_attrs.get(USER_ATTR)
+        if state is None:
+            return None   # no monitor in this objective: a plain wrapped pruner
+        try:
+            if not isinstance(state, Mapping) or state.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unknown {USER_ATTR!r} attribute layout")
+            reason = self._alert_reason(state)
+            if reason is None and self._cost is not None and ERROR_ATTR not in trial.user_attrs:
+                reason = self._cost_reason(state, trial)
+        except Exception as err:
+            # A malformed attribute must not fail the trial: judge it by `wrapped` alone.
+            if not self._warned:
+                self._warned = True
+                logger.warning("TEViDPruner ignores the diagnosis of trial %d (%s: %s); "
+                               "deferring to the wrapped pruner", trial.number,
+                               type(err).__name__, err)
+            return None
+        if reason is not None:
+            reason["report_step"] = trial.last_step
+        return reason
+
+    def _alert_reason(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
+        hits = [a for label, a in state.get("alerts", {}).items()
+                if label in self._prune_on and (a.get("confidence") or 0.0) >= self._min_confidence]
+        if not hits:
+            return None
+        first = min(hits, key=lambda a: a["step"])
+        return {"pruner": _TEVID, "rule": "alert", "label": first["label"],
+                "reason": first.get("reason", "diagnosis"), "step": first["step"],
+                "epoch": first.get("epoch"), "confidence": first.get("confidence"),
+                "vacuity": first.get("vacuity")}
+
+    def _cost_reason(self, state: Mapping[str, Any], trial: FrozenTrial
+                     ) -> dict[str, Any] | None:
+        latest = state.get("latest")
+        budget = self._budget()
+        if latest is None or budget is None or trial.last_step is None:
+            return None
+        done = min(trial.last_step + 1, budget)
+        decision = self._cost.decide(latest, done, budget, self._prune_on)  # type: ignore[union-attr]
+        if not decision.stop:
+            return None
+        probs = latest["probs"]
+        label = max((c for c in self._prune_on if c in probs), key=lambda c: probs[c],
+                    default=self._prune_on[0])
+        return {"pruner": _TEVID, "rule": "cost", "label": label, "reason": "cost",
+                "step": latest["step"], "epoch": latest.get("epoch"),
+                "confidence": round(decision.p_anomaly, 4), "vacuity": latest.get("vacuity"),
+                "p_threshold": round(decision.p_threshold, 4),
+                "cost_stop": round(decision.cost_stop, 4),
+                "cost_continue": round(decision.cost_continue, 4),
+                "budget_used": done, "budget": budget}
+
+    def _budget(self) -> int | None:
+        if self._max_resource is not None:
+            return self._max_resource
+        # HyperbandPruner keeps max_resource privately; it becomes an int once known ("auto").
+        hb_max = getattr(self._wrapped, "_max_resource", None)
+        return hb_max if isinstance(hb_max, int) else None
+
+    @staticmethod
+    def _record(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]) -> None:
+        # No public system-attribute setter in Optuna 5: write through the storage, as the
+        # built-in pruners do (optuna/pruners/_successive_halving.py).
+        try:
+            study._storage.set_trial_system_attr(trial._trial_id, REASON_SYSTEM_ATTR, reason)
+            study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+        except Exception as err:   # e.g. asked about a trial that has already finished
+            logger.debug("could not record the prune reason of trial %d: %s", trial.number, err)
+        if reason["pruner"] == _TEVID:
+            logger.info("Trial %d pruned by TEViD: %s at step %s (epoch %s, %s, confidence %s)",
+                        trial.number, reason["label"], reason["step"], reason["epoch"],
+                        reason["reason"], reason["confidence"])
+
+
+class _TEViDHyperbandPruner(TEViDPruner, HyperbandPruner):
+    """A :class:`TEViDPruner` around a :class:`~optuna.pruners.HyperbandPruner`, itself one.
+
+    Optuna reaches a Hyperband pruner's brackets through exactly two methods,
+    ``_get_bracket_id`` and ``_create_bracket_study`` (``optuna.pruners._filter_study``); both are
+    delegated to the wrapped instance, which owns every piece of bracket state.
+    ``HyperbandPruner.__init__`` is deliberately not called: no second, unused copy of that
+    state exists. ``prune`` is :meth:`TEViDPruner.prune` (first in the MRO).
+    """
+
+    _wrapped: HyperbandPruner
+
+    def _get_bracket_id(self, study: optuna.study.Study, trial: FrozenTrial) -> int:
+        return self._wrapped._get_bracket_id(study, trial)
+
+    def _create_bracket_study(self, study: optuna.study.Study, bracket_id: int
+                              ) -> optuna.study.Study:
+        return self._wrapped._create_bracket_study(study, bracket_id)
