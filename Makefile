@@ -14,7 +14,7 @@ endif
 export RAY_AUTH_MODE := disabled
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench clean-venv
+.PHONY: venv demo test bench corpus labels pipeline clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ test: venv
 
 bench: venv
 	$(PY) -m experiments.bench_overhead
+
+# The data factory corpus (~1,000 runs, Ray on all cores; resumable) under ~/.cache/tevid-hpo.
+corpus: venv
+	$(PY) -m experiments.factory
+
+labels: venv
+	$(PY) -m experiments.label
+
+# Corpus (if missing) → labels → DYNAMICS-MAE → TEViD → calibration → shipped checkpoint.
+pipeline: venv
+	$(PY) -m experiments.pipeline
 
 clean-venv:
 	rm -rf $(VENV)
