@@ -10,7 +10,7 @@ import torch
 
 from data_factory.frames import Frame
 from data_factory.store import RunStore
-from experiments.bench_overhead import measure
+from experiments.bench_overhead import capture_watcher, inference_latency, measure, monitor_watcher
 from tevid_hpo.capture_demo import run_capture_demo
 from tevid_hpo.cli import main
 
@@ -46,7 +46,14 @@ def test_capture_demo_end_to_end(tmp_path):
     assert diverging.frames.tensor[1:, :3].float().abs().max() > healthy.frames.tensor[1:, :3].float().abs().max()
 
 
-@pytest.mark.parametrize("stats", [False, True])
-def test_overhead_benchmark_runs(stats):
-    res = measure(rounds=2, every=2, frame_size=8, stats=stats)
+@pytest.mark.parametrize("watcher", ["capture", "capture+stats", "monitor"])
+def test_overhead_benchmark_runs(watcher):
+    build = {"capture": capture_watcher(2, 8, False), "capture+stats": capture_watcher(2, 8, True),
+             "monitor": monitor_watcher(2, profile="tiny")}[watcher]
+    res = measure(build, rounds=2, every=2)
     assert res["median_ratio"] > 0 and res["ms_per_step_plain"] > 0
+
+
+def test_inference_latency_benchmark_runs():
+    res = inference_latency(profile="tiny", updates=5, warmup=2)
+    assert res["median_ms"] > 0 and res["peak_rss_mb"] > 0
