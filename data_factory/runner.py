@@ -128,6 +128,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def _lr_at(step: int, plan: Plan, total: int) -> float:
     if step < plan.warmup_steps:
         return plan.lr * (step + 1) / plan.warmup_steps
+    if plan.schedule == "constant":
+        return plan.lr
     progress = (step - plan.warmup_steps) / max(1, total - plan.warmup_steps)
     return plan.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 

@@ -39,16 +39,21 @@ INTENDED: dict[str, str] = {
 }
 
 
+#: Our runs fit their data (loss → ~0, IQR collapses): spikes must rise by half the early loss.
+SPIKE_MIN_RISE = 0.5
+
+
 def reference_config(store: RunStore, run_ids: list[str], base: LabelConfig | None = None) -> LabelConfig:
     """The default rules with floors and Lyapunov margin chosen from healthy reference runs."""
     base = base or LabelConfig()
     runs = (store.load(r) for r in run_ids)
     healthy = [r for r in runs if r.meta["intervention"]["kind"] == "healthy"]
     # 80 % of the median healthy run: Table 10's floors sit well below typical healthy results.
-    floors = choose_floors(healthy, quantile=0.5, fraction=0.8)
+    floors = choose_floors(healthy, quantile=0.5, fraction=0.8, by="arch_dataset")
     train_healthy = [r for r in healthy if r.meta.get("split") == "train"]
     margin = choose_lyap_margin(train_healthy, base) if train_healthy else base.lyap_margin
-    return replace(base, floors=floors, lyap_margin=max(base.lyap_margin, margin))
+    return replace(base, floors=floors, lyap_margin=max(base.lyap_margin, margin),
+                   spike_min_rise=SPIKE_MIN_RISE if base.spike_min_rise == 0 else base.spike_min_rise)
 
 
 def _label_one(run_id: str, root: str, configs: dict[str, LabelConfig]) -> dict[str, Any]:

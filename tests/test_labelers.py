@@ -705,3 +705,26 @@ def test_forgetting_window_capped_by_planned_schedule() -> None:
     assert r.fired and r.evidence["window_used"] == 6 and r.fire_epoch == 15
     cut = forgetting_rule(truncate_run(run, r.fire_time))
     assert cut.fire_time == r.fire_time
+
+
+def test_spike_min_rise_ignores_noise_near_zero_loss():
+    """Late-run mini-batch noise around a ~0 loss is not a spike once spikes must be material."""
+    import numpy as np
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from data_factory.labelers import LabelConfig, instability_rule
+
+    rng = np.random.default_rng(0)
+    loss = np.r_[np.linspace(2.3, 0.05, 200), 0.01 + 0.002 * rng.random(400)]
+    def run_with(spike: float) -> SimpleNamespace:
+        values = loss.copy()
+        values[[450, 460, 470]] = spike
+        return SimpleNamespace(meta={"steps_per_epoch": 40},
+                               steps=pd.DataFrame({"step": np.arange(600), "loss": values}),
+                               epochs=pd.DataFrame(), arrays={})
+
+    noise = run_with(0.2)  # z >> 3.5 against a collapsed IQR, but tiny against the early 2.3
+    assert instability_rule(noise, LabelConfig()).fired
+    assert not instability_rule(noise, LabelConfig(spike_min_rise=0.5)).fired
+    assert instability_rule(run_with(5.0), LabelConfig(spike_min_rise=0.5)).fired  # real spikes

@@ -60,6 +60,8 @@ class LabelConfig:
             :func:`~data_factory.labelers.instability.choose_lyap_margin`.
         spike_z: robust z-score of a spike (paper: 3.5).
         spike_count: spikes needed inside one window (paper: 3).
+        spike_min_rise: a spike must also exceed the past median by this fraction of the run's
+            early loss level (paper: no such condition, 0; see ``docs/labeling.md``).
         spike_window_steps / spike_baseline_steps: explicit window lengths in steps; ``None``
             (default) scales the paper's 500/1000 steps to the run's epoch length.
         spike_min_window_steps / spike_min_baseline_steps: floors of the scaled windows.
@@ -103,6 +105,7 @@ class LabelConfig:
     lyap_margin: float = 0.0
     spike_z: float = 3.5
     spike_count: int = 3
+    spike_min_rise: float = 0.0
     spike_window_steps: int | None = None
     spike_baseline_steps: int | None = None
     spike_window_epochs: float = 500 / _PAPER_STEPS_PER_EPOCH

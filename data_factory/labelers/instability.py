@@ -232,10 +232,22 @@ def instability_rule(run: RunLike, cfg: LabelConfig | None = None) -> RuleResult
     z = spike_scores(loss, max(1, round(base / stride)),
                      max(2, round(cfg.spike_min_history / stride)), cfg.spike_eps)
     spikes = np.nan_to_num(z, nan=-np.inf) >= cfg.spike_z
+    if cfg.spike_min_rise > 0:
+        # A spike must also be material: above the past median by a fraction of the run's early
+        # loss level (known causally). Late in a run that has fitted its data, the loss sits near 0
+        # and its IQR collapses, so harmless mini-batch noise reaches z >= 3.5 (App. A assumes
+        # CIFAR-scale losses that never get there).
+        finite = loss[np.isfinite(loss)]
+        ref = float(np.median(finite[: max(1, cfg.spike_min_history)])) if len(finite) else 0.0
+        past_med = pd.Series(np.where(np.isfinite(loss), loss, np.nan)).shift(1).rolling(
+            max(1, round(base / stride)), min_periods=1).median().to_numpy()
+        rise = np.where(np.isfinite(loss), loss, np.inf) - np.nan_to_num(past_med, nan=np.inf)
+        spikes &= rise >= cfg.spike_min_rise * ref
     first = _first_window(step, spikes, cfg.spike_count, win)
     if first is not None:
         hits["spikes"] = first
     ev["spikes"] = {"window_steps": win, "baseline_steps": base, "z": cfg.spike_z,
+                    "min_rise": cfg.spike_min_rise,
                     "count": cfg.spike_count, "n_spikes": int(spikes.sum()),
                     "spike_steps": step[spikes][:50].tolist(), "first_window": first}
 
