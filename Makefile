@@ -14,7 +14,7 @@ endif
 export RAY_AUTH_MODE := disabled
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench corpus labels pipeline clean-venv
+.PHONY: venv demo test bench corpus labels pipeline evaluate clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ labels: venv
 # Corpus (if missing) → labels → DYNAMICS-MAE → TEViD → calibration → shipped checkpoint.
 pipeline: venv
 	$(PY) -m experiments.pipeline
+
+# Every method on the held-out test split → docs/results.md (Tables 3, 4, 12, 15–19).
+evaluate: venv
+	$(PY) -m experiments.evaluate
 
 clean-venv:
 	rm -rf $(VENV)
