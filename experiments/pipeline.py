@@ -155,14 +155,20 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     ft_ds = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride)
     print("fine-tuning clips per label:", {KNOWN_LABELS[k] if k >= 0 else "Unknown": v
                                           for k, v in ft_ds.label_counts().items()})
-    variants = {"tevid_mae": True} | ({"tevid_scratch": False} if cfg.scratch else {})
+    # name -> (initialise from DYNAMICS-MAE, input channels); Table 3's scratch row and Table 12's
+    # activation-only / gradient-only ablations are optional extra fine-tunes.
+    variants = {"tevid_mae": (True, "both")}
+    if cfg.scratch:
+        variants["tevid_scratch"] = (False, "both")
+    if cfg.get("ablations", False):
+        variants |= {"tevid_act": (True, "act"), "tevid_grad": (True, "grad")}
     summary: dict[str, Any] = {"corpus_hash": corpus_hash(root), "split_hash": split_hash(),
                                "train_runs": len(train_runs), "val_runs": len(val_runs),
                                "pretrain_final_loss": pre.history[-1]["loss"] if pre.history else None}
-    for name, from_mae in variants.items():
+    for name, (from_mae, channels) in variants.items():
         t = time.time()
         seed_everything(cfg.seed)
-        model = TEViD(cfg.profile)
+        model = TEViD(cfg.profile, channels=channels)
         if from_mae:
             model.load_mae_encoder(mae)
         result = finetune(model, ft_ds, _config(FinetuneConfig, cfg.finetune, cfg.device, cfg.seed),
