@@ -167,6 +167,7 @@ def execute_run(spec: RunSpec, store: RunStore, overwrite: bool = False) -> dict
 
 
 def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
+    started = time.perf_counter()
     arch, dset, opt_spec = ARCHITECTURES[spec.arch], DATASETS[spec.dataset], OPTIMIZERS[spec.optimizer]
     if arch.modality != dset.modality and not (arch.modality == "tabular" and dset.modality == "image"):
         raise ValueError(f"{spec.arch} ({arch.modality}) cannot train on {spec.dataset} ({dset.modality})")
@@ -221,7 +222,8 @@ def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
             StateCapture(model, every=spec.every, frame_size=spec.frame_size, stats=True) as cap:
         summary = _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap, probe,
                         gen, steps_per_epoch, total_steps, switch_epoch, modality, bias_inputs)
-        writer.update_meta(layers=list(cap.layers), **summary)
+        writer.update_meta(layers=list(cap.layers), seconds=round(time.perf_counter() - started, 2),
+                           **summary)
     return {"n_frames": summary["n_frames"], "epochs_run": summary["epochs_run"],
             "final_val_acc": summary["final_val_acc"], "diverged_step": summary["diverged_step"],
             "family": iv.family, "novel": iv.novel}

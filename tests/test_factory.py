@@ -94,7 +94,7 @@ def test_tiny_corpus_runs_have_frames_scalars_and_metadata(tiny_corpus):
         assert torch.isfinite(frames.tensor.float()).all()
         assert {"step", "epoch", "loss", "lr", "grad_norm", "lyapunov"} <= set(run.steps.columns)
         assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"} <= set(run.epochs.columns)
-        assert m["privileged_columns"] == ["lyapunov"]
+        assert m["privileged_columns"] == ["lyapunov"] and m["seconds"] > 0
         if m["intervention"]["kind"] == "forgetting":
             assert "primary_acc" in run.epochs and m["task_switch_epoch"] is not None
             assert {"forget_correct_before", "forget_correct_after"} <= set(run.arrays)
