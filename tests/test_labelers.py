@@ -728,3 +728,37 @@ def test_spike_min_rise_ignores_noise_near_zero_loss():
     assert instability_rule(noise, LabelConfig()).fired
     assert not instability_rule(noise, LabelConfig(spike_min_rise=0.5)).fired
     assert instability_rule(run_with(5.0), LabelConfig(spike_min_rise=0.5)).fired  # real spikes
+
+
+def test_gap_spread_robust_to_fitting_transient():
+    """A gap that opens at once while the model fits, then keeps growing slowly, is overfitting
+    under the robust spread; App. A's literal std of past gaps is dominated by the transient."""
+    import numpy as np
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from data_factory.labelers import LabelConfig, overfitting_rule
+
+    e = np.arange(30)
+    train = np.r_[1.2, 0.1, 0.02, np.full(27, 0.01) - 0.0002 * np.arange(27)]
+    val = np.r_[0.8, 0.9, 0.92, 0.93 + 0.012 * np.arange(27)]
+    run = SimpleNamespace(meta={"steps_per_epoch": 10}, steps=None, arrays={},
+                          epochs=pd.DataFrame({"epoch": e, "train_loss": train, "val_loss": val}))
+    assert not overfitting_rule(run, LabelConfig()).fired
+    assert overfitting_rule(run, LabelConfig(overfit_gap_spread="robust_diff")).fired
+
+
+def test_task_switch_jump_is_not_instability_when_skipped():
+    import numpy as np
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from data_factory.labelers import LabelConfig, instability_rule
+
+    rng = np.random.default_rng(1)
+    loss = np.r_[np.linspace(2.3, 0.3, 200), 3.0 + 0.3 * rng.random(30), np.linspace(3.0, 0.5, 170)]
+    run = SimpleNamespace(meta={"steps_per_epoch": 40, "task_switch_epoch": 5},
+                          steps=pd.DataFrame({"step": np.arange(400), "loss": loss}),
+                          epochs=pd.DataFrame(), arrays={})
+    assert instability_rule(run, LabelConfig()).fired
+    assert not instability_rule(run, LabelConfig(spike_skip_task_switch=True)).fired

@@ -46,6 +46,9 @@ class LabelConfig:
         overfit_min_history: epochs before ``e0`` needed for the gap's median/std (paper: unstated;
             ``std`` needs >= 2).
         overfit_gap_k: practical significance multiplier on the historical gap std (paper: 2).
+        overfit_gap_spread: how "historical fluctuation" of the gap is measured: ``"std"`` of its
+            past values (paper) or ``"robust_diff"``, the robust spread of its epoch-to-epoch
+            changes (see :func:`~data_factory.labelers.overfitting._gap_spread`).
         mk_alternative: ``"two-sided"`` (pymannkendall's p with the sign of ``z``) or
             ``"one-sided"`` (the p of the directional hypothesis).
         lyap_horizon: Lyapunov window ``H`` in consecutive probed steps (paper: 50).
@@ -62,6 +65,9 @@ class LabelConfig:
         spike_count: spikes needed inside one window (paper: 3).
         spike_min_rise: a spike must also exceed the past median by this fraction of the run's
             early loss level (paper: no such condition, 0; see ``docs/labeling.md``).
+        spike_skip_task_switch: ignore spikes from a scheduled task switch until the spike
+            baseline window has passed (privileged schedule knowledge; paper: not discussed,
+            ``False``), so the switch's loss jump is left to the forgetting rule.
         spike_window_steps / spike_baseline_steps: explicit window lengths in steps; ``None``
             (default) scales the paper's 500/1000 steps to the run's epoch length.
         spike_min_window_steps / spike_min_baseline_steps: floors of the scaled windows.
@@ -95,6 +101,7 @@ class LabelConfig:
     overfit_alpha: float = 0.05
     overfit_min_history: int = 3
     overfit_gap_k: float = 2.0
+    overfit_gap_spread: str = "std"
     mk_alternative: Literal["two-sided", "one-sided"] = "two-sided"
     # -- instability (A.2) --
     lyap_horizon: int = 50
@@ -106,6 +113,7 @@ class LabelConfig:
     spike_z: float = 3.5
     spike_count: int = 3
     spike_min_rise: float = 0.0
+    spike_skip_task_switch: bool = False
     spike_window_steps: int | None = None
     spike_baseline_steps: int | None = None
     spike_window_epochs: float = 500 / _PAPER_STEPS_PER_EPOCH

@@ -243,6 +243,12 @@ def instability_rule(run: RunLike, cfg: LabelConfig | None = None) -> RuleResult
             max(1, round(base / stride)), min_periods=1).median().to_numpy()
         rise = np.where(np.isfinite(loss), loss, np.inf) - np.nan_to_num(past_med, nan=np.inf)
         spikes &= rise >= cfg.spike_min_rise * ref
+    switch, spe = meta.get("task_switch_epoch"), meta.get("steps_per_epoch")
+    if cfg.spike_skip_task_switch and switch is not None and spe:
+        # The loss jump at a scheduled task switch is the switch itself (judged by the forgetting
+        # rule); skip spike scoring until the rolling baseline has seen the new task.
+        start = int(switch) * int(spe)
+        spikes &= ~((step >= start) & (step < start + base))
     first = _first_window(step, spikes, cfg.spike_count, win)
     if first is not None:
         hits["spikes"] = first

@@ -52,6 +52,29 @@ from data_factory.labels import OVERFITTING
 __all__ = ["overfitting_rule", "trend_pvalue"]
 
 
+def _gap_spread(hist: np.ndarray, kind: str) -> float:
+    """"Typical historical fluctuation" of the gap.
+
+    ``"std"`` is App. A to the letter: the standard deviation of the gap's past values. When the
+    history contains the learning transient (the gap opening from 0 while the model fits, within
+    an epoch or two on small data), that std measures the transient, not fluctuation, and hides
+    any later divergence. ``"robust_diff"`` measures fluctuation as the robust spread
+    (1.4826·MAD) of the epoch-to-epoch changes of the gap, which a one-off transient does not
+    inflate.
+
+    Example:
+        >>> h = np.array([0.0, 0.8, 0.82, 0.81, 0.83])
+        >>> round(_gap_spread(h, "std"), 2), round(_gap_spread(h, "robust_diff"), 3)
+        (0.36, 0.022)
+    """
+    if kind == "std":
+        return float(np.std(hist, ddof=1))
+    if kind == "robust_diff":
+        d = np.diff(hist)
+        return float(1.4826 * np.median(np.abs(d - np.median(d)))) if len(d) else 0.0
+    raise ValueError(f"overfit_gap_spread must be 'std' or 'robust_diff', got {kind!r}")
+
+
 def trend_pvalue(x: np.ndarray, direction: int, alternative: str = "two-sided") -> float:
     """p-value of a monotone trend in ``direction`` (+1 up, -1 down) after AR(1) pre-whitening.
 
@@ -109,7 +132,7 @@ def _candidates(ep: Any, cfg: LabelConfig, train_only: bool) -> list[dict[str, A
             c["p"] = max(c["p_val"], c["p_train"])
             hist = gap[:i][np.isfinite(gap[:i])]
             if len(hist) >= 2 and np.isfinite(gap[j]):
-                med, sd = float(np.median(hist)), float(np.std(hist, ddof=1))
+                med, sd = float(np.median(hist)), _gap_spread(hist, cfg.overfit_gap_spread)
                 c["gap_end"], c["gap_median"], c["gap_std"] = float(gap[j]), med, sd
                 c["practical"] = bool(gap[j] - med > cfg.overfit_gap_k * sd)
             else:
