@@ -141,7 +141,8 @@ def build_corpus(cfg: DictConfig | Mapping[str, Any]) -> pd.DataFrame:
         (root / "last_build.txt").write_text(f"{len(todo)} runs in {wall:.0f} s\n")
     print(summary_table(index).to_string())
     if cfg.get("write_results", False) and len(index):
-        write_corpus_results(index, root, cfg, wall_seconds=wall if todo else None)
+        write_corpus_results(index, root, cfg, wall_seconds=wall if todo else None,
+                             runs_built=len(todo))
     return index
 
 
@@ -177,13 +178,15 @@ def summary_table(index: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_corpus_results(index: pd.DataFrame, root: Path, cfg: DictConfig,
-                         wall_seconds: float | None) -> None:
+                         wall_seconds: float | None, runs_built: int | None = None,
+                         note: str = "") -> None:
     from experiments.report import write_section
 
     figure = plot_interventions(index, root, Path(cfg.figures_dir))
     by_split = index.groupby("split").size().to_dict()
     total_seconds = index["seconds"].fillna(0).sum()
-    runs_per_hour = (len(index) / wall_seconds * 3600) if wall_seconds else None
+    runs_built = len(index) if runs_built is None else runs_built
+    runs_per_hour = (runs_built / wall_seconds * 3600) if wall_seconds else None
     lines = [
         "## Factory corpus (data-factory issue)",
         "",
@@ -192,8 +195,9 @@ def write_corpus_results(index: pd.DataFrame, root: Path, cfg: DictConfig,
         f"{index['n_frames'].mean():.1f} frames per run; "
         f"{index['disk_bytes'].mean() / 1e6:.2f} MB on disk per run; "
         f"{total_seconds / len(index):.1f} s of one core per run"
-        + (f"; {runs_per_hour:.0f} runs/hour over the whole build ({wall_seconds / 60:.1f} min wall)."
+        + (f"; {runs_per_hour:.0f} runs/hour ({runs_built} runs in {wall_seconds / 60:.1f} min wall)."
            if runs_per_hour else "."),
+        *([note] if note else []),
         "",
         summary_table(index).to_markdown(),
         "",

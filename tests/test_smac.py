@@ -1,0 +1,218 @@
+"""SMAC: TEViDTarget + TEViDCallback, from a single call to a real MultiFidelityFacade run.
+
+Issue 8's acceptance for SMAC: in a real (tiny) multi-fidelity run with the Hyperband intensifier
+(budget = epochs of the digits CNN), a diverging configuration is ended early by the hook, its
+diagnosis reaches ``additional_info`` and the callback, and SMAC still returns an incumbent; a
+monitoring failure never fails a trial.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ConfigSpace import Configuration, ConfigurationSpace, Float
+from ray import cloudpickle
+from smac import MultiFidelityFacade, Scenario
+from torch import nn
+
+from core_models.calibration import ALERT_LABELS, Calibration
+from data_factory.architectures import small_cnn
+from data_factory.labels import INSTABILITY
+from tevid_hpo.cost import CostModel
+from tevid_hpo.diagnostician import Diagnostician
+from tevid_hpo.monitor import NONFINITE_LOSS
+from tevid_hpo.smac import TEViDCallback, TEViDTarget, TrialStopped
+
+BATCH = 32
+STEPS_PER_EPOCH = 34
+DIVERGING = 1.0            # Adam at lr 1.0 explodes within epoch 0
+HEALTHY = 3e-3
+
+
+def make_train(data, fixed_seed=None):
+    """The documented target function: budget = epochs, should_stop() checked every step.
+
+    ``fixed_seed`` replaces the seed SMAC passes (a draw from its generator), so that a test's
+    trajectories do not depend on it.
+    """
+
+    def train(config, seed: int = 0, budget: float = 1, *, tevid):
+        torch.set_num_threads(1)
+        torch.manual_seed(seed if fixed_seed is None else fixed_seed)
+        model = small_cnn(in_channels=1, num_classes=10)
+        opt = (torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
+               if config.get("sgd") else torch.optim.Adam(model.parameters(), lr=config["lr"]))
+        x, y = data.x_train, data.y_train
+        error = 1.0
+        with tevid.monitor(model) as mon:
+            for epoch in range(round(budget)):
+                for k in range(epoch * STEPS_PER_EPOCH, (epoch + 1) * STEPS_PER_EPOCH):
+                    i = (k * BATCH) % (len(x) - BATCH)
+                    loss = nn.functional.cross_entropy(model(x[i:i + BATCH]), y[i:i + BATCH])
+                    opt.zero_grad()
+                    loss.backward()
+                    mon.step(loss=loss.item())
+                    opt.step()
+                    if tevid.should_stop():
+                        raise TrialStopped()
+                mon.epoch_end(epoch)
+                with torch.no_grad():
+                    acc = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+                error = 1.0 - acc
+                tevid.report(error, epoch)
+        return error
+
+    return train
+
+
+def silent(toy: Diagnostician) -> Diagnostician:
+    """The toy model with alert thresholds nothing reaches: diagnoses, never alerts."""
+    return Diagnostician(toy.model, Calibration(tau_c={c: 1.1 for c in ALERT_LABELS}),
+                         device="cpu")
+
+
+# ----------------------------------------------------------------------------- one call
+def test_diverging_config_ends_early_with_its_diagnosis(toy_diagnostician, digits_data):
+    target = TEViDTarget(make_train(digits_data), worst_cost=1.0, diagnostician=toy_diagnostician)
+    cost, info = target({"lr": DIVERGING}, seed=0, budget=3)
+    tevid = info["tevid"]
+    assert tevid["stopped"] and tevid["alert"] == INSTABILITY
+    stop = tevid["stop"]
+    assert (stop["pruner"], stop["rule"], stop["label"], stop["reason"]) == (
+        "TEViD", "alert", INSTABILITY, "diagnosis")
+    assert stop["step"] < STEPS_PER_EPOCH and tevid["epochs_done"] == 0   # in epoch 0 of 3
+    # Nothing reported before the stop: the cost is worst_cost, the record says why.
+    assert cost == 1.0 and tevid["cost"] == 1.0 and tevid["value_at_stop"] is None
+    assert 0.5 < tevid["p_anomaly"] <= 1.0
+    assert tevid["latest"]["step"] == stop["step"]
+
+
+def test_healthy_config_returns_its_own_cost(toy_diagnostician, digits_data):
+    target = TEViDTarget(make_train(digits_data), worst_cost=1.0, diagnostician=toy_diagnostician)
+    cost, info = target({"lr": HEALTHY}, seed=0, budget=2)
+    tevid = info["tevid"]
+    assert not tevid["stopped"] and tevid["alert"] is None and "stop" not in tevid
+    assert tevid["epochs_done"] == 2 and tevid["n_diagnoses"] == 7     # steps 0, 10, ..., 60
+    assert cost < 0.8 and "cost" not in tevid                            # chance: 0.9
+
+
+def test_non_finite_loss_stops_with_certainty(toy_diagnostician, digits_data):
+    target = TEViDTarget(make_train(digits_data), worst_cost=2.5,
+                         diagnostician=silent(toy_diagnostician))
+    cost, info = target({"lr": 1e6, "sgd": True}, seed=0, budget=2)
+    stop = info["tevid"]["stop"]
+    assert stop["reason"] == NONFINITE_LOSS and info["tevid"]["p_anomaly"] == 1.0
+    assert cost == 2.5
+
+
+def test_cost_rule_stops_where_the_alert_rule_stays_silent(toy_diagnostician, digits_data):
+    target = TEViDTarget(make_train(digits_data), worst_cost=1.0, cost=CostModel(),
+                         diagnostician=silent(toy_diagnostician))
+    cost, info = target({"lr": DIVERGING}, seed=0, budget=3)
+    stop = info["tevid"]["stop"]
+    assert stop["rule"] == "cost" and stop["budget"] == 3.0
+    assert stop["cost_stop"] < stop["cost_continue"]
+    assert info["tevid"]["p_anomaly"] == stop["confidence"]
+    assert info["tevid"]["alert"] is None and cost <= 1.0
+    # ... and lets a healthy configuration train.
+    _, info = target({"lr": HEALTHY}, seed=0, budget=1)
+    assert not info["tevid"]["stopped"] and info["tevid"]["epochs_done"] == 1
+
+
+def test_a_monitor_failure_never_fails_the_trial(toy_checkpoint, digits_data):
+    diag = Diagnostician.from_pretrained(toy_checkpoint, device="cpu")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("diagnostician exploded")
+
+    diag.update = broken
+    target = TEViDTarget(make_train(digits_data), worst_cost=1.0, diagnostician=diag,
+                         cost=CostModel())
+    cost, info = target({"lr": DIVERGING}, seed=0, budget=1)
+    tevid = info["tevid"]
+    assert "diagnostician exploded" in tevid["error"] and not tevid["stopped"]
+    assert tevid["epochs_done"] == 1 and 0.0 <= cost <= 1.0
+
+
+def test_user_info_is_kept_and_a_plain_user_stop_is_not_penalised():
+    def train(config, *, tevid):
+        tevid.report(0.4)
+        if config["quit"]:
+            raise TrialStopped()
+        return 0.3, {"note": "mine"}
+
+    target = TEViDTarget(train, worst_cost=1.0, diagnostician="never/loaded")
+    assert target({"quit": False}) == (0.3, {"note": "mine", "tevid": {
+        "version": 1, "stopped": False, "monitored": False, "budget": None, "epochs_done": 1}})
+    cost, info = target({"quit": True})
+    assert cost == 0.4 and info["tevid"]["stop"]["pruner"] == "user"
+
+
+def test_target_looks_like_the_function_to_smac_and_pickles(toy_checkpoint):
+    def train(config, seed: int = 0, budget: float = 1, *, tevid):
+        return 0.0
+
+    target = TEViDTarget(train, worst_cost=1.0, diagnostician=str(toy_checkpoint))
+    assert target.__code__ is train.__code__               # SMAC's runner metadata
+    clone = cloudpickle.loads(cloudpickle.dumps(target))    # what dask ships to workers
+    assert clone.diagnostician() is not target.diagnostician()
+    assert clone({"x": 1}, budget=1)[0] == 0.0
+    with pytest.raises(TypeError, match="tevid"):
+        TEViDTarget(lambda config: 0.0, worst_cost=1.0)
+    with pytest.raises(ValueError, match="worst_cost"):
+        TEViDTarget(train, worst_cost=float("nan"))
+    with pytest.raises(ValueError, match="prune_on"):
+        TEViDTarget(train, worst_cost=1.0, prune_on=("Healthy",))
+
+
+def test_without_a_default_checkpoint_the_setup_error_comes_once(tmp_path, monkeypatch):
+    import tevid_hpo.smac as tevid_smac
+
+    monkeypatch.setattr(tevid_smac, "DEFAULT_CHECKPOINT", tmp_path / "default")
+    with pytest.raises(FileNotFoundError, match="diagnostician="):
+        TEViDTarget(lambda config, *, tevid: 0.0, worst_cost=1.0)
+
+
+# ----------------------------------------------------------------------------- SMAC run
+@pytest.mark.filterwarnings("ignore:Please use `dict\\(config\\)`:DeprecationWarning")   # SMAC's
+def test_multi_fidelity_run_ends_the_diverging_config_early(tmp_path, toy_diagnostician,
+                                                            digits_data):
+    # Adam's lr over [1e-4, 3]: above ~0.05 the loss explodes. Hyperband over budgets of 1 and
+    # 3 epochs (eta 3).
+    cs = ConfigurationSpace({"lr": Float("lr", (1e-4, 3.0), log=True)}, seed=0)
+    scenario = Scenario(cs, name="tevid", output_directory=tmp_path / "smac", deterministic=True,
+                        n_trials=6, min_budget=1, max_budget=3, seed=0)
+    # Besides 2 random ones, the initial design holds a diverging and a healthy configuration,
+    # so the run has both whatever SMAC samples (its later choices vary across processes).
+    initial = MultiFidelityFacade.get_initial_design(
+        scenario, n_configs=2, additional_configs=[Configuration(cs, {"lr": DIVERGING}),
+                                                   Configuration(cs, {"lr": HEALTHY})])
+    callback = TEViDCallback()
+    target = TEViDTarget(make_train(digits_data, fixed_seed=0), worst_cost=1.0,
+                         diagnostician=toy_diagnostician)
+    smac = MultiFidelityFacade(scenario, target, initial_design=initial, callbacks=[callback],
+                               overwrite=True, logging_level=40)
+    incumbent = smac.optimize()
+
+    records = callback.trials
+    assert len(records) == len(smac.runhistory) == 6
+    assert {r["budget"] for r in records} == {1.0, 3.0}
+    # The diverging configuration was ended inside its budget, and the callback recorded it.
+    bad = [r for r in records if r["config"]["lr"] == pytest.approx(DIVERGING)]
+    assert any(r in callback.stopped for r in bad)
+    for r in callback.stopped:
+        assert r["stop"]["pruner"] == "TEViD" and r["stop"]["label"] == INSTABILITY
+        assert r["stop"]["step"] < r["budget"] * STEPS_PER_EPOCH       # ended early
+        assert r["epochs_done"] < r["budget"]
+        # The cost SMAC saw is the cost at stopping, penalised by the evidence.
+        assert r["cost"] == pytest.approx(target.stopped_cost(r["value_at_stop"],
+                                                              r["p_anomaly"]), abs=1e-3)
+        assert r["cost"] >= (r["value_at_stop"] or 0.0)
+    # SMAC stored the same diagnoses (additional_info; also in runhistory.json).
+    stored = [v.additional_info["tevid"] for v in smac.runhistory._data.values()]
+    assert sum(s["stopped"] for s in stored) == len(callback.stopped)
+    assert (tmp_path / "smac" / "tevid" / "0" / "runhistory.json").is_file()
+    # SMAC still returns an incumbent, and it is a configuration that trained.
+    assert incumbent is not None and incumbent["lr"] < 0.1
+    best = smac.runhistory.get_cost(incumbent)
+    assert best < 0.9 and all(r["cost"] > best for r in callback.stopped)      # chance: 0.9
