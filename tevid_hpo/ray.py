@@ -467,8 +467,9 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
     def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
         # Hyperband stops halved trials that wait PAUSED through tune_controller.stop_trial,
         # which lands here; on_trial_complete (running trials) lands here too.
-        if (trial.status in (Trial.PAUSED, Trial.PENDING)
-                and trial.trial_id not in self._tevid.stops):
+        # Any removal short of max_t that nobody recorded is Hyperband halting the trial; the
+        # trial's status here depends on timing (PAUSED, PENDING or already TERMINATED).
+        if trial.trial_id not in self._tevid.stops and trial.status != Trial.ERROR:
             last = trial.last_result
             t = last.get(self._time_attr)
             if t is None or t < self._max_t_attr:
