@@ -184,7 +184,6 @@ def write_corpus_results(index: pd.DataFrame, root: Path, cfg: DictConfig,
 
     figure = plot_interventions(index, root, Path(cfg.figures_dir))
     by_split = index.groupby("split").size().to_dict()
-    total_seconds = index["seconds"].fillna(0).sum()
     runs_built = len(index) if runs_built is None else runs_built
     runs_per_hour = (runs_built / wall_seconds * 3600) if wall_seconds else None
     lines = [
@@ -194,7 +193,8 @@ def write_corpus_results(index: pd.DataFrame, root: Path, cfg: DictConfig,
         f"mean {index['epochs'].mean():.1f} epochs, {index['steps'].mean():.0f} steps and "
         f"{index['n_frames'].mean():.1f} frames per run; "
         f"{index['disk_bytes'].mean() / 1e6:.2f} MB on disk per run; "
-        f"{total_seconds / len(index):.1f} s of one core per run"
+        + (f"{index['seconds'].mean():.1f} s of one core per run" if index["seconds"].notna().any()
+           else "per-run seconds not recorded by this build")
         + (f"; {runs_per_hour:.0f} runs/hour ({runs_built} runs in {wall_seconds / 60:.1f} min wall)."
            if runs_per_hour else "."),
         *([note] if note else []),
