@@ -76,8 +76,9 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.trial import FrozenTrial
 
-from data_factory.labels import HEALTHY, INSTABILITY, LABELS, OVERFITTING
+from data_factory.labels import INSTABILITY, OVERFITTING
 from tevid_hpo.cost import CostModel
+from tevid_hpo.decision import TEVID, alert_reason, check_options, check_prune_on, cost_reason
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
 
 __all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "prune_reason"]
@@ -90,7 +91,6 @@ REASON_ATTR = "tevid_prune_reason"
 REASON_SYSTEM_ATTR = "tevid:prune_reason"
 
 #: Label TEViD uses for its own decisions in recorded reasons.
-_TEVID = "TEViD"
 
 
 def prune_reason(trial: FrozenTrial) -> dict[str, Any] | None:
@@ -156,15 +156,8 @@ class TEViDPruner(BasePruner):
             raise TypeError(f"wrapped must be an optuna BasePruner or None, got {type(wrapped)}")
         if isinstance(wrapped, TEViDPruner):
             raise TypeError("wrapping a TEViDPruner in a TEViDPruner checks every alert twice")
-        labels = tuple(prune_on)
-        bad = [c for c in labels if c not in LABELS or c == HEALTHY]
-        if not labels or bad:
-            raise ValueError(f"prune_on must name labels from {LABELS[1:]} (not Healthy), "
-                             f"got {list(labels)}")
-        if cost is not None and not isinstance(cost, CostModel):
-            raise TypeError(f"cost must be a CostModel or None, got {type(cost)}")
-        if not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must lie in [0, 1], got {min_confidence}")
+        labels = check_prune_on(prune_on)
+        min_confidence = check_options(cost, min_confidence)
         if max_resource is not None and max_resource < 1:
             raise ValueError(f"max_resource must be >= 1, got {max_resource}")
         self._wrapped = wrapped
@@ -233,36 +226,15 @@ class TEViDPruner(BasePruner):
         return reason
 
     def _alert_reason(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
-        hits = [a for label, a in state.get("alerts", {}).items()
-                if label in self._prune_on and (a.get("confidence") or 0.0) >= self._min_confidence]
-        if not hits:
-            return None
-        first = min(hits, key=lambda a: a["step"])
-        return {"pruner": _TEVID, "rule": "alert", "label": first["label"],
-                "reason": first.get("reason", "diagnosis"), "step": first["step"],
-                "epoch": first.get("epoch"), "confidence": first.get("confidence"),
-                "vacuity": first.get("vacuity")}
+        return alert_reason(state.get("alerts", {}), self._prune_on, self._min_confidence)
 
     def _cost_reason(self, state: Mapping[str, Any], trial: FrozenTrial
                      ) -> dict[str, Any] | None:
-        latest = state.get("latest")
         budget = self._budget()
-        if latest is None or budget is None or trial.last_step is None:
+        if budget is None or trial.last_step is None:
             return None
-        done = min(trial.last_step + 1, budget)
-        decision = self._cost.decide(latest, done, budget, self._prune_on)  # type: ignore[union-attr]
-        if not decision.stop:
-            return None
-        probs = latest["probs"]
-        label = max((c for c in self._prune_on if c in probs), key=lambda c: probs[c],
-                    default=self._prune_on[0])
-        return {"pruner": _TEVID, "rule": "cost", "label": label, "reason": "cost",
-                "step": latest["step"], "epoch": latest.get("epoch"),
-                "confidence": round(decision.p_anomaly, 4), "vacuity": latest.get("vacuity"),
-                "p_threshold": round(decision.p_threshold, 4),
-                "cost_stop": round(decision.cost_stop, 4),
-                "cost_continue": round(decision.cost_continue, 4),
-                "budget_used": done, "budget": budget}
+        return cost_reason(self._cost, state.get("latest"), trial.last_step + 1, budget,  # type: ignore[arg-type]
+                           self._prune_on)
 
     def _budget(self) -> int | None:
         if self._max_resource is not None:
@@ -280,7 +252,7 @@ class TEViDPruner(BasePruner):
             study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
         except Exception as err:   # e.g. asked about a trial that has already finished
             logger.debug("could not record the prune reason of trial %d: %s", trial.number, err)
-        if reason["pruner"] == _TEVID:
+        if reason["pruner"] == TEVID:
             logger.info("Trial %d pruned by TEViD: %s at step %s (epoch %s, %s, confidence %s)",
                         trial.number, reason["label"], reason["step"], reason["epoch"],
                         reason["reason"], reason["confidence"])
