@@ -97,7 +97,7 @@ from data_factory.labels import OVERFITTING
 from tevid_hpo.cost import CostModel
 from tevid_hpo.decision import alert_reason, check_options, check_prune_on, cost_reason
 from tevid_hpo.diagnostician import Diagnosis, Diagnostician
-from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR, _entry, _num
+from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR, alert_entry, history_entry
 from tevid_hpo.pruners import REASON_ATTR
 
 __all__ = ["CHANNELS", "FeatureImportanceFrames", "TEViDLightGBMCallback"]
@@ -471,11 +471,9 @@ class TEViDLightGBMCallback:
 
     def _record(self, d: Diagnosis) -> None:
         self._latest = d
-        self.history.append(_entry(d))
+        self.history.append(history_entry(d))
         if d.alert is not None and d.alert not in self.alerts:
-            self.alerts[d.alert] = {"label": d.alert, "step": d.step, "epoch": d.epoch,
-                                    "confidence": _num(d.probs.get(d.alert)),
-                                    "vacuity": _num(d.vacuity), "reason": "diagnosis"}
+            self.alerts[d.alert] = alert_entry(d)
             logger.info("TEViD alert %s at boosting iteration %d", d.alert, d.step)
             self._sync()
             return

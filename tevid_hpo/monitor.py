@@ -108,10 +108,25 @@ def _num(x: float | None) -> float | None:
     return round(v, _DIGITS) if math.isfinite(v) else None
 
 
-def _entry(d: Diagnosis) -> dict[str, Any]:
+def history_entry(d: Diagnosis) -> dict[str, Any]:
+    """The compact, JSON-safe record of one diagnosis that monitors keep in their history.
+
+    Example:
+        >>> from tevid_hpo.diagnostician import Diagnosis
+        >>> history_entry(Diagnosis(step=10, epoch=0, probs={"Healthy": 0.123456}, vacuity=0.2,
+        ...                         label="Healthy", alert=None, confidence=0.12))["probs"]
+        {'Healthy': 0.1235}
+    """
     return {"step": d.step, "epoch": d.epoch, "label": d.label,
             "probs": {c: _num(p) for c, p in d.probs.items()}, "vacuity": _num(d.vacuity),
             "alert": d.alert, "finite": d.finite}
+
+
+def alert_entry(d: Diagnosis) -> dict[str, Any]:
+    """The stored record of the confirmed alert ``d`` raised (``d.alert`` must be set)."""
+    return {"label": d.alert, "step": d.step, "epoch": d.epoch,
+            "confidence": _num(d.probs.get(d.alert)), "vacuity": _num(d.vacuity),
+            "reason": "diagnosis"}
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -365,11 +380,9 @@ class TrialMonitor:
 
     def _record(self, d: Diagnosis) -> None:
         self._latest = d
-        self._history.append(_entry(d))
+        self._history.append(history_entry(d))
         if d.alert is not None and d.alert not in self._alerts:
-            self._add_alert({"label": d.alert, "step": d.step, "epoch": d.epoch,
-                             "confidence": _num(d.probs.get(d.alert)), "vacuity": _num(d.vacuity),
-                             "reason": "diagnosis"})
+            self._add_alert(alert_entry(d))
             return
         self._since_sync += 1
         if self._since_sync >= self.sync_every:
