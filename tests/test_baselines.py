@@ -10,8 +10,7 @@ or removed) and reads no privileged input (``lyapunov``, validation curves).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -44,6 +43,7 @@ from core_models.baselines.features import (
     standardized_residuals,
     window_features,
 )
+from core_models.baselines.toy import ToyRun
 from core_models.metrics import (
     anomaly_scores,
     event_time_auprc,
@@ -77,16 +77,8 @@ STAT_ORDER = sorted(f"{k}{i}_{s}" for k in ("act", "grad") for i in range(3) for
 # ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class SynthRun:
-    """Shaped like data_factory.store.Run."""
-
-    run_id: str
-    meta: dict[str, Any]
-    steps: pd.DataFrame
-    epochs: pd.DataFrame
-    frames: FrameSequence
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+# The baselines' own Run-shaped toy record, so tests and docstring examples share one shape.
+SynthRun = ToyRun
 
 
 def make_run(kind: str, seed: int, onset: int = ONSET, n_steps: int = N_STEPS,
