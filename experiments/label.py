@@ -40,11 +40,12 @@ INTENDED: dict[str, str] = {
 
 
 #: Where App. A's literal rules misfire on short, small-batch runs that fit their data (see
-#: docs/labeling.md); the "paper_literal" variant in the sensitivity table undoes all three.
+#: docs/labeling.md); the "paper_literal" variant in the sensitivity table undoes all four.
 CORPUS_RULES: dict[str, object] = {
     "spike_min_rise": 0.5,             # late-run noise around a ~0 loss is not a spike
     "spike_skip_task_switch": True,    # a task switch's loss jump is the switch, not instability
     "overfit_gap_spread": "robust_diff",  # the fitting transient is not "fluctuation"
+    "mk_prewhitening": "tfpw",         # a steady rise is a trend, not autocorrelation to remove
 }
 
 

@@ -748,6 +748,36 @@ def test_gap_spread_robust_to_fitting_transient():
     assert overfitting_rule(run, LabelConfig(overfit_gap_spread="robust_diff")).fired
 
 
+def test_trend_free_prewhitening_keeps_a_steady_rise_significant():
+    """A val loss that rises every epoch while the training loss keeps falling (a real factory
+    run's shape): plain AR(1) pre-whitening whitens the trend away, TFPW keeps it."""
+    import numpy as np
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from data_factory.labelers import LabelConfig, overfitting_rule
+
+    rng = np.random.default_rng(0)
+    e = np.arange(24)
+    # factory run train-resnet-shapes-sgd-overfitting-r0k0, rounded
+    train = np.array([2.261, 2.005, 1.576, 0.868, 0.299, 0.097, 0.048, 0.028, 0.024, 0.018, 0.015,
+                      0.011, 0.010, 0.009, 0.008, 0.007, 0.006, 0.005, 0.006, 0.005, 0.005, 0.004,
+                      0.004, 0.003])
+    val = np.array([2.306, 2.280, 2.248, 2.373, 2.618, 2.643, 2.745, 2.780, 2.855, 2.875, 2.952,
+                    2.961, 2.981, 2.995, 3.027, 3.093, 3.064, 3.075, 3.119, 3.197, 3.150, 3.175,
+                    3.167, 3.209])
+    run = SimpleNamespace(meta={"steps_per_epoch": 10}, steps=None, arrays={},
+                          epochs=pd.DataFrame({"epoch": e, "train_loss": train, "val_loss": val}))
+    pw = LabelConfig(overfit_gap_spread="robust_diff")
+    assert not overfitting_rule(run, pw).fired
+    assert overfitting_rule(run, LabelConfig(overfit_gap_spread="robust_diff",
+                                             mk_prewhitening="tfpw")).fired
+    flat = run.epochs.assign(val_loss=np.r_[2.3, 2.28, 2.25, np.full(21, 2.37)
+                                            + 0.02 * rng.standard_normal(21)])
+    assert not overfitting_rule(SimpleNamespace(**{**vars(run), "epochs": flat}),
+                                LabelConfig(mk_prewhitening="tfpw")).fired
+
+
 def test_task_switch_jump_is_not_instability_when_skipped():
     import numpy as np
     import pandas as pd

@@ -51,6 +51,11 @@ class LabelConfig:
             changes (see :func:`~data_factory.labelers.overfitting._gap_spread`).
         mk_alternative: ``"two-sided"`` (pymannkendall's p with the sign of ``z``) or
             ``"one-sided"`` (the p of the directional hypothesis).
+        mk_prewhitening: how the AR(1) pre-whitening treats a trend: ``"pw"`` removes the lag-1
+            autocorrelation of the raw series (Yue–Wang modification; the paper's wording), which
+            on a steadily rising loss mistakes the trend for autocorrelation and tests
+            near-constant differences; ``"tfpw"`` (trend-free pre-whitening, Yue et al. 2002)
+            estimates the autocorrelation after removing Sen's slope and adds the trend back.
         lyap_horizon: Lyapunov window ``H`` in consecutive probed steps (paper: 50).
         lyap_min_horizon: shortest contiguous probed segment still judged (as one window) when
             the factory probes segments shorter than ``H``.
@@ -103,6 +108,7 @@ class LabelConfig:
     overfit_gap_k: float = 2.0
     overfit_gap_spread: str = "std"
     mk_alternative: Literal["two-sided", "one-sided"] = "two-sided"
+    mk_prewhitening: Literal["pw", "tfpw"] = "pw"
     # -- instability (A.2) --
     lyap_horizon: int = 50
     lyap_min_horizon: int = 10

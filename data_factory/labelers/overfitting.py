@@ -75,11 +75,14 @@ def _gap_spread(hist: np.ndarray, kind: str) -> float:
     raise ValueError(f"overfit_gap_spread must be 'std' or 'robust_diff', got {kind!r}")
 
 
-def trend_pvalue(x: np.ndarray, direction: int, alternative: str = "two-sided") -> float:
+def trend_pvalue(x: np.ndarray, direction: int, alternative: str = "two-sided",
+                 prewhitening: str = "pw") -> float:
     """p-value of a monotone trend in ``direction`` (+1 up, -1 down) after AR(1) pre-whitening.
 
-    pymannkendall's Yue–Wang pre-whitening estimates the lag-1 autocorrelation ``r``, tests the
-    residuals ``x[t] - r x[t-1]`` with Mann–Kendall and returns a two-sided p. With
+    ``prewhitening="pw"``: pymannkendall's Yue–Wang pre-whitening estimates the lag-1
+    autocorrelation ``r``, tests the residuals ``x[t] - r x[t-1]`` with Mann–Kendall and returns a
+    two-sided p. ``"tfpw"``: the same after removing Sen's slope first (trend-free
+    pre-whitening), so a steady trend is not whitened away. With
     ``alternative="two-sided"`` that p counts only when ``z`` has the wanted sign (the literal
     "significant increasing trend"); ``"one-sided"`` uses the directional p. Windows that are
     constant or non-finite cannot show a trend and get ``p = 1``.
@@ -89,13 +92,20 @@ def trend_pvalue(x: np.ndarray, direction: int, alternative: str = "two-sided") 
         True
         >>> trend_pvalue(np.arange(10.0), -1)
         1.0
+        >>> rise = np.array([2.37, 2.62, 2.64, 2.75, 2.78, 2.86, 2.88, 2.95, 2.96, 2.98])
+        >>> trend_pvalue(rise, +1) > 0.01, trend_pvalue(rise, +1, prewhitening="tfpw") < 0.001
+        (True, True)
     """
+    tests = {"pw": mk.pre_whitening_modification_test,
+             "tfpw": mk.trend_free_pre_whitening_modification_test}
+    if prewhitening not in tests:
+        raise ValueError(f"prewhitening must be 'pw' or 'tfpw', got {prewhitening!r}")
     x = np.asarray(x, dtype=float)
     if len(x) < 4 or not np.all(np.isfinite(x)) or np.ptp(x) == 0:
         return 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = mk.pre_whitening_modification_test(x)
+        res = tests[prewhitening](x)
     z = float(res.z)
     if not np.isfinite(z):
         return 1.0
@@ -121,13 +131,13 @@ def _candidates(ep: Any, cfg: LabelConfig, train_only: bool) -> list[dict[str, A
     for i in range(start, len(ep) - W + 1):
         j = i + W - 1
         c: dict[str, Any] = {"e0": int(epochs[i]), "end": int(epochs[j])}
-        c["p_train"] = trend_pvalue(tr[i : j + 1], -1, cfg.mk_alternative)
+        c["p_train"] = trend_pvalue(tr[i : j + 1], -1, cfg.mk_alternative, cfg.mk_prewhitening)
         if train_only:
             c["train_acc_e0"] = float(acc[i])
             c["p"] = c["p_train"]
             c["practical"] = bool(np.isfinite(acc[i]) and acc[i] >= cfg.train_only_saturation)
         else:
-            c["p_val"] = trend_pvalue(val[i : j + 1], +1, cfg.mk_alternative)
+            c["p_val"] = trend_pvalue(val[i : j + 1], +1, cfg.mk_alternative, cfg.mk_prewhitening)
             # Intersection–union: "both trends significant" <=> the larger p is significant.
             c["p"] = max(c["p_val"], c["p_train"])
             hist = gap[:i][np.isfinite(gap[:i])]
