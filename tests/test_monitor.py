@@ -54,14 +54,18 @@ def silent(toy: Diagnostician) -> Diagnostician:
 
 
 # ----------------------------------------------------------------------------- diagnosis
+@pytest.mark.parametrize("asynchronous", [False, True])
 def test_diagnoses_on_capture_steps_and_stays_quiet_on_a_healthy_run(toy_diagnostician,
-                                                                     digits_data):
+                                                                     digits_data, asynchronous):
     model = cnn()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    with TrialMonitor(model, diagnostician=toy_diagnostician) as mon:
+    with TrialMonitor(model, diagnostician=toy_diagnostician, asynchronous=asynchronous) as mon:
         out = run_steps(model, opt, digits_data, 60, mon)
     assert mon.every == toy_diagnostician.profile.every == 10
-    assert [k for k, d in enumerate(out) if d is not None] == [0, 10, 20, 30, 40, 50]
+    returned = [(k, d.step) for k, d in enumerate(out) if d is not None]
+    # asynchronous: step k returns the diagnosis of the previous capture, awaited there
+    lag = 10 if asynchronous else 0
+    assert returned == [(s + lag, s) for s in range(0, 60 - lag, 10)]
     assert all(isinstance(d, Diagnosis) for d in out if d is not None)
     assert mon.alert is None and mon.error is None
     assert [h["step"] for h in mon.history] == [0, 10, 20, 30, 40, 50]
@@ -173,13 +177,15 @@ def test_writes_are_throttled_to_alerts_epochs_and_sync_every(toy_diagnostician,
 
 
 # ----------------------------------------------------------------------------- pause / resume
-def test_state_dict_round_trip_resumes_the_stream_exactly(toy_checkpoint, digits_data):
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_state_dict_round_trip_resumes_the_stream_exactly(toy_checkpoint, digits_data,
+                                                          asynchronous):
     def load():
         return Diagnostician.from_pretrained(toy_checkpoint, device="cpu")
 
     model_a = cnn()
     opt_a = torch.optim.Adam(model_a.parameters(), lr=0.05)
-    mon_a = TrialMonitor(model_a, diagnostician=load())
+    mon_a = TrialMonitor(model_a, diagnostician=load(), asynchronous=asynchronous)
     with mon_a:
         run_steps(model_a, opt_a, digits_data, 35, mon_a)
         state = json.loads(json.dumps(mon_a.state_dict()))          # JSON-serialisable
@@ -187,14 +193,14 @@ def test_state_dict_round_trip_resumes_the_stream_exactly(toy_checkpoint, digits
         model_b.load_state_dict(model_a.state_dict())
         opt_b = torch.optim.Adam(model_b.parameters(), lr=0.05)
         opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))   # no shared moments
-        mon_b = TrialMonitor(model_b, diagnostician=load())
+        mon_b = TrialMonitor(model_b, diagnostician=load(), asynchronous=asynchronous)
         mon_b.load_state_dict(state)
         with mon_b:
             out_b = run_steps(model_b, opt_b, digits_data, 30, mon_b, start=35)
         out_a = run_steps(model_a, opt_a, digits_data, 30, mon_a, start=35)
     got_a = [(d.step, d.label, d.alert) for d in out_a if d is not None]
     got_b = [(d.step, d.label, d.alert) for d in out_b if d is not None]
-    assert got_a == got_b and [s for s, *_ in got_a] == [40, 50, 60]
+    assert got_a == got_b and [s for s, *_ in got_a] == ([40, 50] if asynchronous else [40, 50, 60])
     for da, db in zip([d for d in out_a if d], [d for d in out_b if d]):
         assert da.probs == pytest.approx(db.probs, abs=1e-5)
     assert mon_b.history == mon_a.history and mon_b.alerts == mon_a.alerts
@@ -270,6 +276,7 @@ def test_frame_geometry_follows_the_diagnostician_profile(toy_diagnostician, dig
     model = cnn()
     with TrialMonitor(model, diagnostician=toy_diagnostician, every=3) as mon:
         model(digits_data.x_train[:8]).sum().backward()
-        d = mon.step()
+        mon.step()
+        d = mon.last                  # awaits the diagnosis in flight
     assert mon.every == 3 and d is not None and math.isfinite(d.vacuity)
     assert mon._capture.encoder.frame_size == toy_diagnostician.profile.frame_size

@@ -32,6 +32,15 @@ Two alert sources:
   says. Optuna's Median/Percentile/Patient/Wilcoxon pruners skip NaN values and let such trials
   run to the end; divergence is exactly what must stop them.
 
+Diagnosis runs on a background thread by default (``asynchronous=True``): a captured frame is
+handed to a single worker and training goes on while TEViD reads the window, so on a machine
+with a spare core (or a GPU) its cost leaves the training step. At most one diagnosis is in
+flight: the next capture step, :meth:`TrialMonitor.epoch_end`, :meth:`TrialMonitor.metrics`,
+the result properties and the end of the ``with`` block wait for it. Every diagnosis is
+therefore recorded before the epoch's report, in capture order, exactly as synchronously; only
+:meth:`TrialMonitor.step` returns it one capture later (and the non-finite-loss rule below does
+not wait at all).
+
 Monitoring never breaks the user's trial: the first exception raised inside capture, diagnosis or
 the attribute write is logged once (with its traceback), the monitor removes its hooks and turns
 itself off, and ``tevid_error`` tells the pruner to fall back to its wrapped pruner.
@@ -68,6 +77,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -163,6 +173,8 @@ class TrialMonitor:
             NaN too, so waiting two more steps costs two steps.
         sync_every: also write the trial attribute every this many diagnoses (for loops that
             never call :meth:`epoch_end`).
+        asynchronous: diagnose on a background thread (see the module docstring); ``False``
+            diagnoses inside :meth:`step`, which then returns the step's own diagnosis.
 
     Raises:
         FileNotFoundError: ``diagnostician=None`` and no default checkpoint is installed. That
@@ -172,7 +184,7 @@ class TrialMonitor:
     def __init__(self, model: nn.Module, trial: TrialLike | None = None, every: int | None = None,
                  diagnostician: Diagnostician | None = None, device: str | torch.device = "auto",
                  *, layers: Sequence[str] | None = None, history_size: int = 16,
-                 nan_patience: int = 3, sync_every: int = 10) -> None:
+                 nan_patience: int = 3, sync_every: int = 10, asynchronous: bool = True) -> None:
         for name, value in (("history_size", history_size), ("nan_patience", nan_patience),
                             ("sync_every", sync_every)):
             if value < 1:
@@ -206,6 +218,9 @@ class TrialMonitor:
         self._active = False
         self._started = False    # entered at least once (re-entry keeps the stream going)
         self._restored = False   # load_state_dict() supplied the diagnostician's window
+        self.asynchronous = bool(asynchronous)
+        self._worker: ThreadPoolExecutor | None = None
+        self._pending: Future[Diagnosis] | None = None   # at most one diagnosis in flight
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> TrialMonitor:
@@ -217,14 +232,21 @@ class TrialMonitor:
                 if not (self._started or self._restored):
                     self.diagnostician.reset()
                 self._capture.__enter__()
+                if self.asynchronous:
+                    self._worker = ThreadPoolExecutor(max_workers=1,
+                                                      thread_name_prefix="tevid-diagnosis")
             except Exception as err:
                 self._fail(err, "attaching the capture hooks")
         self._started = True
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._drain()
         self._active = False
         self._capture.close()
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
         if self._error is None:
             self._sync()
 
@@ -239,7 +261,9 @@ class TrialMonitor:
             epoch: the current epoch, if the loop does not call :meth:`epoch_end`.
 
         Returns:
-            The :class:`Diagnosis` on capture steps, else ``None`` (also once disabled).
+            Synchronous: the :class:`Diagnosis` on capture steps, else ``None``. Asynchronous:
+            the previous capture's diagnosis on capture steps (it is awaited there), else
+            ``None``. Always ``None`` once disabled.
         """
         if not self._active:
             raise RuntimeError("TrialMonitor.step() called outside `with TrialMonitor(...)`")
@@ -254,9 +278,13 @@ class TrialMonitor:
             frame = self._capture.step(epoch=self._epoch)
             if frame is None:
                 return None
-            diagnosis = self.diagnostician.update(frame)
-            self._record(diagnosis)
-            return diagnosis
+            if self._worker is None:
+                diagnosis = self.diagnostician.update(frame)
+                self._record(diagnosis)
+                return diagnosis
+            previous = self._collect()
+            self._pending = self._worker.submit(self.diagnostician.update, frame)
+            return previous
         except Exception as err:
             self._fail(err, f"step {self._capture.step_count}")
             return None
@@ -265,6 +293,7 @@ class TrialMonitor:
         """Mark the end of ``epoch`` (default: the current one) and publish to the trial."""
         self._epoch = (self._epoch if epoch is None else int(epoch)) + 1
         self._epochs_done = self._epoch
+        self._drain()
         if self._error is None:
             self._sync()
 
@@ -272,22 +301,26 @@ class TrialMonitor:
     @property
     def alert(self) -> str | None:
         """The run's first confirmed alert label (latched), or ``None``."""
+        self._drain()
         return next(iter(self._alerts), None)
 
     @property
     def alerts(self) -> dict[str, dict[str, Any]]:
         """First confirmed alert of each label: ``{label: {step, epoch, confidence, ...}}``."""
+        self._drain()
         return {k: dict(v) for k, v in self._alerts.items()}
 
     @property
     def last(self) -> Diagnosis | None:
         """The latest diagnosis, or ``None`` before the first capture step."""
+        self._drain()
         return self._latest
 
     @property
     def history(self) -> list[dict[str, Any]]:
         """Every diagnosis of the run as a compact dict (step, epoch, label, probs, vacuity,
         alert, finite); the trial attribute keeps only the last ``history_size``."""
+        self._drain()
         return list(self._history)
 
     @property
@@ -315,6 +348,7 @@ class TrialMonitor:
             >>> m["tevid_alert"], m["tevid_vacuity"], m["tevid_p_Healthy"]
             ('', 1.0, 0.2)
         """
+        self._drain()
         d = self._latest
         known = self.diagnostician.known_labels
         probs = d.probs if d is not None else {c: 1.0 / len(known) for c in known}
@@ -335,6 +369,7 @@ class TrialMonitor:
         """JSON-serialisable state: capture (step counter, layers, frame normalisation), the
         diagnostician's window and alert streaks, alerts and history. With the model's and
         optimizer's own state it resumes the stream exactly (e.g. a Ray Tune PAUSE)."""
+        self._drain()
         return {
             "version": FORMAT_VERSION,
             "capture": self._capture.state_dict(),
@@ -378,6 +413,24 @@ class TrialMonitor:
                              "confidence": 1.0, "vacuity": None, "reason": NONFINITE_LOSS,
                              "loss": repr(value)})
 
+    def _collect(self) -> Diagnosis | None:
+        """Wait for the diagnosis in flight, record it and return it (``None`` if none)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        diagnosis = pending.result()   # re-raises the worker's exception here, in the trial
+        self._record(diagnosis)
+        return diagnosis
+
+    def _drain(self) -> None:
+        """:meth:`_collect` for callers outside :meth:`step`, with its failure handling."""
+        if self._pending is None or self._error is not None:
+            return
+        try:
+            self._collect()
+        except Exception as err:
+            self._fail(err, f"diagnosing step {self._capture.step_count - 1}")
+
     def _record(self, d: Diagnosis) -> None:
         self._latest = d
         self._history.append(history_entry(d))
@@ -414,6 +467,7 @@ class TrialMonitor:
     def _fail(self, err: BaseException, where: str) -> None:
         if self._error is not None:
             return
+        self._pending = None
         self._error = f"{type(err).__name__}: {err} (while {where})"
         logger.warning("TEViD monitoring disabled%s: %s. The trial continues; the pruner falls "
                        "back to its wrapped pruner.", self._trial_suffix(), self._error,
