@@ -203,12 +203,15 @@ def test_run_demo_compares_hyperband_and_tevid_on_the_same_trials(tmp_path, toy_
     result = run_demo(tmp_path / "runs", n_trials=3, epochs=2, diagnostician=toy_checkpoint)
     printed = capsys.readouterr().out
     assert "Epochs trained:" in printed and "optuna-dashboard sqlite:///" in printed
-    assert (tmp_path / "runs" / "optuna-demo.db").is_file()
-    assert set(result) == {"storage", "dashboard", "diagnostician", "studies", "trials", "totals"}
+    assert {p.name for p in (tmp_path / "runs").glob("*.db")} == {
+        "optuna-demo-hyperband.db", "optuna-demo-tevid.db"}
+    assert set(result) == {"storages", "dashboard", "diagnostician", "studies", "trials", "totals"}
     rows = result["trials"]
     assert len(rows) == 3
-    assert [r["params"] for r in rows] == [t.params for t in optuna.load_study(
-        study_name="tevid-demo-hyperband", storage=result["storage"]).trials]   # paired trials
+    hb = optuna.load_study(study_name="tevid-demo", storage=result["storages"]["hyperband"])
+    assert [r["params"] for r in rows] == [t.params for t in hb.trials]   # paired trials
+    # one study name in both storages: Hyperband puts trial k in the same bracket in both
+    assert {s["study_name"] for s in result["studies"].values()} == {"tevid-demo"}
     totals = result["totals"]
     assert totals["epochs_hyperband"] == sum(r["hyperband"]["epochs"] for r in rows)
     assert totals["epochs_tevid"] == sum(r["tevid"]["epochs"] for r in rows)
@@ -216,5 +219,5 @@ def test_run_demo_compares_hyperband_and_tevid_on_the_same_trials(tmp_path, toy_
     # Trial 1 of the seed-0 QMC sequence is lr≈0.64: its loss explodes at once.
     assert rows[1]["params"]["lr"] > 0.1
     assert rows[1]["tevid"]["pruned_by"] == "TEViD" and rows[1]["tevid"]["epochs"] == 1
-    stored = optuna.load_study(study_name="tevid-demo-tevid", storage=result["storage"])
+    stored = optuna.load_study(study_name="tevid-demo", storage=result["storages"]["tevid"])
     assert prune_reason(stored.trials[1])["label"] == INSTABILITY

@@ -11,8 +11,10 @@ One small CNN (:func:`~data_factory.architectures.small_cnn`) on scikit-learn's 
   pass over the full split), so 100 examples are memorised (train accuracy 1.0, validation
   ~0.8): those trials overfit.
 
-The study runs twice into one SQLite file, with ``HyperbandPruner(1, epochs, 3)`` and with
-``TEViDPruner(HyperbandPruner(1, epochs, 3))``. Both use ``QMCSampler(seed)``, whose points do not
+The study runs twice, with ``HyperbandPruner(1, epochs, 3)`` and with
+``TEViDPruner(HyperbandPruner(1, epochs, 3))``, under one study name in two SQLite files (Hyperband
+derives a trial's bracket from the study name and trial number, so trial ``k`` sits in the same
+bracket in both). Both use ``QMCSampler(seed)``, whose points do not
 depend on earlier results, and every trial seeds its weights and data order from the seed and its
 number, so trial ``k`` is the same configuration with the same training trajectory in both
 studies: the table compares each configuration under both pruners. The TEViD study runs a
@@ -60,6 +62,7 @@ LR_RANGE = (1e-4, 3.0)
 WEIGHT_DECAY_RANGE = (0.0, 1e-2)
 TRAIN_SIZES = (100, 300, 1000)
 STUDIES = ("hyperband", "tevid")
+STUDY_NAME = "tevid-demo"
 
 
 def _resolve_diagnostician(diagnostician: Diagnostician | str | os.PathLike[str] | None,
@@ -189,7 +192,10 @@ def _demo_settings() -> Iterator[None]:
 def _run_study(name: str, storage: str, n_trials: int, epochs: int, seed: int, data: TensorData,
                diagnostician: Diagnostician | None, say: Callable[[str], None]
                ) -> tuple[dict[str, Any], list[FrozenTrial]]:
-    study_name = f"tevid-demo-{name}"
+    # One study name for both arms, in separate storages: HyperbandPruner assigns a trial's
+    # bracket from crc32(f"{study_name}_{number}"), so different names would put trial k in
+    # different brackets and mix TEViD's effect with bracket luck.
+    study_name = STUDY_NAME
     with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=study_name, storage=storage)
     with warnings.catch_warnings():
@@ -213,7 +219,7 @@ def _run_study(name: str, storage: str, n_trials: int, epochs: int, seed: int, d
     done = study.get_trials(deepcopy=False)
     complete = [t for t in done if t.state == TrialState.COMPLETE]
     summary = {
-        "study_name": study_name, "wall_s": round(wall, 2),
+        "study_name": study_name, "storage": storage, "wall_s": round(wall, 2),
         "epochs": sum(_summary(t, name)["epochs"] for t in done),
         "best_value": round(study.best_value, 4) if complete else None,
         "n_complete": len(complete),
@@ -230,7 +236,9 @@ def run_demo(out_dir: str | os.PathLike[str] = "tevid_runs", n_trials: int = DEF
     """Run both studies, print the per-trial table and the totals, return them.
 
     Args:
-        out_dir: directory for ``optuna-demo.db`` (SQLite) and, if needed, the toy diagnostician.
+        out_dir: directory for the studies (``optuna-demo-hyperband.db`` and
+            ``optuna-demo-tevid.db``, SQLite, one study named ``"tevid-demo"`` each) and, if
+            needed, the toy diagnostician.
         n_trials: trials per study.
         epochs: epochs per trial (Hyperband's ``max_resource``).
         seed: sampler, weight-init and data seeds.
@@ -239,8 +247,8 @@ def run_demo(out_dir: str | os.PathLike[str] = "tevid_runs", n_trials: int = DEF
         quiet: print nothing.
 
     Returns:
-        ``{"storage", "dashboard", "diagnostician", "studies": {name: {...}}, "trials": [...],
-        "totals": {...}}``; each trial row holds its ``params`` and, per study, ``state``,
+        ``{"storages": {name: url}, "dashboard", "diagnostician", "studies": {name: {...}},
+        "trials": [...], "totals": {...}}``; each trial row holds its ``params`` and, per study, ``state``,
         ``epochs``, ``best_val_acc``, ``pruned_by`` (``None``, ``"Hyperband"``, ``"TEViD"``),
         ``why`` and ``alert``.
     """
@@ -250,7 +258,7 @@ def run_demo(out_dir: str | os.PathLike[str] = "tevid_runs", n_trials: int = DEF
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{(out / 'optuna-demo.db').resolve()}"
+    storages = {name: f"sqlite:///{(out / f'optuna-demo-{name}.db').resolve()}" for name in STUDIES}
     studies: dict[str, dict[str, Any]] = {}
     trials: dict[str, list[FrozenTrial]] = {}
     with _demo_settings():
@@ -258,7 +266,7 @@ def run_demo(out_dir: str | os.PathLike[str] = "tevid_runs", n_trials: int = DEF
         data = digits(image_size=16, seed=seed)
         for name in STUDIES:
             studies[name], trials[name] = _run_study(
-                name, storage, n_trials, epochs, seed, data,
+                name, storages[name], n_trials, epochs, seed, data,
                 diag if name == "tevid" else None, say)
 
     rows = [{"number": a.number, "params": a.params,
@@ -277,7 +285,8 @@ def run_demo(out_dir: str | os.PathLike[str] = "tevid_runs", n_trials: int = DEF
         "wall_hyperband_s": hb["wall_s"], "wall_tevid_s": tv["wall_s"],
         "wall_total_s": round(time.perf_counter() - start, 2),
     }
-    dashboard = f"optuna-dashboard {storage}"
+    dashboard = " & ".join(f"optuna-dashboard {url} --port {8080 + k}"
+                           for k, url in enumerate(storages.values()))
 
     say("")
     _print_table(rows, say)
@@ -293,6 +302,6 @@ def run_demo(out_dir: str | os.PathLike[str] = "tevid_runs", n_trials: int = DEF
         f"(monitoring included), total {totals['wall_total_s']:.1f}s.")
     say(f"Diagnostician: {diag.source or 'in-memory'}")
     say(f"Open the studies: pip install optuna-dashboard && {dashboard}")
-    return {"storage": storage, "dashboard": dashboard,
+    return {"storages": storages, "dashboard": dashboard,
             "diagnostician": str(diag.source) if diag.source else None,
             "studies": studies, "trials": rows, "totals": totals}
