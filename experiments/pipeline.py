@@ -198,8 +198,50 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     timings["total_s"] = time.time() - t0
     summary["timings"] = {k: round(v, 1) for k, v in timings.items()}
     (out / "pipeline_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if cfg.get("write_results", True) and cfg.ship:
+        from experiments.report import write_section
+
+        overrides = " ".join(_hydra_overrides())
+        write_section("shipped-checkpoint", pipeline_section(summary, cfg),
+                      command=f"python -m experiments.pipeline {overrides}".strip(), seed=cfg.seed)
     print(json.dumps(summary["timings"]))
     return summary
+
+
+def _hydra_overrides() -> list[str]:
+    """The command-line overrides of the running Hydra job (none outside ``hydra.main``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def pipeline_section(summary: dict[str, Any], cfg: DictConfig) -> str:
+    """The ``shipped-checkpoint`` section of ``docs/results.md`` from a pipeline summary."""
+    lines = [
+        "## Shipped checkpoint and pipeline time (model issue; target: whole pipeline ≤ 60 min)", "",
+        f"`tevid_hpo/checkpoints/default.*` is the calibrated DYNAMICS-MAE variant of this run: TEViD "
+        f"({cfg.profile} profile) trained on the {summary['train_runs']} train-split runs of corpus "
+        f"`{summary['corpus_hash']}` (split `{summary['split_hash']}`), calibrated on its "
+        f"{summary['val_runs']} val-split runs. Schedule: MAE {cfg.pretrain.epochs} epochs on windows at stride "
+        f"{cfg.clips.pretrain_stride}, TEViD {cfg.finetune.epochs} epochs at stride "
+        f"{cfg.clips.finetune_stride}.", "",
+        "| stage | seconds |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in summary["timings"].items()], "",
+        "| validation metric | " + " | ".join(v for v in ("tevid_mae", "tevid_scratch", "tevid_act",
+                                                         "tevid_grad") if v in summary) + " |",
+    ]
+    variants = [v for v in ("tevid_mae", "tevid_scratch", "tevid_act", "tevid_grad") if v in summary]
+    lines.append("|---|" + "---|" * len(variants))
+    rows = [("window accuracy on known classes", "val_window_accuracy", "{:.3f}"),
+            ("healthy val runs with any alert (target ≤ 0.05)", "val_healthy_far", "{:.3f}"),
+            ("temperature", "temperature", "{:.3f}"), ("tau_u", "tau_u", "{:.2f}")]
+    for title, key, fmt in rows:
+        lines.append(f"| {title} | " + " | ".join(fmt.format(summary[v][key]) for v in variants) + " |")
+    lines.append("| tau_c | " + " | ".join(", ".join(f"{c} {t:.2f}" for c, t in summary[v]["tau_c"].items())
+                                           for v in variants) + " |")
+    lines += ["", "Validation numbers (the split used for calibration), not held-out results; "
+              "the test split is evaluated by `make evaluate`."]
+    return "\n".join(lines)
 
 
 def main() -> None:
