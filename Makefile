@@ -14,7 +14,7 @@ endif
 export RAY_AUTH_MODE := disabled
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench corpus labels pipeline evaluate clean-venv
+.PHONY: venv demo test bench corpus labels pipeline evaluate hpo-benchmark clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ pipeline: venv
 # Every method on the held-out test split → docs/results.md (Tables 3, 4, 12, 15–19).
 evaluate: venv
 	$(PY) -m experiments.evaluate
+
+# Appendix M: Hyperband vs + Curve-TCN vs + TEViD (Optuna and Ray Tune) → docs/results.md.
+hpo-benchmark: venv
+	$(PY) -m experiments.hpo_benchmark write_results=true
 
 clean-venv:
 	rm -rf $(VENV)

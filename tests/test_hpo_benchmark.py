@@ -1,0 +1,366 @@
+"""The Appendix M HPO benchmark (experiments/hpo_benchmark.py): the quick path end to end (real
+Optuna studies and real Ray Tune runs), a live study against its replay, and the pieces whose
+mistakes would silently change the table: epoch and wall-time accounting, TEViD / Curve-TCN stops
+in the replay, false stops, Curve-TCN causality, the quick profile and the CLI.
+
+Ray runs locally with its files under /tmp/ray_hpo_bench_test (not /tmp/ray_tevid, which the
+factory uses, nor the default of the benchmark itself) and Tune's under ``tmp_path``;
+``RAY_AUTH_MODE=disabled`` keeps ``~/.ray/auth_token`` from being written. The module starts one
+Ray instance and shuts it down at the end (but never one it did not start).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["RAY_AUTH_MODE"] = "disabled"   # before Ray is imported or started
+
+import doctest
+import hashlib
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import ray
+import torch
+from optuna.pruners import BasePruner
+
+from data_factory.labels import INSTABILITY
+from experiments import hpo_benchmark as hb
+from experiments.report import RESULTS
+from tevid_hpo.diagnostician import Diagnostician
+from tevid_hpo.monitor import USER_ATTR
+
+pytestmark = pytest.mark.timeout(300)
+
+RAY_TEMP_DIR = "/tmp/ray_hpo_bench_test"
+OPTUNA_NAMES = ["No pruning", "Median", "Successive halving", "Hyperband",
+                "Hyperband + Curve-TCN", "Hyperband + TEViD"]
+RAY_NAMES = ["Ray HyperBand", "Ray HyperBand + TEViD", "Ray ASHA"]
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """Ray on 2 CPUs in a short temporary path; shut down only if we started it."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=RAY_TEMP_DIR,
+                 configure_logging=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoint_one_thread(request):
+    """The shared toy diagnostician, trained (if this module is first to need it) with one
+    torch thread: with both cores busy, spinning OpenMP threads make it take minutes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return request.getfixturevalue("toy_checkpoint")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, toy_checkpoint_one_thread, local_ray):
+    """``--quick`` end to end, once, with the toy diagnostician (no test may assume the shipped
+    one) and ``write_results=true`` (which quick mode must ignore)."""
+    tmp = tmp_path_factory.mktemp("hpo-bench")
+    docs = {p: _digest(p) for p in (RESULTS, RESULTS.parent / "figures" / hb.FIGURE)}
+    cfg = hb.load_config([f"recordings={tmp / 'rec'}", f"diagnostician={toy_checkpoint_one_thread}",
+                          f"ray.temp_dir={RAY_TEMP_DIR}", "progress=false",
+                          "write_results=true"], quick=True)
+    summary = hb.run_benchmark(cfg)
+    return cfg, summary, docs, tmp
+
+
+def test_quick_runs_every_strategy_and_never_touches_docs(quick):
+    cfg, summary, docs, tmp = quick
+    strategies = summary["strategies"]
+    assert list(strategies) == OPTUNA_NAMES + RAY_NAMES
+    n_seeds, n_trials, max_epochs = len(cfg.seeds), cfg.n_trials, cfg.problem.max_epochs
+    for name, s in strategies.items():
+        seeds = cfg.ray.seeds if name.startswith("Ray") else cfg.seeds
+        assert s["n_trials"] == len(seeds) * n_trials
+        assert 1 <= s["epochs_per_trial"]["estimate"] <= max_epochs
+        assert s["epochs_total"] == pytest.approx(s["epochs_per_trial"]["estimate"] * s["n_trials"])
+        assert 0.0 <= s["best_val_acc"]["estimate"] <= 1.0
+        assert sum(s["stopped_by"].values()) <= s["n_trials"]
+    nop = strategies["No pruning"]
+    assert nop["epochs_per_trial"]["estimate"] == max_epochs and not nop["stopped_by"]
+    assert strategies["Hyperband + TEViD"]["epochs_saved_vs_reference"]["estimate"] is not None
+    out = Path(summary["out"])
+    assert out.is_relative_to(tmp)
+    for name in ("summary.json", "table.md", "outcomes.csv", hb.FIGURE):
+        assert (out / name).is_file(), name
+    assert "| Hyperband + TEViD |" in (out / "table.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["verdicts"]
+    # Quick mode never writes docs/results.md or docs/figures, even with write_results=true.
+    assert {p: _digest(p) for p in docs} == docs
+    recs = sorted((tmp / "rec").glob("*/seed*/trial*.json"))
+    assert len(recs) == n_seeds * n_trials
+
+
+def _recordings(cfg) -> dict[int, list[hb.TrialRecording]]:
+    problem = hb.Problem.from_cfg(cfg.problem)
+    diag = Diagnostician.from_pretrained(str(cfg.diagnostician), device="cpu")
+    root = hb.recordings_dir(cfg, problem, hb.diagnostician_key(diag))
+    return {seed: [hb.TrialRecording.from_json(p.read_text())
+                   for p in sorted((root / f"seed{seed}").glob("trial*.json"))]
+            for seed in cfg.seeds}
+
+
+def test_a_second_run_replays_the_stored_recordings(quick, monkeypatch):
+    cfg, summary, _, _ = quick
+    # Resumable: nothing is trained again (training would fail here).
+    monkeypatch.setattr(hb, "train_trial", lambda *a, **k: pytest.fail("re-recorded a trial"))
+    again = hb.run_benchmark(hb.load_config(
+        [f"recordings={cfg.recordings}", f"diagnostician={cfg.diagnostician}",
+         "ray.enabled=false", "progress=false"], quick=True))
+    for name in OPTUNA_NAMES:   # the same strategies on the same recordings: the same numbers
+        assert again["strategies"][name]["epochs_total"] == \
+            summary["strategies"][name]["epochs_total"]
+        assert again["strategies"][name]["best_val_acc"] == summary["strategies"][name][
+            "best_val_acc"]
+
+
+def test_the_replay_of_a_recording_equals_the_live_study(quick):
+    """Live studies — training with the monitor writing to the real trials — take exactly the
+    decisions their replays take, epoch by epoch, with the same TEViD attribute."""
+    cfg, _, _, _ = quick
+    problem = hb.Problem.from_cfg(cfg.problem)
+    diag = Diagnostician.from_pretrained(str(cfg.diagnostician), device="cpu")
+    data = problem.load_data()
+    strategies = {s.name: s for s in hb.optuna_strategies(cfg, None)}
+    pruned = 0
+    for name in ("Hyperband + TEViD", "Successive halving"):
+        for seed, recs in _recordings(cfg).items():
+            live = _live_study(strategies[name], seed, recs, problem, data, diag)
+            outcomes, events = hb.replay_optuna(strategies[name], seed, recs, cfg)
+            for t, o, r in zip(live.trials, outcomes, recs):
+                assert len(t.intermediate_values) == o.epochs
+                assert list(t.intermediate_values.values()) == \
+                    [e.val_acc for e in r.epochs[:o.epochs]]
+                assert (t.state == optuna.trial.TrialState.PRUNED) == o.stopped
+                # What the live monitor left on the trial is what the recording replays.
+                assert t.user_attrs[USER_ATTR] == r.epochs[o.epochs - 1].tevid
+                pruned += o.stopped
+            assert len(events) == sum(o.epochs for o in outcomes)
+    assert pruned > 0     # the comparison covered stopped trials, not only full ones
+
+
+def _live_study(strategy: hb.Strategy, seed: int, recs: list[hb.TrialRecording],
+                problem: hb.Problem, data: Any, diag: Diagnostician) -> optuna.Study:
+    def objective(trial: optuna.Trial) -> float:
+        params = hb.suggest(trial, problem)
+        config = hb.TrialConfig(seed, trial.number, params["lr"], params["weight_decay"],
+                                params["train_size"])
+
+        def on_epoch(ep: hb.EpochRecord) -> None:
+            trial.report(ep.val_acc, ep.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        rec = hb.train_trial(problem, config, data, diag, trial=trial, on_epoch=on_epoch)
+        return max(e.val_acc for e in rec.epochs)
+
+    with hb._one_thread(), hb._quiet_optuna():   # one thread, as recorded: the same floats
+        live = optuna.create_study(study_name=f"hpo-benchmark-seed{seed}",
+                                   direction="maximize", sampler=hb._sampler(seed),
+                                   pruner=strategy.make())
+        for r in recs:
+            live.enqueue_trial(r.config.params)
+        live.optimize(objective, n_trials=len(recs))
+    return live
+
+
+# ------------------------------------------------------------------------- constructed cases
+def _rec(number: int, accs: list[float], seed: int = 0, seconds: float = 0.5,
+         monitor_seconds: float = 0.1, tevid: dict[int, dict[str, Any]] | None = None,
+         ray_alert_at: int | None = None) -> hb.TrialRecording:
+    """A recording without training: the given validation accuracies, fixed epoch times, and
+    optionally TEViD attributes per epoch / a Ray alert from an epoch on."""
+    epochs = []
+    for e, acc in enumerate(accs):
+        ray_m: dict[str, Any] = {"tevid_alert": "", "tevid_alerts": "{}"}
+        if ray_alert_at is not None and e >= ray_alert_at:
+            alert = {"label": INSTABILITY, "step": 10 * ray_alert_at, "epoch": ray_alert_at,
+                     "confidence": 0.99, "vacuity": 0.1, "reason": "diagnosis"}
+            ray_m = {"tevid_alert": INSTABILITY, "tevid_alerts": json.dumps({INSTABILITY: alert})}
+        epochs.append(hb.EpochRecord(e, 1.0, acc, 1.0, acc - 0.05, 1.0, seconds, monitor_seconds,
+                                     (tevid or {}).get(e, {"version": 1, "alerts": {}}), None,
+                                     ray_m))
+    n = len(accs) * 10
+    steps = {"step": list(range(n)), "epoch": [s // 10 for s in range(n)],
+             "loss": [1.0] * n, "lr": [0.1] * n, "grad_norm": [1.0] * n}
+    return hb.TrialRecording(hb.TrialConfig(seed, number, 0.1, 1e-4, 150), "p", "d", 10, 10,
+                             epochs, steps)
+
+
+class StopOddTrialsAt(BasePruner):
+    """Prunes odd-numbered trials once they report ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def prune(self, study, trial) -> bool:
+        return trial.number % 2 == 1 and (trial.last_step or 0) >= self.step
+
+
+def _cfg(max_epochs: int):
+    return hb.load_config([f"problem.max_epochs={max_epochs}", "progress=false"])
+
+
+def test_epochs_and_wall_time_are_the_epochs_actually_trained():
+    recs = [_rec(k, [0.2, 0.4, 0.6, 0.7, 0.8]) for k in range(4)]
+    cfg = _cfg(5)
+    for monitored in (False, True):
+        s = hb.Strategy(f"stop odd at 1 ({monitored})", "optuna", lambda: StopOddTrialsAt(1),
+                        monitored=monitored)
+        outcomes, events = hb.replay_optuna(s, 0, recs, cfg)
+        assert [o.epochs for o in outcomes] == [5, 2, 5, 2]
+        assert [o.stopped for o in outcomes] == [False, True, False, True]
+        per_epoch = 0.5 if monitored else 0.4      # the monitor's time only where it runs
+        assert [o.wall_s for o in outcomes] == pytest.approx([5 * per_epoch, 2 * per_epoch] * 2)
+        assert [o.stopped_by for o in outcomes] == [None, "StopOddTrialsAt", None,
+                                                    "StopOddTrialsAt"]
+        # A stopped trial's accuracy is its best over the epochs it trained.
+        assert [o.value for o in outcomes] == [0.8, 0.4, 0.8, 0.4]
+        assert [o.full_value for o in outcomes] == [0.8] * 4
+        assert len(events) == 14 and [e.number for e in events[:6]] == [0] * 5 + [1]
+    summary = hb.summarize(outcomes, [s], n_resamples=100)[s.name]
+    assert summary["epochs_total"] == 14 and summary["epochs_per_trial"].estimate == 3.5
+    assert summary["stopped_by"] == {"StopOddTrialsAt": 2}
+    # Trials 1 and 3 would have reached 0.8, the seed's best: both stops are false stops.
+    assert summary["false_stops"] == {"StopOddTrialsAt": 2}
+    assert summary["best_val_acc"].estimate == 0.8
+
+
+def test_the_val_loss_metric_replays_trials_whose_loss_is_nan():
+    recs = [_rec(0, [0.1] * 5), _rec(1, [0.2, 0.4, 0.6, 0.7, 0.8])]
+    for e in recs[0].epochs:
+        e.val_loss = None                       # diverged: NaN validation loss throughout
+    cfg = hb.load_config(["problem.max_epochs=5", "metric=val_loss"])
+    results = {s.name: hb.replay_optuna(s, 0, recs, cfg)[0]
+               for s in hb.optuna_strategies(cfg, None)}
+    assert all(len(o) == 2 for o in results.values())   # no trial fails on a NaN objective
+    # Successive halving prunes a NaN at its first rung (Optuna reports steps from 0).
+    assert results["Successive halving"][0].epochs == 2
+    assert results["No pruning"][0].epochs == 5
+
+
+def test_false_stops_count_stopped_would_be_best_trials_per_seed():
+    def o(seed, n, epochs, full, by=None):
+        return hb.TrialOutcome("s", seed, n, epochs, 9, by, "", 0.5, 0.5, full, 1.0)
+
+    outcomes = [o(0, 0, 9, 0.90), o(0, 1, 3, 0.90, "TEViD"), o(0, 2, 1, 0.85, "Hyperband"),
+                o(1, 0, 1, 0.70, "Hyperband"), o(1, 1, 9, 0.60), o(1, 2, 9, 0.69)]
+    # Seed 0: trial 1 ties for the best and was stopped; seed 1: its best (trial 0) was stopped.
+    assert [(f.seed, f.number) for f in hb.false_stops(outcomes)] == [(0, 1), (1, 0)]
+    assert hb.false_stops([o(0, 0, 9, 0.9), o(0, 1, 1, 0.5, "Hyperband")]) == []
+
+
+def test_a_recorded_tevid_alert_stops_the_replayed_trial_where_the_live_one_would_stop():
+    alert = {"label": INSTABILITY, "step": 12, "epoch": 1, "confidence": 0.97, "vacuity": 0.1,
+             "reason": "diagnosis"}
+    # The alert is in the attribute from epoch 1 on (as the monitor publishes it).
+    tevid = {e: {"version": 1, "alert": INSTABILITY, "alerts": {INSTABILITY: alert}}
+             for e in range(1, 9)}
+    recs = [_rec(0, [0.1] * 9, tevid=tevid), _rec(1, [0.3 + 0.05 * e for e in range(9)])]
+    cfg = _cfg(9)
+    strategies = {s.name: s for s in hb.optuna_strategies(cfg, None)}
+    tv, _ = hb.replay_optuna(strategies["Hyperband + TEViD"], 0, recs, cfg)
+    assert tv[0].epochs == 2 and tv[0].stopped_by == "TEViD" and "Instability" in tv[0].reason
+    # Without the monitor's attribute (plain Hyperband) the same trial is not stopped by TEViD.
+    plain, _ = hb.replay_optuna(strategies["Hyperband"], 0, recs, cfg)
+    assert plain[0].stopped_by != "TEViD" and plain[0].epochs >= tv[0].epochs
+
+
+def test_the_curve_tcn_pruner_stops_on_a_replayed_alert():
+    recs = [_rec(0, [0.1] * 9), _rec(1, [0.3 + 0.05 * e for e in range(9)])]
+    cfg = _cfg(9)
+    detector = object()   # only its presence matters to the strategy list
+    s = next(s for s in hb.optuna_strategies(cfg, detector) if s.curve)   # type: ignore[arg-type]
+    alerts = {0: {INSTABILITY: {"label": INSTABILITY, "step": 35, "epoch": 3,
+                                "confidence": 0.9, "reason": "curve-tcn"}}}
+    outcomes, _ = hb.replay_optuna(s, 0, recs, cfg, alerts)
+    assert outcomes[0].epochs == 4 and outcomes[0].stopped_by == "Curve-TCN"
+    assert outcomes[1].stopped_by != "Curve-TCN"
+
+
+def test_ray_tevid_hyperband_stops_on_a_recorded_alert(local_ray, tmp_path):
+    recs = [_rec(k, [0.3 + 0.01 * k + 0.05 * e for e in range(3)]) for k in range(2)]
+    recs.append(_rec(2, [0.1, 0.1, 0.1], ray_alert_at=0))
+    cfg = hb.load_config(["problem.max_epochs=3", f"ray.temp_dir={RAY_TEMP_DIR}"])
+    s = next(s for s in hb.ray_strategies(cfg) if s.monitored)
+    outcomes, events = hb.replay_ray(s, 0, recs, cfg, tmp_path)
+    assert outcomes[2].epochs == 1 and outcomes[2].stopped_by == "TEViD"
+    assert len(events) == sum(o.epochs for o in outcomes)
+    assert [e.epoch for e in events if e.number == 0] == list(range(outcomes[0].epochs))
+
+
+def test_curve_tcn_alerts_of_a_prefix_are_those_of_the_whole_run(tmp_path):
+    """Causality: replaying "alerts up to epoch t" equals a Curve-TCN run on the curve up to t."""
+    cfg = hb.load_config([f"recordings={tmp_path}"], quick=True)
+    detector = hb.fit_curve_tcn(cfg, tmp_path)
+    assert detector is not None
+    rng = np.random.default_rng(0)
+    rec = _rec(0, [0.2] * 12)
+    n = len(rec.steps["loss"])
+    # A loss that decays, then explodes from step 60 on.
+    rec.steps["loss"] = [float(2 * math.exp(-s / 50) * (1.2 ** max(0, s - 60))
+                               * math.exp(0.05 * rng.standard_normal())) for s in range(n)]
+    full = detector.model.predict_proba(rec.as_run())
+    for k in (3, 6, 9):
+        prefix = replace(rec, epochs=rec.epochs[:k],
+                         steps={c: v[:k * rec.steps_per_epoch] for c, v in rec.steps.items()})
+        part = detector.model.predict_proba(prefix.as_run())
+        np.testing.assert_allclose(part, full[:len(part)], rtol=1e-6, atol=1e-9)
+        cut = {lab: a for lab, a in detector.alerts(rec).items() if a["epoch"] < k}
+        assert detector.alerts(prefix) == cut
+
+
+def test_recordings_round_trip_through_json_without_nan():
+    rec = _rec(0, [0.2, 0.5])
+    rec.epochs[1].val_loss = None          # a non-finite loss is stored as null
+    rec.steps["loss"][3] = None
+    again = hb.TrialRecording.from_json(rec.to_json())
+    assert again == rec
+    assert math.isnan(again.as_run().steps["loss"].iloc[3])
+
+
+def test_quick_profile_yields_to_explicit_overrides():
+    cfg = hb.load_config(["n_trials=5", "problem.max_epochs=4"], quick=True)
+    assert (cfg.n_trials, cfg.problem.max_epochs, list(cfg.seeds)) == (5, 4, [0, 1])
+    assert cfg.problem.dataset_options.n_train == 256       # the rest of the profile applies
+    full = hb.load_config()
+    assert (full.quick, full.n_trials, full.problem.max_epochs) == (False, 48, 27)
+    assert len(full.seeds) >= 3 and full.curve_tcn.source == "corpus"
+
+
+def test_cli_accepts_quick_and_hydra_overrides(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(hb, "run_benchmark", lambda cfg, command: seen.update(
+        cfg=cfg, command=command))
+    monkeypatch.setattr(sys, "argv", ["hpo_benchmark"])
+    hb.main(["--quick", "n_trials=3", f"cache={tmp_path}"])
+    cfg = seen["cfg"]
+    assert cfg.quick and cfg.n_trials == 3 and cfg.problem.max_epochs == 3
+    assert cfg.recordings == str(tmp_path / "hpo_benchmark")
+    assert seen["command"] == f"{hb.COMMAND} --quick n_trials=3 cache={tmp_path}"
+
+
+def test_module_examples():
+    assert doctest.testmod(hb, optionflags=doctest.ELLIPSIS).failed == 0
