@@ -788,16 +788,11 @@ def _light_corpus_runs(root: Path, split: str) -> tuple[list[SimpleNamespace], l
     from safetensors import safe_open
 
     from data_factory.store import FRAMES, RunStore
-    from experiments.pipeline import load_labels
+    from experiments.pipeline import labelled_runs, load_labels
 
     store, labels = RunStore(root), load_labels(root)
     runs, labs = [], []
-    for run_id in store.list():
-        if not run_id.startswith(f"{split}-") or run_id not in labels:
-            continue
-        run = store.load(run_id)
-        if run.meta.get("split") != split or run.meta.get("n_frames", 0) == 0:
-            continue
+    for run_id, run in labelled_runs(store, labels, split):
         with safe_open(str(run.path / FRAMES), framework="pt") as f:
             frames = SimpleNamespace(steps=f.get_tensor("steps").numpy(),
                                      epochs=f.get_tensor("epochs").numpy())

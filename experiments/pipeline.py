@@ -63,15 +63,21 @@ def load_labels(root: Path) -> dict[str, RunLabel]:
                                opt(r.fire_epoch)) for r in table.itertuples()}
 
 
-def split_runs(store: RunStore, labels: dict[str, RunLabel], split: str):
-    """Runs of one split with their per-frame event labels."""
-    runs, events = [], []
+def labelled_runs(store: RunStore, labels: dict[str, RunLabel], split: str):
+    """Yield ``(run_id, run)`` for the labelled runs of ``split`` that have frames."""
     for run_id in store.list():
         if not run_id.startswith(f"{split}-") or run_id not in labels:
             continue
         run = store.load(run_id)
         if run.meta.get("split") != split or run.meta.get("n_frames", 0) == 0:
             continue
+        yield run_id, run
+
+
+def split_runs(store: RunStore, labels: dict[str, RunLabel], split: str):
+    """Runs of one split with their per-frame event labels."""
+    runs, events = [], []
+    for run_id, run in labelled_runs(store, labels, split):
         runs.append(run)
         events.append(frame_event_labels(labels[run_id], run.frames.steps))
     return runs, events
