@@ -10,6 +10,8 @@ trained once per session in ~15 s by :func:`tevid_hpo.toy_diagnostician.train_to
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,20 @@ def toy_diagnostician(toy_checkpoint: Path) -> Diagnostician:
 def digits_data() -> TensorData:
     """scikit-learn digits at 16×16, the data the toy diagnostician was trained on."""
     return digits(image_size=16, seed=0)
+
+
+@contextlib.contextmanager
+def local_ray_session(temp_dir: str) -> Iterator[None]:
+    """Ray on 2 CPUs with its files under ``temp_dir`` (a short path: socket names are limited);
+    shut down at the end only if this call started it."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
+                 configure_logging=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
-import ray
 import torch
+from conftest import local_ray_session
 from optuna.pruners import BasePruner
 
 from data_factory.labels import INSTABILITY
@@ -52,13 +52,8 @@ def _digest(path: Path) -> str | None:
 @pytest.fixture(scope="module")
 def local_ray():
     """Ray on 2 CPUs in a short temporary path; shut down only if we started it."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=RAY_TEMP_DIR,
-                 configure_logging=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
+    with local_ray_session(RAY_TEMP_DIR):
+        yield
 
 
 @pytest.fixture(scope="session")

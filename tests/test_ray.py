@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 import torch
+from conftest import local_ray_session
 from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler, TrialScheduler
@@ -117,13 +117,8 @@ def local_ray():
     # Ray workers cannot import this test module (pytest put tests/ on the driver's path
     # only): ship the trainable and its helpers by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=RAY_TEMP_DIR,
-                 configure_logging=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
+    with local_ray_session(RAY_TEMP_DIR):
+        yield
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
