@@ -12,7 +12,9 @@ from data_factory.runner import RunSpec, execute_run
 from data_factory.store import RunStore
 from experiments.factory import corpus_index
 from experiments.label import agreement, label_corpus
-from experiments.pipeline import CONF, run_pipeline
+from types import SimpleNamespace
+
+from experiments.pipeline import CONF, reference_mask, run_pipeline
 from tevid_hpo.diagnostician import Diagnostician
 
 TINY = dict(epochs=3, every=5, frame_size=16, lyapunov_every=0)
@@ -56,3 +58,23 @@ def test_pipeline_on_tiny_corpus(tmp_path):
         assert all(0.0 <= d.vacuity <= 1.0 for d in diagnoses)
     assert not (tmp_path / "models" / "tevid_mae" / "default.safetensors").stat().st_size == 0
     assert isinstance(pd.read_csv(root / "labels.csv"), pd.DataFrame)
+
+    # A second call finds every stage complete: it recalibrates, and reports the training times
+    # of the run that produced the checkpoints, not the seconds the skip took.
+    again = run_pipeline(conf)
+    assert {"label_s", "pretrain_s", "tevid_mae_s", "tevid_scratch_s"} <= set(again["reused_stages"])
+    for key in ("label_s", "pretrain_s", "tevid_mae_s", "tevid_scratch_s"):
+        assert again["timings"][key] == summary["timings"][key]
+    assert again["timings"]["total_s"] == round(sum(
+        v for k, v in again["timings"].items() if k != "total_s"), 1)
+
+
+def test_calibration_budgets_false_alarms_on_healthy_references_only():
+    def run(kind):
+        return SimpleNamespace(meta={"intervention": {"kind": kind}})
+
+    runs = [run("healthy"), run("overfitting"), run("overfitting"), SimpleNamespace(meta={})]
+    streams = [(None, "Healthy", None), (None, "Healthy", None), (None, "Overfitting", None),
+               (None, "Healthy", None)]
+    # The overfitting run its rule left Healthy is neither a clean negative nor a positive.
+    assert reference_mask(runs, streams) == [True, False, True, True]
