@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 __all__ = [
     "FORMAT",
+    "checkpoint_digest",
     "checkpoint_paths",
     "load_checkpoint",
     "load_model",
@@ -54,6 +55,25 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def checkpoint_digest(path: str | os.PathLike[str]) -> str:
+    """A short SHA-256 of a checkpoint's weights and config files: what results computed with
+    it (recordings, fine-tuned descendants) are keyed by, so they are reused only for the same
+    checkpoint.
+
+    Example:
+        >>> import tempfile, torch
+        >>> d = tempfile.mkdtemp()
+        >>> _ = save_checkpoint(f"{d}/a", {"w": torch.zeros(2)}, {"kind": "demo"})
+        >>> len(checkpoint_digest(f"{d}/a")), checkpoint_digest(f"{d}/a") == checkpoint_digest(f"{d}/a.json")
+        (12, True)
+    """
+    h = hashlib.sha256()
+    for file in checkpoint_paths(path):
+        if file.is_file():
+            h.update(file.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def to_jsonable(obj: Any) -> Any:

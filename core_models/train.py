@@ -364,7 +364,9 @@ def pretrain(model: DynamicsMAE, dataset: Dataset, config: PretrainConfig | None
 
 def finetune(model: TEViD, dataset: Dataset, config: FinetuneConfig | None = None,
              out_dir: str | Path | None = None, resume: bool = True,
-             val_dataset: Dataset | None = None) -> TrainResult:
+             val_dataset: Dataset | None = None,
+             on_epoch_end: Callable[[TEViD, dict[str, float]], None] | None = None
+             ) -> TrainResult:
     """Fine-tune TEViD with the EDL loss on labelled clips.
 
     Clips whose label is outside ``[0, K)`` (Unknown families, unlabeled) are skipped: the head
@@ -379,6 +381,19 @@ def finetune(model: TEViD, dataset: Dataset, config: FinetuneConfig | None = Non
         out_dir: checkpoints go here; with ``resume=True`` an existing ``last`` is continued.
         resume: continue from ``out_dir/last`` when present.
         val_dataset: evaluated at every epoch end (loss, accuracy, mean vacuity in the history).
+        on_epoch_end: called at every epoch end with the model and that epoch's validation
+            metrics (``{"epoch": e}`` plus, with ``val_dataset``, ``val_loss``/``val_acc``/
+            ``val_vacuity``), e.g. to keep the best epoch's weights (early stopping).
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(4, 4, 6, 16, 16), torch.tensor([0, 1, 2, 0]))
+        >>> seen = []
+        >>> cfg = FinetuneConfig(epochs=2, batch_size=2, warmup_epochs=0, progress=False)
+        >>> _ = finetune(TEViD("tiny"), data, cfg, val_dataset=data,
+        ...              on_epoch_end=lambda m, row: seen.append(sorted(row)))
+        >>> seen[0]
+        ['epoch', 'val_acc', 'val_loss', 'val_vacuity']
     """
     cfg = config or FinetuneConfig()
     k = model.num_classes
@@ -406,8 +421,15 @@ def finetune(model: TEViD, dataset: Dataset, config: FinetuneConfig | None = Non
         return {"val_loss": float(loss), "val_acc": float(acc),
                 "val_vacuity": float(pred["vacuity"][known].mean())}
 
+    def end_of_epoch(m: nn.Module, epoch: int) -> dict[str, float]:
+        row = validate(m, epoch) if val_dataset is not None else {}
+        if on_epoch_end is not None:
+            on_epoch_end(m, {"epoch": epoch, **row})
+        return row
+
     return _fit(model, dataset, cfg, out_dir, resume, loss_fn,
-                validate if val_dataset is not None else None, "finetune")
+                end_of_epoch if val_dataset is not None or on_epoch_end is not None else None,
+                "finetune")
 
 
 @torch.no_grad()

@@ -22,9 +22,17 @@
    held-out runs. A TEViD is initialised from the given checkpoint (its encoder *and* head — the
    head's Healthy/Overfitting outputs are reused — so with ``--train head`` only the head moves)
    and fine-tuned with :func:`core_models.train.finetune` on the streaming windows of the
-   fine-tuning runs; temperature, abstention and the Overfitting alert threshold come from
-   :func:`core_models.calibration.calibrate` on the calibration runs (run-level false alarms
-   ≤ ``--target-far`` on their healthy runs).
+   fine-tuning runs for up to ``finetune_epochs`` epochs, keeping the epoch whose model
+   classifies the calibration runs' clips best (early stopping on calibration data;
+   ``--last-epoch`` keeps the last). Temperature and abstention (``tau_u`` = 0.35) come from
+   :func:`core_models.calibration.calibrate` on the calibration runs; the Overfitting alert
+   threshold is the one with the best stop-decision accuracy on the calibration runs
+   (:func:`choose_alert_threshold`, the pilot's own metric). ``--operating-point far`` keeps
+   ``calibrate``'s instead: run-level false alarms ≤ ``target_far`` on the healthy calibration
+   runs, which with 16 of them allows no alarm at all and, because the fine-tuned Overfitting
+   probability saturates at the same ceiling on every confident run, puts the threshold on
+   that ceiling (64.6 % held-out accuracy with 20 epochs, 85.4 % with 6). Held-out runs enter
+   none of these choices.
 4. **Evaluation** on held-out runs, each retrained twice — once with
    :class:`~tevid_hpo.lightgbm.TEViDLightGBMCallback` and once with LightGBM's own
    ``early_stopping(patience)`` — from the same seed (LightGBM is deterministic with one thread,
@@ -35,7 +43,9 @@
    the model each method returns (its best iteration) above the run's best.
 
 The fine-tuned GBDT diagnostician is saved with ``--out DIR`` (``DIR/model.*``), loadable by
-``Diagnostician.from_pretrained(DIR)`` and usable in ``TEViDLightGBMCallback``.
+``Diagnostician.from_pretrained(DIR)`` and usable in ``TEViDLightGBMCallback``. A later run with
+the same ``--out``, base checkpoint and settings reuses it instead of fine-tuning again
+(:func:`load_finetuned`), so ``--write-results`` after a run costs minutes, not the fine-tune.
 
 Example:
     >>> rule = divergence([1.0, 0.9, 0.8, 0.85, 0.86, 0.87, 0.9], delta=0.02, patience=3)
@@ -54,6 +64,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -63,7 +74,8 @@ import numpy as np
 import torch
 from sklearn.datasets import make_classification
 
-from core_models.calibration import calibrate
+from core_models.calibration import calibrate, evidential_probs, run_alert_scores
+from core_models.checkpoint import checkpoint_digest
 from core_models.clips import ClipDataset
 from core_models.metrics import RunPrediction, bootstrap_ci
 from core_models.train import FinetuneConfig, finetune, predict, seed_everything
@@ -73,7 +85,8 @@ from experiments.report import write_section
 from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
 from tevid_hpo.lightgbm import FeatureImportanceFrames, TEViDLightGBMCallback
 
-__all__ = ["GBDTRun", "PilotConfig", "RecordedRun", "divergence", "main", "run_pilot"]
+__all__ = ["GBDTRun", "PilotConfig", "RecordedRun", "choose_alert_threshold", "divergence",
+           "main", "run_pilot", "stop_scores"]
 
 SECTION = "gbdt_pilot"
 
@@ -110,6 +123,8 @@ class PilotConfig:
     clip_stride: int = 2
     train: str = "all"
     target_far: float = 0.05
+    operating_point: str = "accuracy"
+    select_epoch: bool = True
     seed: int = 0
 
     @classmethod
@@ -265,10 +280,75 @@ def _stream_logits(model: torch.nn.Module, runs: Sequence[RecordedRun], window: 
     return out
 
 
+def stop_scores(logits: Sequence[np.ndarray], runs: Sequence[RecordedRun], temperature: float,
+                tau_u: float, k: int, rounds: int) -> np.ndarray:
+    """Per run, the largest Overfitting threshold at which the alert rule *stops* it.
+
+    The rule is :class:`~core_models.calibration.ConsecutiveAlert`'s (``k`` consecutive
+    non-abstained diagnoses with ``p ≥ tau``), and a stop is an alert before the last round
+    (the pilot's stop decision), so a diagnosis of the last round is left out. The run stops at
+    threshold ``tau`` iff ``tau ≤`` its score; ``-inf`` when no ``k`` diagnoses qualify.
+
+    Example:
+        >>> z = np.zeros((5, 5)); z[1:4, 1] = 8.0        # Overfitting evidence at rounds 1-3
+        >>> rec = SimpleNamespace(steps=np.arange(5))
+        >>> stop_scores([z], [rec], 1.0, 0.35, 3, rounds=5).round(3).tolist()
+        [0.571]
+        >>> stop_scores([z[:4]], [SimpleNamespace(steps=np.arange(4))], 1.0, 0.35, 3, 4).tolist()
+        [-inf]
+    """
+    ov = KNOWN_LABELS.index(OVERFITTING)
+    out = []
+    for z, rec in zip(logits, runs):
+        probs, vacuity = evidential_probs(z, temperature)
+        if len(rec.steps) and rec.steps[-1] >= rounds - 1:     # an alert there is no stop
+            probs, vacuity = probs[:-1], vacuity[:-1]
+        out.append(run_alert_scores(probs, vacuity, tau_u, k)[ov])
+    return np.asarray(out, dtype=np.float64)
+
+
+def choose_alert_threshold(scores: Sequence[float], overfit: Sequence[bool], floor: float = 0.5
+                           ) -> tuple[float, float]:
+    """The Overfitting threshold with the best stop-decision accuracy on calibration runs.
+
+    Runs stop iff ``score ≥ tau`` (:func:`stop_scores`), so the decisions only change at the
+    scores: every interval between consecutive distinct scores (within ``[floor, 1]``) is one
+    candidate. Among the most accurate intervals the widest wins and ``tau`` is its midpoint —
+    the largest margin to the calibration runs on either side, because fine-tuned evidence
+    saturates and many runs share nearly the same top probability, where a threshold would be a
+    knife edge. ``floor`` (0.5, as in :func:`~core_models.calibration.fit_class_thresholds`)
+    keeps one class at a time above its threshold. Returns ``(tau, calibration accuracy)``.
+
+    Example:
+        >>> choose_alert_threshold([0.03, 0.05, 0.86, 0.86, 0.70, 0.86], [0, 0, 0, 1, 1, 1])
+        (0.6, 0.8333333333333334)
+        >>> choose_alert_threshold([0.1, 0.2], [0, 0])      # never stop
+        (0.75, 1.0)
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(overfit, dtype=bool)
+    points = np.unique(np.r_[floor, 1.0, s[(s > floor) & (s < 1.0)]])
+    best: tuple[float, float, float] | None = None            # (accuracy, width, tau)
+    for a, b in pairwise(points):
+        acc = float(np.mean((s >= b) == y))
+        cand = (acc, float(b - a), float((a + b) / 2))
+        if best is None or cand[:2] > best[:2]:
+            best = cand
+    assert best is not None
+    return best[2], best[0]
+
+
 def finetune_diagnostician(checkpoint: str | Path, train: Sequence[RecordedRun],
                            calib: Sequence[RecordedRun], cfg: PilotConfig,
                            quiet: bool = False) -> tuple[Diagnostician, dict[str, Any]]:
-    """Fine-tune the checkpoint's TEViD on ``train`` runs, calibrate it on ``calib`` runs."""
+    """Fine-tune the checkpoint's TEViD on ``train`` runs, calibrate it on ``calib`` runs.
+
+    Only these two sets of runs enter: with ``cfg.select_epoch`` the epoch whose model
+    classifies the calibration clips best is kept (early stopping on calibration data), and
+    with ``cfg.operating_point == "accuracy"`` the Overfitting alert threshold is the one that
+    maximises stop-decision accuracy on the calibration runs (:func:`choose_alert_threshold`)
+    instead of the ``target_far`` one.
+    """
     base = Diagnostician.from_pretrained(checkpoint, device="cpu")
     model = base.model
     window = model.profile.window
@@ -277,12 +357,27 @@ def finetune_diagnostician(checkpoint: str | Path, train: Sequence[RecordedRun],
             p.requires_grad_(name.startswith("head."))
     dataset = ClipDataset(_as_store_runs(train), [r.events for r in train], window=window,
                           stride=cfg.clip_stride)
+    val = (ClipDataset(_as_store_runs(calib), [r.events for r in calib], window=window,
+                       stride=cfg.clip_stride) if cfg.select_epoch else None)
     seed_everything(cfg.seed)
     ft = FinetuneConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size,
                         base_lr=cfg.finetune_lr, lr_batch_ref=None, warmup_epochs=1.0,
                         kl_anneal_epochs=max(1.0, cfg.finetune_epochs / 2), seed=cfg.seed,
                         device="cpu", progress=not quiet, amp=False)
-    result = finetune(model, dataset, ft)
+    states: list[dict[str, torch.Tensor]] = []          # the weights at every epoch end
+
+    def snapshot(m: torch.nn.Module, _row: dict[str, float]) -> None:
+        states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+
+    result = finetune(model, dataset, ft, val_dataset=val,
+                      on_epoch_end=snapshot if val is not None else None)
+    epoch = len(result.history) - 1
+    if states and len(states) == len(result.history):
+        # Clip accuracy, not the validation loss: the loss's KL weight grows over the first
+        # epochs (annealing), so losses of different epochs are not comparable. Ties: earliest.
+        accs = [h.get("val_acc", -math.inf) for h in result.history]
+        epoch = int(np.argmax(accs))
+        model.load_state_dict(states[epoch])
     for p in model.parameters():
         p.requires_grad_(True)
     logits = _stream_logits(model, calib, window)
@@ -290,13 +385,29 @@ def finetune_diagnostician(checkpoint: str | Path, train: Sequence[RecordedRun],
     calibration = calibrate(np.concatenate(logits), clip_labels,
                             [(z, r.label.label) for z, r in zip(logits, calib)],
                             target_far=cfg.target_far)
+    scores = stop_scores(logits, calib, calibration.temperature, calibration.tau_u,
+                         calibration.consecutive, cfg.rounds)
+    overfit = [r.label.label == OVERFITTING for r in calib]
+    far_tau = calibration.tau_c[OVERFITTING]
+    point = {"far_tau": far_tau, "far_calib_acc": float(np.mean((scores >= far_tau) == overfit))}
+    if cfg.operating_point == "accuracy":
+        tau, acc = choose_alert_threshold(scores, overfit)
+        calibration.tau_c[OVERFITTING] = tau
+        point.update(accuracy_tau=tau, accuracy_calib_acc=acc)
+    elif cfg.operating_point != "far":
+        raise ValueError(f"operating_point must be 'accuracy' or 'far', got {cfg.operating_point!r}")
     diag = Diagnostician(model, calibration, device="cpu", metadata={
         "trained": True, "kind_of_runs": "lightgbm", "frames": "FeatureImportanceFrames",
         "base_checkpoint": str(base.source or checkpoint), "pilot_config": asdict(cfg),
         "finetune_clips": len(dataset), "finetune_history": result.history,
+        "selected_epoch": epoch, "operating_point": point,
         "produced_by": "python -m experiments.gbdt_pilot"})
     info = {"clips": len(dataset), "clip_labels": dataset.label_counts(),
             "final_loss": result.history[-1]["loss"] if result.history else None,
+            "selected_epoch": epoch,
+            "val_acc": [h.get("val_acc") for h in result.history],
+            "val_vacuity": [h.get("val_vacuity") for h in result.history],
+            "calib_runs": [r.run.run_id for r in calib], "operating_point": point,
             **calibration.to_dict()}
     return diag, info
 
@@ -408,6 +519,22 @@ def table(summary: dict[str, dict[str, Any]], cfg: PilotConfig, n_runs: int,
 
 
 # ====================================================================================== driver
+def load_finetuned(path: Path, digest: str, cfg: PilotConfig
+                   ) -> tuple[Diagnostician, dict[str, Any]] | None:
+    """The diagnostician an earlier pilot saved at ``path`` (``--out``), if it was fine-tuned
+    from the same base checkpoint (``digest``, :func:`core_models.checkpoint.checkpoint_digest`)
+    with the same :class:`PilotConfig` — which fixes the runs and their split — else ``None``.
+    Rewriting the table then costs the recording and evaluation, not the fine-tune."""
+    config_path = path.with_suffix(".json")
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text())
+    same_cfg = config.get("pilot_config") == json.loads(json.dumps(asdict(cfg)))
+    if config.get("base_checkpoint_digest") != digest or not same_cfg or "pilot_info" not in config:
+        return None
+    return Diagnostician.from_pretrained(path, device="cpu"), config["pilot_info"]
+
+
 def run_pilot(cfg: PilotConfig, checkpoint: str | Path | None = None, out: Path | None = None,
               quiet: bool = False) -> dict[str, Any]:
     """Every stage; returns the summary, the table and the per-run rows."""
@@ -421,10 +548,17 @@ def run_pilot(cfg: PilotConfig, checkpoint: str | Path | None = None, out: Path 
     train, calib, test = split_runs(runs, cfg)
     if not any(r.label.label == OVERFITTING for r in train):
         raise RuntimeError("no overfitting run among the fine-tuning runs: widen the corpus")
-    diag, info = finetune_diagnostician(ckpt, train, calib, cfg, quiet=quiet)
-    say(f"fine-tuned on {info['clips']} clips: {json.dumps(info, default=str)}")
-    if out is not None:
-        diag.save_pretrained(Path(out) / "model")
+    digest = checkpoint_digest(ckpt)
+    saved = Path(out) / "model" if out is not None else None
+    reused = load_finetuned(saved, digest, cfg) if saved is not None else None
+    if reused is not None:
+        diag, info = reused
+        say(f"reusing the fine-tuned diagnostician in {saved} (same base checkpoint and config)")
+    else:
+        diag, info = finetune_diagnostician(ckpt, train, calib, cfg, quiet=quiet)
+        say(f"fine-tuned on {info['clips']} clips: {json.dumps(info, default=str)}")
+        if saved is not None:
+            diag.save_pretrained(saved, base_checkpoint_digest=digest, pilot_info=info)
     rows = [evaluate_run(cfg, r, diag) for r in test]
     summary = summarize(rows, cfg.seed)
     text = table(summary, cfg, len(rows), sum(r["label"] == OVERFITTING for r in rows))
@@ -445,6 +579,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--every", type=int, help="frame cadence in rounds")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs")
     parser.add_argument("--train", choices=("all", "head"), help="what fine-tuning updates")
+    parser.add_argument("--operating-point", choices=("accuracy", "far"),
+                        help="Overfitting alert threshold: best stop-decision accuracy on the "
+                             "calibration runs (default) or false alarms <= target_far")
+    parser.add_argument("--last-epoch", action="store_true",
+                        help="keep the last fine-tuning epoch instead of the one that is best "
+                             "on the calibration clips")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="save the GBDT diagnostician as OUT/model.*")
     parser.add_argument("--write-results", action="store_true",
@@ -454,7 +594,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = PilotConfig.quick() if args.quick else PilotConfig()
     overrides = {k: v for k, v in {"n_runs": args.runs, "rounds": args.rounds,
                                    "every": args.every, "finetune_epochs": args.epochs,
-                                   "train": args.train}.items() if v is not None}
+                                   "train": args.train,
+                                   "operating_point": args.operating_point,
+                                   "select_epoch": False if args.last_epoch else None,
+                                   }.items() if v is not None}
     cfg = replace(cfg, seed=args.seed, **overrides)
     if args.checkpoint is None:
         from core_models.checkpoint import checkpoint_paths
@@ -471,7 +614,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         write_section(SECTION, "## GBDT pilot (Appendix K.3)\n\n" + result["table"],
                       command.strip(), checkpoint=args.checkpoint or "shipped",
                       **{k: v for k, v in asdict(cfg).items()
-                         if k in ("n_runs", "rounds", "every", "finetune_epochs", "seed")})
+                         if k in ("n_runs", "rounds", "every", "finetune_epochs",
+                                  "operating_point", "select_epoch", "seed")})
     return result
 
 

@@ -127,7 +127,7 @@ from core_models.baselines.curve_tcn import CausalTCN, CurveTCN
 from core_models.baselines.features import CURVE_FEATURES
 from core_models.calibration import ALERT_LABELS, RunPredictions, fit_class_thresholds
 from core_models.calibration import first_alert as first_class_alert
-from core_models.checkpoint import checkpoint_paths
+from core_models.checkpoint import checkpoint_digest
 from core_models.metrics import ConfidenceInterval
 from data_factory.architectures import build_model
 from data_factory.datasets import TensorData, load_dataset
@@ -660,13 +660,7 @@ def train_trial(problem: Problem, config: TrialConfig, data: TensorData,
 
 def diagnostician_key(diag: Diagnostician) -> str:
     """A short hash of the checkpoint files behind ``diag`` (recordings depend on it)."""
-    if diag.source is None:
-        return "in-memory"
-    h = hashlib.sha256()
-    for path in checkpoint_paths(diag.source):
-        if path.is_file():
-            h.update(path.read_bytes())
-    return h.hexdigest()[:12]
+    return "in-memory" if diag.source is None else checkpoint_digest(diag.source)
 
 
 def _write_atomic(path: Path, text: str) -> None:

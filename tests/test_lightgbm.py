@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import doctest
 import math
 from types import SimpleNamespace
@@ -316,10 +318,61 @@ def test_divergence_rule():
     assert gbdt_pilot.divergence([1.0, 1.1], delta=0.05, patience=1) == (0, 1)
 
 
-def test_pilot_quick_end_to_end(toy_checkpoint, tmp_path, capsys):
+def test_alert_threshold_maximises_calibration_accuracy_with_a_margin():
+    # Saturated evidence: a healthy and an overfitting run share the top score. The FAR rule
+    # would put the threshold just above it (no healthy alarm, one stop); accuracy prefers the
+    # widest best interval, (0.5, 0.80], and its midpoint.
+    scores = [0.03, 0.04, 0.8521, 0.80, 0.8521, 0.8523]
+    tau, acc = gbdt_pilot.choose_alert_threshold(scores, [0, 0, 0, 1, 1, 1])
+    assert tau == pytest.approx(0.65) and acc == pytest.approx(5 / 6)
+    assert gbdt_pilot.choose_alert_threshold(scores, [0, 0, 0, 1, 1, 1], floor=0.7)[0] == \
+        pytest.approx(0.75)
+    # All runs healthy: the threshold stays above every score (never stop), within [floor, 1].
+    tau, acc = gbdt_pilot.choose_alert_threshold([0.2, 0.95], [0, 0])
+    assert 0.95 < tau <= 1.0 and acc == 1.0
+    # Runs without any qualifying window (-inf) never stop.
+    tau, acc = gbdt_pilot.choose_alert_threshold([-math.inf, 0.9], [0, 1])
+    assert 0.5 <= tau <= 0.9 and acc == 1.0
+
+
+def test_stop_scores_follow_the_alert_rule_and_skip_the_last_round():
+    from core_models.calibration import evidential_probs, first_alert
+
+    rng = np.random.default_rng(3)
+    logits = [rng.normal(0, 4, size=(30, len(KNOWN_LABELS))) for _ in range(6)]
+    recs = [SimpleNamespace(steps=np.arange(30)) for _ in logits]
+    scores = gbdt_pilot.stop_scores(logits, recs, 1.3, 0.6, 2, rounds=30)
+    for z, score in zip(logits, scores):
+        p, u = evidential_probs(z, 1.3)
+        for tau in (0.5, 0.6, 0.7):
+            hit = first_alert(p, u, {OVERFITTING: tau}, 0.6, k=2)
+            assert (hit is not None and hit[0] < 29) == (score >= tau)
+
+
+def test_pilot_quick_end_to_end(toy_checkpoint, tmp_path, capsys, monkeypatch):
+    seen: dict[str, set[str]] = {}
+    real = gbdt_pilot.finetune_diagnostician
+
+    def spy(checkpoint, train, calib, cfg, quiet=False):
+        seen["train"] = {r.run.run_id for r in train}
+        seen["calib"] = {r.run.run_id for r in calib}
+        return real(checkpoint, train, calib, cfg, quiet=quiet)
+
+    monkeypatch.setattr(gbdt_pilot, "finetune_diagnostician", spy)
     result = gbdt_pilot.main(["--quick", "--checkpoint", str(toy_checkpoint), "--out",
                               str(tmp_path / "gbdt"), "--quiet"])
     out = capsys.readouterr().out
+    # No tuning on the test set: fine-tuning, epoch selection and every calibrated setting see
+    # only fine-tuning and calibration runs; the held-out runs are evaluated, nothing else.
+    held_out = {r["run_id"] for r in result["rows"]}
+    assert seen["train"] and seen["calib"] and held_out
+    assert not (held_out & (seen["train"] | seen["calib"])) and not seen["train"] & seen["calib"]
+    info = result["finetune"]
+    assert set(info["calib_runs"]) == seen["calib"]
+    assert 0 <= info["selected_epoch"] < 2 and len(info["val_acc"]) == 2
+    point = info["operating_point"]
+    assert info["tau_c"][OVERFITTING] == point["accuracy_tau"] >= 0.5
+    assert point["accuracy_calib_acc"] >= point["far_calib_acc"]
     assert "| TEViD (fine-tuned on GBDT frames) |" in out and "early_stopping(5)" in out
     rows = result["rows"]
     assert len(rows) == result["runs"]["test"] >= 4
@@ -337,6 +390,22 @@ def test_pilot_quick_end_to_end(toy_checkpoint, tmp_path, capsys):
     cb = TEViDLightGBMCallback(tmp_path / "gbdt")
     lgb.train(run.params(), dtrain, 10, valid_sets=[dvalid], callbacks=[cb])
     assert len(cb.history) == cb.frames.tensor().shape[0] == (cb.stopped_at or 9) + 1
+
+    # Rerunning with the same --out, base checkpoint and settings reuses the fine-tuned model.
+    seen.clear()
+    again = gbdt_pilot.main(["--quick", "--checkpoint", str(toy_checkpoint), "--out",
+                             str(tmp_path / "gbdt"), "--quiet"])
+    assert not seen and again["summary"] == result["summary"]
+    assert again["finetune"]["operating_point"] == json.loads(json.dumps(point))
+
+
+def test_pilot_far_operating_point_and_last_epoch(toy_checkpoint):
+    result = gbdt_pilot.main(["--quick", "--checkpoint", str(toy_checkpoint), "--quiet",
+                              "--operating-point", "far", "--last-epoch"])
+    info = result["finetune"]
+    assert info["tau_c"][OVERFITTING] == info["operating_point"]["far_tau"]
+    assert "accuracy_tau" not in info["operating_point"]
+    assert info["selected_epoch"] == 1 and info["val_acc"] == [None, None]
 
 
 def test_pilot_needs_a_checkpoint(monkeypatch, tmp_path, capsys):
