@@ -154,11 +154,11 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     reused: list[str] = []
 
     def stage_time(key: str, started: float, skipped: bool) -> None:
-        if skipped and key in previous:
+        if not skipped:
+            timings[key] = time.time() - started
+        elif key in previous:           # a skipped stage with no record of its cost is left out
             timings[key] = previous[key]
             reused.append(key)
-        else:
-            timings[key] = time.time() - started
 
     t0 = time.time()
     if not (root / "index.csv").exists():

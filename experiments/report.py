@@ -4,7 +4,7 @@ replaced in place on every rerun, stamped with the command, seed, config and dat
 Example:
     >>> import tempfile, pathlib
     >>> doc = pathlib.Path(tempfile.mkdtemp()) / "results.md"
-    >>> write_section("demo", "| a |\\n|---|\\n| 1 |", command="python -m x", path=doc)
+    >>> _ = write_section("demo", "| a |\\n|---|\\n| 1 |", command="python -m x", path=doc)
     >>> "BEGIN demo" in doc.read_text()
     True
 """
@@ -12,8 +12,11 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
+import os
 import platform
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -30,12 +33,25 @@ def provenance(command: str, **config: object) -> str:
     return f"_Command: `{command}`{'; ' + cfg if cfg else ''}; {host}; {date}._"
 
 
-def write_section(name: str, body: str, command: str, path: Path = RESULTS, **config: object) -> Path:
-    """Replace (or append) the section ``name`` of the results file with ``body``."""
+def write_section(name: str, body: str, command: str, path: str | os.PathLike[str] = RESULTS,
+                  **config: object) -> Path:
+    """Replace (or append) the section ``name`` of the results file with ``body``.
+
+    Experiments often run side by side and each rewrites its own section: the read-modify-write
+    holds an exclusive lock (``path.lock``) and replaces the file atomically, so two writers never
+    lose each other's sections and a reader never sees half a file.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else _HEADER
     block = f"<!-- BEGIN {name} -->\n{body.rstrip()}\n\n{provenance(command, **config)}\n<!-- END {name} -->"
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else _HEADER
+        text = (pattern.sub(lambda _: block, text) if pattern.search(text)
+                else text.rstrip() + "\n\n" + block + "\n")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
     return path
