@@ -46,3 +46,15 @@ def is_healthy_reference(label: str, intervention: str | None) -> bool:
         (False, False)
     """
     return label == HEALTHY and intervention in (None, "healthy")
+
+
+def sets_operating_points(label: str, intervention: str | None) -> bool:
+    """Whether a validation run may take part in choosing alert thresholds: every anomalous run,
+    and the Healthy runs that are healthy references (:func:`is_healthy_reference`).
+
+    Example:
+        >>> [sets_operating_points(lab, iv) for lab, iv in
+        ...  [("Instability", "instability"), ("Healthy", "healthy"), ("Healthy", "overfitting")]]
+        [True, True, False]
+    """
+    return label != HEALTHY or is_healthy_reference(label, intervention)

@@ -75,7 +75,7 @@ from core_models.metrics import (
 )
 from core_models.train import predict
 from data_factory.labelers.rules import RunLabel
-from data_factory.labels import HEALTHY, KNOWN_LABELS, LABELS, UNKNOWN, is_healthy_reference
+from data_factory.labels import HEALTHY, KNOWN_LABELS, LABELS, UNKNOWN, sets_operating_points
 from data_factory.store import Run, RunStore
 from experiments.pipeline import corpus_hash, load_labels, split_hash, split_runs
 from experiments.report import RESULTS, write_section
@@ -545,9 +545,9 @@ def _load_variant(name: str, path: Path, device: torch.device, chash: str, n_tra
 
 
 def operating_point_runs(runs: Sequence[RunPrediction]) -> list[RunPrediction]:
-    """The runs an operating point is chosen on: every anomalous run and the Healthy runs that
-    are healthy by intent too (:func:`data_factory.labels.is_healthy_reference`); runs labelled
-    Healthy despite an injected fault are neither clean negatives nor labelled positives.
+    """The runs an operating point is chosen on (:func:`data_factory.labels.sets_operating_points`):
+    runs labelled Healthy despite an injected fault are neither clean negatives nor labelled
+    positives.
 
     Example:
         >>> import numpy as np
@@ -558,8 +558,7 @@ def operating_point_runs(runs: Sequence[RunPrediction]) -> list[RunPrediction]:
         >>> [r.run_id for r in operating_point_runs(runs)]
         ['a']
     """
-    return [r for r in runs if r.label != HEALTHY
-            or is_healthy_reference(r.label, (r.meta or {}).get("intervention"))]
+    return [r for r in runs if sets_operating_points(r.label, (r.meta or {}).get("intervention"))]
 
 
 def reference_far(alerts: AlertSummary, runs: Sequence[RunPrediction]) -> float:

@@ -27,13 +27,20 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from core_models.calibration import calibrate, false_alarm_rate, RunPredictions
+from core_models.calibration import RunPredictions, calibrate, false_alarm_rate
 from core_models.clips import ClipDataset
 from core_models.mae import DynamicsMAE
 from core_models.tevid import TEViD
-from core_models.train import FinetuneConfig, PretrainConfig, finetune, predict, pretrain, seed_everything
+from core_models.train import (
+    FinetuneConfig,
+    PretrainConfig,
+    finetune,
+    predict,
+    pretrain,
+    seed_everything,
+)
 from data_factory.labelers import RunLabel, frame_event_labels
-from data_factory.labels import HEALTHY, KNOWN_LABELS, is_healthy_reference
+from data_factory.labels import KNOWN_LABELS, sets_operating_points
 from data_factory.split import DEFAULT_SPLIT
 from data_factory.store import RunStore
 from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
@@ -110,9 +117,9 @@ def intervention_of(run: Any) -> str | None:
 
 
 def reference_mask(runs, streams) -> list[bool]:
-    """Which val runs may set operating points: every anomalous run, and the healthy ones that
-    are healthy by intent too (:func:`data_factory.labels.is_healthy_reference`)."""
-    return [label != HEALTHY or is_healthy_reference(label, intervention_of(run))
+    """Which val runs may set operating points
+    (:func:`data_factory.labels.sets_operating_points`)."""
+    return [sets_operating_points(label, intervention_of(run))
             for run, (_, label, _) in zip(runs, streams)]
 
 
@@ -283,8 +290,8 @@ def pipeline_section(summary: dict[str, Any], cfg: DictConfig) -> str:
         "| stage | seconds |", "|---|---|",
         *[f"| {k}{' *' if k in summary.get('reused_stages', []) else ''} | {v} |"
           for k, v in summary["timings"].items()], "",
-        *([f"`*` this run found the stage complete and reused it; the time is that of the run that "
-           f"produced it (total = sum of the stages). This run recalibrated and re-shipped.", ""]
+        *(["`*` this run found the stage complete and reused it; the time is that of the run that "
+           "produced it (total = sum of the stages). This run recalibrated and re-shipped.", ""]
           if summary.get("reused_stages") else []),
         "| validation metric | " + " | ".join(v for v in ("tevid_mae", "tevid_scratch", "tevid_act",
                                                          "tevid_grad") if v in summary) + " |",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
@@ -12,8 +13,6 @@ from data_factory.runner import RunSpec, execute_run
 from data_factory.store import RunStore
 from experiments.factory import corpus_index
 from experiments.label import agreement, label_corpus
-from types import SimpleNamespace
-
 from experiments.pipeline import CONF, reference_mask, run_pipeline
 from tevid_hpo.diagnostician import Diagnostician
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
-
 from pathlib import Path
 
 from experiments.report import write_section
