@@ -132,7 +132,7 @@ from core_models.metrics import ConfidenceInterval
 from data_factory.architectures import build_model
 from data_factory.datasets import TensorData, load_dataset
 from data_factory.labelers.rules import RunLabel
-from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS
+from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS, sets_operating_points
 from data_factory.optimizers import build_optimizer
 from experiments.report import RESULTS, write_section
 from tevid_hpo.decision import DEFAULT_PRUNE_ON, check_prune_on, describe
@@ -852,8 +852,9 @@ def fit_curve_tcn(cfg: DictConfig, cache: Path) -> CurveTCNDetector | None:
         what = f"factory corpus {tag}: {len(train)} train runs (fit), {len(val)} val runs"
     else:
         raise ValueError(f"curve_tcn.source must be corpus, toy or off, got {source!r}")
+    # "operating_points" names the threshold protocol, so a cache fitted under another is refit.
     spec = {"kwargs": kwargs, "far": float(c.far), "consecutive": int(c.consecutive),
-            "corpus": tag, "seed": 0}
+            "corpus": tag, "seed": 0, "operating_points": "healthy-references"}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = cache / f"curve_tcn-{digest}"
     model = CurveTCN(seed=0, **kwargs)
@@ -869,10 +870,13 @@ def fit_curve_tcn(cfg: DictConfig, cache: Path) -> CurveTCNDetector | None:
     t0 = time.perf_counter()
     _say(f"fitting Curve-TCN on the {what} ...")
     model.fit(train, train_l, val, val_l)
+    from experiments.pipeline import intervention_of
+
+    # TEViD's protocol (experiments.pipeline): every alert class shares the 5 %-FAR budget on
+    # the healthy-reference val runs (sets_operating_points); tau_u = 1, Curve-TCN never abstains.
     val_preds = [RunPredictions(model.predict_proba(r), np.zeros(len(r.frames.steps)), lab.label)
-                 for r, lab in zip(val, val_l)]
-    # TEViD's protocol (core_models.calibration.calibrate): every alert class shares the
-    # 5 %-FAR budget on healthy val runs; tau_u = 1 because Curve-TCN never abstains.
+                 for r, lab in zip(val, val_l)
+                 if sets_operating_points(lab.label, intervention_of(r))]
     tau_c = fit_class_thresholds(val_preds, tau_u=1.0, target_far=float(c.far),
                                  alert_labels=ALERT_LABELS, k=int(c.consecutive))
     _say(f"Curve-TCN fitted in {time.perf_counter() - t0:.0f} s (best epoch "

@@ -113,7 +113,7 @@ def run_label_of(events: np.ndarray) -> str:
 
 def intervention_of(run: Any) -> str | None:
     """The factory intervention injected into a stored run (``None`` without factory metadata)."""
-    return (run.meta.get("intervention") or {}).get("kind")
+    return ((getattr(run, "meta", None) or {}).get("intervention") or {}).get("kind")
 
 
 def reference_mask(runs, streams) -> list[bool]:
