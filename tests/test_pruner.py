@@ -9,7 +9,8 @@ import pickle
 
 import optuna
 import pytest
-from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, _filter_study
+from optuna.pruners import (BasePruner, HyperbandPruner, MedianPruner, SuccessiveHalvingPruner,
+                            _filter_study)
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -266,3 +267,51 @@ def test_decision_and_reason_round_trip_through_every_storage(kind, tmp_path):
 def test_rejects_bad_arguments(kwargs, error):
     with pytest.raises(error):
         TEViDPruner(**kwargs)
+
+
+def _rung_decisions(pruner, with_tevid: bool, n_trials: int = 45) -> dict[int, int | None]:
+    """Deterministic curves by trial number; every third trial is dead (constant chance value)
+    and, ``with_tevid``, carries a confirmed Instability alert from step 1 on. Returns the step
+    at which each trial was pruned (``None``: completed)."""
+    study = optuna.create_study(direction="maximize", pruner=pruner, study_name="rungs")
+    stopped: dict[int, int | None] = {}
+
+    def objective(trial):
+        dead = trial.number % 3 == 0
+        quality = ((trial.number * 37) % 17) / 17
+        value = 0.1
+        for step in range(9):
+            value = 0.1 if dead else quality * (1 - 0.7 ** (step + 1))
+            if with_tevid and dead and step >= 1:
+                trial.set_user_attr(USER_ATTR, diagnosis([alert(INSTABILITY)]))
+            trial.report(value, step)
+            if trial.should_prune():
+                stopped[trial.number] = step
+                raise optuna.TrialPruned()
+        stopped[trial.number] = None
+        return value
+
+    study.optimize(objective, n_trials=n_trials)
+    return stopped
+
+
+@pytest.mark.parametrize("halving", ["hyperband", "successive_halving"])
+def test_trials_tevid_stops_keep_their_rung_places(halving):
+    def wrapped():
+        if halving == "hyperband":
+            return HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
+        return SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+
+    alone = _rung_decisions(wrapped(), with_tevid=False)
+    budget = {"max_resource": 9} if halving == "successive_halving" else {}
+    tevid = _rung_decisions(TEViDPruner(wrapped(), **budget), with_tevid=True)
+    dead = [n for n in alone if n % 3 == 0]
+    learning = [n for n in alone if n % 3]
+    # TEViD stops every dead trial at its first report after the alert ...
+    assert all(tevid[n] == 1 for n in dead)
+    # ... some of which Hyperband alone would have trained longer (or to the end),
+    assert any(alone[n] is None or alone[n] > 1 for n in dead)
+    # while successive halving decides every learning trial exactly as without TEViD: the dead
+    # trials still count at the rungs their (constant) value would have reached.
+    assert any(alone[n] is not None for n in learning)   # Hyperband does prune some
+    assert {n: tevid[n] for n in learning} == {n: alone[n] for n in learning}

@@ -33,6 +33,15 @@ Why a pruning happened is recorded on the trial, as the user attribute ``"tevid_
 
 Read it with :func:`prune_reason`.
 
+**Hyperband's rungs.** Successive halving promotes a trial at a rung when its value is in the
+top ``1/reduction_factor`` of the trials that reached that rung. A trial TEViD stops early never
+reaches the later rungs, so it would drop out of their comparisons and leave the learning
+trials competing only among themselves (more of them cut). So when TEViD prunes a trial under a
+``HyperbandPruner`` or ``SuccessiveHalvingPruner``, the trial keeps the rung places it would
+have earned had its last value held until the end of its budget, decided by Optuna's own
+promotion rule: a dead trial at chance accuracy still counts at the rungs it would have reached,
+and nowhere else.
+
 **Hyperband and the sampler.** Optuna gives the sampler a per-bracket view of the study (each
 bracket samples from its own history) only when ``isinstance(study.pruner, HyperbandPruner)``
 (``optuna.pruners._filter_study``). A pruner that merely *holds* a HyperbandPruner would silently
@@ -67,13 +76,14 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import optuna
-from optuna.pruners import BasePruner, HyperbandPruner
+from optuna.pruners import BasePruner, HyperbandPruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial
 
 from data_factory.labels import INSTABILITY, OVERFITTING
@@ -121,8 +131,10 @@ class TEViDPruner(BasePruner):
             stopping is lower; ``None`` (default) prunes on confirmed alerts only.
         min_confidence: ignore alerts whose probability for their label is below this (extra
             conservatism on top of the checkpoint's calibrated thresholds).
-        max_resource: the budget in reported steps for the cost rule; ``None`` takes the
-            wrapped Hyperband's ``max_resource`` once known (the cost rule waits until then).
+        max_resource: the budget in reported steps for the cost rule (and, around a plain
+            ``SuccessiveHalvingPruner``, for keeping a pruned trial's rung places); ``None``
+            takes the wrapped Hyperband's ``max_resource`` once known (the cost rule waits
+            until then).
 
     Example:
         >>> import optuna
@@ -191,6 +203,7 @@ class TEViDPruner(BasePruner):
         reason = self._tevid_reason(study, trial)
         if reason is not None:
             self._record(study, trial, reason)
+            self._hold_rung_places(study, trial)
             return True
         if self._wrapped is None or not self._wrapped.prune(study, trial):
             return False
@@ -242,6 +255,38 @@ class TEViDPruner(BasePruner):
         # HyperbandPruner keeps max_resource privately; it becomes an int once known ("auto").
         hb_max = getattr(self._wrapped, "_max_resource", None)
         return hb_max if isinstance(hb_max, int) else None
+
+    def _hold_rung_places(self, study: optuna.study.Study, trial: FrozenTrial) -> None:
+        """Give a TEViD-pruned trial the successive-halving rungs its last value would reach.
+
+        Replays the wrapped pruner's own rule on a copy of the trial whose last value is held
+        until the final step, so it writes exactly the ``completed_rung_*`` system attributes the
+        trial would have written (the real trial is still running, so storage accepts them).
+        """
+        step = trial.last_step
+        value = trial.intermediate_values.get(step) if step is not None else None
+        if value is None or not math.isfinite(value):
+            return
+        wrapped = self._wrapped
+        try:
+            if isinstance(wrapped, HyperbandPruner):
+                if not wrapped._pruners or not isinstance(wrapped._max_resource, int):
+                    return   # not initialised yet: no trial has been compared at a rung
+                bracket = wrapped._get_bracket_id(study, trial)
+                halving: BasePruner = wrapped._pruners[bracket]
+                view = wrapped._create_bracket_study(study, bracket)
+                last_step = wrapped._max_resource - 1
+            elif isinstance(wrapped, SuccessiveHalvingPruner) and self._max_resource is not None:
+                halving, view, last_step = wrapped, study, self._max_resource - 1
+            else:
+                return
+            if last_step <= step:
+                return
+            held = copy.copy(trial)
+            held.intermediate_values = {**trial.intermediate_values, last_step: value}
+            halving.prune(view, held)
+        except Exception as err:   # bookkeeping for the other trials; never fail this one
+            logger.debug("could not keep the rung places of trial %d: %s", trial.number, err)
 
     @staticmethod
     def _record(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]) -> None:
