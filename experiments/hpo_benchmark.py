@@ -138,7 +138,8 @@ from experiments.report import RESULTS, write_section
 from tevid_hpo.decision import DEFAULT_PRUNE_ON, check_prune_on, describe
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import ERROR_ATTR, USER_ATTR, TrialMonitor
-from tevid_hpo.pruners import REASON_ATTR, REASON_SYSTEM_ATTR, TEViDPruner, prune_reason
+from tevid_hpo.pruners import (REASON_ATTR, REASON_SYSTEM_ATTR, TEViDPruner, keep_rung_places,
+                               prune_reason)
 from tevid_hpo.ray import metrics as ray_metrics
 
 __all__ = [
@@ -919,6 +920,7 @@ class CurveTCNPruner(HyperbandPruner):
             first = min(hits, key=lambda a: a["step"])
             self._record(study, trial, {"pruner": "CurveTCN", "rule": "alert", **first,
                                         "report_step": trial.last_step})
+            keep_rung_places(self, study, trial)   # as TEViDPruner: same rung competitors
             return True
         if not super().prune(study, trial):
             return False

@@ -91,7 +91,7 @@ from tevid_hpo.cost import CostModel
 from tevid_hpo.decision import TEVID, alert_reason, check_options, check_prune_on, cost_reason
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
 
-__all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "prune_reason"]
+__all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "keep_rung_places", "prune_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,62 @@ def prune_reason(trial: FrozenTrial) -> dict[str, Any] | None:
     if reason is None:
         reason = trial.system_attrs.get(REASON_SYSTEM_ATTR)
     return dict(reason) if isinstance(reason, Mapping) else None
+
+
+def keep_rung_places(halving: BasePruner | None, study: optuna.study.Study, trial: FrozenTrial,
+                     max_resource: int | None = None) -> None:
+    """Give a trial stopped early the successive-halving rung places its last value would earn.
+
+    Replays ``halving``'s own promotion rule on a copy of ``trial`` whose last reported value is
+    held until the final step, so it writes exactly the ``completed_rung_*`` system attributes
+    the trial would have written had it kept training at that value. Call it from a pruner that
+    stops a still-running trial for its own reasons (an alert) around a ``HyperbandPruner``, so
+    the other trials keep facing the same competitors at every rung. Does nothing for other
+    pruners, before Hyperband knows its ``max_resource``, or for a non-finite last value.
+
+    Args:
+        halving: a ``HyperbandPruner`` or ``SuccessiveHalvingPruner`` (anything else: no-op).
+        study, trial: as passed to ``BasePruner.prune``; the trial must still be running.
+        max_resource: the last step + 1 for a plain ``SuccessiveHalvingPruner`` (which does not
+            know it); Hyperband's own is used otherwise.
+
+    Example:
+        >>> import optuna
+        >>> hb = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9)
+        >>> study = optuna.create_study(direction="maximize", pruner=hb)
+        >>> for value in (0.9, 0.8):                      # two finished trials set the rungs
+        ...     t = study.ask()
+        ...     for step in range(9):
+        ...         t.report(value, step); _ = t.should_prune()
+        ...     _ = study.tell(t, value)
+        >>> t = study.ask(); t.report(0.85, 0); t.report(0.85, 1)
+        >>> keep_rung_places(hb, study, study._storage.get_trial(t._trial_id))
+        >>> sorted(study._storage.get_trial(t._trial_id).system_attrs)[:2]
+        ['completed_rung_0', 'completed_rung_1']
+    """
+    step = trial.last_step
+    value = trial.intermediate_values.get(step) if step is not None else None
+    if value is None or not math.isfinite(value):
+        return
+    try:
+        if isinstance(halving, HyperbandPruner):
+            if not halving._pruners or not isinstance(halving._max_resource, int):
+                return   # not initialised yet: no trial has been compared at a rung
+            bracket = halving._get_bracket_id(study, trial)
+            rule: BasePruner = halving._pruners[bracket]
+            view = halving._create_bracket_study(study, bracket)
+            last_step = halving._max_resource - 1
+        elif isinstance(halving, SuccessiveHalvingPruner) and max_resource is not None:
+            rule, view, last_step = halving, study, max_resource - 1
+        else:
+            return
+        if last_step <= step:
+            return
+        held = copy.copy(trial)
+        held.intermediate_values = {**trial.intermediate_values, last_step: value}
+        rule.prune(view, held)
+    except Exception as err:   # bookkeeping for the other trials; never fail this one
+        logger.debug("could not keep the rung places of trial %d: %s", trial.number, err)
 
 
 class TEViDPruner(BasePruner):
@@ -203,7 +259,7 @@ class TEViDPruner(BasePruner):
         reason = self._tevid_reason(study, trial)
         if reason is not None:
             self._record(study, trial, reason)
-            self._hold_rung_places(study, trial)
+            keep_rung_places(self._wrapped, study, trial, self._max_resource)
             return True
         if self._wrapped is None or not self._wrapped.prune(study, trial):
             return False
@@ -255,38 +311,6 @@ class TEViDPruner(BasePruner):
         # HyperbandPruner keeps max_resource privately; it becomes an int once known ("auto").
         hb_max = getattr(self._wrapped, "_max_resource", None)
         return hb_max if isinstance(hb_max, int) else None
-
-    def _hold_rung_places(self, study: optuna.study.Study, trial: FrozenTrial) -> None:
-        """Give a TEViD-pruned trial the successive-halving rungs its last value would reach.
-
-        Replays the wrapped pruner's own rule on a copy of the trial whose last value is held
-        until the final step, so it writes exactly the ``completed_rung_*`` system attributes the
-        trial would have written (the real trial is still running, so storage accepts them).
-        """
-        step = trial.last_step
-        value = trial.intermediate_values.get(step) if step is not None else None
-        if value is None or not math.isfinite(value):
-            return
-        wrapped = self._wrapped
-        try:
-            if isinstance(wrapped, HyperbandPruner):
-                if not wrapped._pruners or not isinstance(wrapped._max_resource, int):
-                    return   # not initialised yet: no trial has been compared at a rung
-                bracket = wrapped._get_bracket_id(study, trial)
-                halving: BasePruner = wrapped._pruners[bracket]
-                view = wrapped._create_bracket_study(study, bracket)
-                last_step = wrapped._max_resource - 1
-            elif isinstance(wrapped, SuccessiveHalvingPruner) and self._max_resource is not None:
-                halving, view, last_step = wrapped, study, self._max_resource - 1
-            else:
-                return
-            if last_step <= step:
-                return
-            held = copy.copy(trial)
-            held.intermediate_values = {**trial.intermediate_values, last_step: value}
-            halving.prune(view, held)
-        except Exception as err:   # bookkeeping for the other trials; never fail this one
-            logger.debug("could not keep the rung places of trial %d: %s", trial.number, err)
 
     @staticmethod
     def _record(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]) -> None:
