@@ -143,7 +143,7 @@ def keep_rung_places(halving: BasePruner | None, study: optuna.study.Study, tria
         ...     for step in range(9):
         ...         t.report(value, step); _ = t.should_prune()
         ...     _ = study.tell(t, value)
-        >>> t = study.ask(); t.report(0.85, 0); t.report(0.85, 1)
+        >>> t = study.ask(); t.report(0.95, 0); t.report(0.95, 1)   # the best so far, stopped
         >>> keep_rung_places(hb, study, study._storage.get_trial(t._trial_id))
         >>> sorted(study._storage.get_trial(t._trial_id).system_attrs)[:2]
         ['completed_rung_0', 'completed_rung_1']
