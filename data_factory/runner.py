@@ -73,11 +73,11 @@ class RunSpec:
     optimizer: str
     intervention: str
     seed: int = 0
-    epochs: int = 12
+    epochs: int = 16
     batch_size: int = 32
     every: int = 10
     frame_size: int = 32
-    lyapunov_every: int = 300
+    lyapunov_every: int = 200
     lyapunov_horizon: int = 10
     severity: float | None = None
     start_step: int | None = None
