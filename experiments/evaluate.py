@@ -865,7 +865,8 @@ def _table12(ctx: _Context) -> None:
             "channels=\"act\")` / `channels=\"grad\"` fine-tuned from the DYNAMICS-MAE encoder "
             "exactly like `tevid_mae` (same train runs, same calibration on val) and saved with "
             "`Diagnostician.save_pretrained(OUT/tevid_act/default, ...)`; `python -m "
-            "experiments.pipeline` does not train these variants yet. Once they exist, rerun "
+            "experiments.pipeline ablations=true` trains them (skipping the stages already "
+            "done). Once they exist, rerun "
             f"`{ctx.command}`.")
     # The A+G row alone is Table 3's TEViD row: print the table only when an ablation exists.
     table = [_markdown(rows), ""] if len(rows) > 1 else []
