@@ -138,8 +138,7 @@ from experiments.report import RESULTS, write_section
 from tevid_hpo.decision import DEFAULT_PRUNE_ON, check_prune_on, describe
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import ERROR_ATTR, USER_ATTR, TrialMonitor
-from tevid_hpo.pruners import (REASON_ATTR, REASON_SYSTEM_ATTR, TEViDPruner, keep_rung_places,
-                               prune_reason)
+from tevid_hpo.pruners import TEViDPruner, keep_rung_places, prune_reason, record_prune_reason
 from tevid_hpo.ray import metrics as ray_metrics
 
 __all__ = [
@@ -918,21 +917,15 @@ class CurveTCNPruner(HyperbandPruner):
         hits = [a for label, a in alerts.items() if label in self.prune_on]
         if hits:
             first = min(hits, key=lambda a: a["step"])
-            self._record(study, trial, {"pruner": "CurveTCN", "rule": "alert", **first,
+            record_prune_reason(study, trial, {"pruner": "CurveTCN", "rule": "alert", **first,
                                         "report_step": trial.last_step})
             keep_rung_places(self, study, trial)   # as TEViDPruner: same rung competitors
             return True
         if not super().prune(study, trial):
             return False
-        self._record(study, trial, {"pruner": "HyperbandPruner", "rule": "wrapped",
+        record_prune_reason(study, trial, {"pruner": "HyperbandPruner", "rule": "wrapped",
                                     "report_step": trial.last_step})
         return True
-
-    @staticmethod
-    def _record(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]) -> None:
-        # As TEViDPruner._record: no public system-attribute setter in Optuna.
-        study._storage.set_trial_system_attr(trial._trial_id, REASON_SYSTEM_ATTR, reason)
-        study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
 
 
 # =============================================================================== strategies

@@ -91,7 +91,8 @@ from tevid_hpo.cost import CostModel
 from tevid_hpo.decision import TEVID, alert_reason, check_options, check_prune_on, cost_reason
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
 
-__all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "keep_rung_places", "prune_reason"]
+__all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "keep_rung_places", "prune_reason",
+           "record_prune_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,32 @@ REASON_ATTR = "tevid_prune_reason"
 #: Trial system attribute with the same reason (Optuna's pruner-state namespace).
 REASON_SYSTEM_ATTR = "tevid:prune_reason"
 
-#: Label TEViD uses for its own decisions in recorded reasons.
+
+def record_prune_reason(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]
+                        ) -> None:
+    """Store why a pruner stops ``trial`` where :func:`prune_reason` finds it.
+
+    Written as both a user attribute (visible in dashboards and ``trials_dataframe``) and a
+    system attribute. Never raises: a storage that refuses (e.g. the trial already finished) only
+    logs at debug level, because a missing reason must not fail the study.
+
+    Example:
+        >>> import optuna
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study()
+        >>> trial = study.ask()
+        >>> record_prune_reason(study, study._storage.get_trial(trial._trial_id),
+        ...                     {"pruner": "MyPruner", "rule": "nan"})
+        >>> prune_reason(study._storage.get_trial(trial._trial_id))["rule"]
+        'nan'
+    """
+    # No public system-attribute setter in Optuna: write through the storage, as the built-in
+    # pruners do (optuna/pruners/_successive_halving.py).
+    try:
+        study._storage.set_trial_system_attr(trial._trial_id, REASON_SYSTEM_ATTR, reason)
+        study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+    except Exception as err:
+        logger.debug("could not record the prune reason of trial %d: %s", trial.number, err)
 
 
 def prune_reason(trial: FrozenTrial) -> dict[str, Any] | None:
@@ -314,13 +340,7 @@ class TEViDPruner(BasePruner):
 
     @staticmethod
     def _record(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]) -> None:
-        # No public system-attribute setter in Optuna 5: write through the storage, as the
-        # built-in pruners do (optuna/pruners/_successive_halving.py).
-        try:
-            study._storage.set_trial_system_attr(trial._trial_id, REASON_SYSTEM_ATTR, reason)
-            study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
-        except Exception as err:   # e.g. asked about a trial that has already finished
-            logger.debug("could not record the prune reason of trial %d: %s", trial.number, err)
+        record_prune_reason(study, trial, reason)
         if reason["pruner"] == TEVID:
             logger.info("Trial %d pruned by TEViD: %s at step %s (epoch %s, %s, confidence %s)",
                         trial.number, reason["label"], reason["step"], reason["epoch"],
