@@ -233,3 +233,53 @@ def test_retime_and_run_level_label() -> None:
                                                       "Overfitting"]
     assert evaluate.run_level_label(q, 0.35) == "Overfitting"
     assert evaluate.run_level_label(q, None) == "Instability"
+
+
+def test_transfer_probes_measure_a_checkpoint_and_a_fine_tuned_variant(
+        evaluated: SimpleNamespace) -> None:
+    from experiments import transfer_probe
+
+    out = evaluated.tmp / "probes"
+    ckpt = transfer_probe.run_probe(checkpoint=evaluated.tmp / "models" / "tevid_mae" / "default",
+                                    root=evaluated.root, out=out)
+    probe = transfer_probe.run_probe(frames="first_frame", augment="layout", epochs=1,
+                                     root=evaluated.root, out=out, profile="tiny",
+                                     finetune_overrides={"batch_size": 8, "progress": False})
+    for result in (ckpt, probe):
+        for split in ("val", "test"):
+            m = result[split]
+            assert 0.0 < m["auprc"] <= 1.0 and 0.0 <= m["known_acc"] <= 1.0
+        # One diagnosis per capture step of every test run (stride 1, as Table 3).
+        assert result["test"]["steps"] == sum(r.meta["n_frames"] for r in evaluated.test_runs)
+        # The tiny test split holds novel-family runs, so every Unknown score is measured there.
+        assert {k for k in result["test"] if k.startswith("unknown_auroc")} == {
+            f"unknown_auroc[{k}]" for k in ("vacuity", "1-max p", "unknown anomaly", "mahalanobis")}
+    assert ckpt["name"] == "checkpoint-tevid_mae"
+    assert probe["name"] == "scratch-first_frame-layout-1ep"
+    table = transfer_probe.probes_section(out)
+    assert "| checkpoint-tevid_mae |" in table and "| scratch-first_frame-layout-1ep |" in table
+
+
+def test_probe_transforms_keep_what_they_promise() -> None:
+    from experiments.transfer_probe import first_frame_reference, layout_augment
+
+    frames = torch.randn(5, 6, 16, 16) * 3
+    ref = first_frame_reference(frames, clip=8.0)
+    assert torch.equal(ref[0], torch.zeros(6, 16, 16)) and float(ref.abs().max()) <= 8.0
+    assert torch.allclose(ref[3], (frames[3] - frames[0]).clamp(-8, 8))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        out = layout_augment(frames, gen, patch=8)
+        # Positions move and each channel is rescaled by one gain in [0.8, 1.2], shared by every
+        # frame: per channel, the sorted values are the original ones times that gain.
+        for c in range(6):
+            gain = float(out[:, c].abs().sum() / frames[:, c].abs().sum())
+            assert 0.8 <= gain <= 1.2
+            assert torch.allclose(out[:, c].flatten().sort().values / gain,
+                                  frames[:, c].flatten().sort().values, atol=1e-4)
+    # One layout for the whole clip: a clip whose frames differ by a constant keeps differing by
+    # a constant (times the gain) at every position.
+    drift = frames[:1] + torch.arange(5.0).view(5, 1, 1, 1)
+    out = layout_augment(drift, torch.Generator().manual_seed(3), patch=8)
+    step = out[1:] - out[:-1]
+    assert torch.allclose(step, step[:, :, :1, :1].expand_as(step), atol=1e-4)
