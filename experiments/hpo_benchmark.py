@@ -918,13 +918,13 @@ class CurveTCNPruner(HyperbandPruner):
         if hits:
             first = min(hits, key=lambda a: a["step"])
             record_prune_reason(study, trial, {"pruner": "CurveTCN", "rule": "alert", **first,
-                                        "report_step": trial.last_step})
+                                               "report_step": trial.last_step})
             keep_rung_places(self, study, trial)   # as TEViDPruner: same rung competitors
             return True
         if not super().prune(study, trial):
             return False
         record_prune_reason(study, trial, {"pruner": "HyperbandPruner", "rule": "wrapped",
-                                    "report_step": trial.last_step})
+                                           "report_step": trial.last_step})
         return True
 
 
