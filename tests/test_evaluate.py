@@ -244,7 +244,8 @@ def test_transfer_probes_measure_a_checkpoint_and_a_fine_tuned_variant(
                                     root=evaluated.root, out=out)
     probe = transfer_probe.run_probe(frames="first_frame", augment="layout", epochs=1,
                                      root=evaluated.root, out=out, profile="tiny",
-                                     finetune_overrides={"batch_size": 8, "progress": False})
+                                     finetune_overrides={"batch_size": 8, "progress": False},
+                                     fit_on="train+val")
     for result in (ckpt, probe):
         for split in ("val", "test"):
             m = result[split]
@@ -255,9 +256,13 @@ def test_transfer_probes_measure_a_checkpoint_and_a_fine_tuned_variant(
         assert {k for k in result["test"] if k.startswith("unknown_auroc")} == {
             f"unknown_auroc[{k}]" for k in ("vacuity", "1-max p", "unknown anomaly", "mahalanobis")}
     assert ckpt["name"] == "checkpoint-tevid_mae"
-    assert probe["name"] == "scratch-first_frame-layout-1ep"
+    assert probe["name"] == "scratch-first_frame-layout-1ep-trainval"
     table = transfer_probe.probes_section(out)
-    assert "| checkpoint-tevid_mae |" in table and "| scratch-first_frame-layout-1ep |" in table
+    assert "| checkpoint-tevid_mae |" in table
+    # Fitted on val: the table shows no val number for it.
+    assert "| scratch-first_frame-layout-1ep-trainval | fitted |" in table
+    with pytest.raises(ValueError, match="fit_on"):
+        transfer_probe.run_probe(fit_on="test", root=evaluated.root, out=out)
 
 
 def test_probe_transforms_keep_what_they_promise() -> None:
