@@ -153,6 +153,13 @@ def probe_metrics(out: dict[str, np.ndarray], means: np.ndarray, precision: np.n
     res = {"auprc": float(average_precision_score(truth != KNOWN_LABELS[0], 1 - probs[:, 0])),
            "known_acc": float((np.asarray(KNOWN_LABELS)[probs.argmax(1)] == truth)[known].mean()),
            "mean_vacuity": float(out["vacuity"].mean()), "steps": int(len(truth))}
+    healthy = truth == KNOWN_LABELS[0]
+    for label in sorted(set(truth) - {KNOWN_LABELS[0]}):   # which anomalies the score misses
+        mask = healthy | (truth == label)
+        if healthy.any():
+            res[f"auprc_vs_healthy[{label}]"] = float(
+                average_precision_score(truth[mask] == label, 1 - probs[mask, 0]))
+            res[f"share_vs_healthy[{label}]"] = float((truth[mask] == label).mean())
     if novel.any() and not novel.all():
         res |= {f"unknown_auroc[{k}]": float(roc_auc_score(novel, s)) for k, s in scores.items()}
         # Per injected family: its Unknown steps against every step that is not Unknown.
@@ -255,12 +262,28 @@ def probes_section(out: Path) -> str:
                      "against every step that is not Unknown; `instability` / `overfitting` "
                      "are known-family injections the rules left below the floor, hence "
                      "labelled Unknown):\n\n" + "\n".join(fam_lines))
+    labels = sorted({k[len("auprc_vs_healthy["):-1] for r in rows for k in r["test"]
+                     if k.startswith("auprc_vs_healthy[")})
+    by_label = ""
+    if labels:
+        lab_lines = ["| probe | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for r in rows:
+            cells = [(r["test"].get(f"auprc_vs_healthy[{x}]"),
+                      r["test"].get(f"share_vs_healthy[{x}]")) for x in labels]
+            if any(c is not None for c, _ in cells):
+                lab_lines.append(f"| {r['name']} | " + " | ".join(
+                    "–" if c is None else f"{c:.3f} ({share:.2f})" for c, share in cells) + " |")
+        by_label = ("\n\nTest AUPRC of `1 − p_Healthy` per anomalous event label (that label's "
+                    "steps against the healthy steps only; in brackets that label's share of those steps, "
+                    "which is what a random score gets):"
+                    "\n\n" + "\n".join(lab_lines))
     return ("## Transfer probes (evaluation issue): what the held-out cells do to TEViD\n\n"
             "Each row: `python -m experiments.transfer_probe` with the switches its name shows "
             "(`scratch-FRAMES-AUGMENT-Nep` fine-tunes from scratch; `checkpoint-X` evaluates "
             "`~/.cache/tevid-hpo/models/X/default` unchanged). Temperature 1 everywhere, so the "
             "checkpoint rows differ slightly from Table 3; see the module docstring for the "
-            "metrics. Every probe ever stored is listed.\n\n" + "\n".join(lines) + by_family)
+            "metrics. Every probe ever stored is listed.\n\n" + "\n".join(lines) + by_label
+            + by_family)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -237,6 +237,7 @@ def test_retime_and_run_level_label() -> None:
 
 def test_transfer_probes_measure_a_checkpoint_and_a_fine_tuned_variant(
         evaluated: SimpleNamespace) -> None:
+    from data_factory.labelers import frame_event_labels
     from experiments import transfer_probe
 
     out = evaluated.tmp / "probes"
@@ -250,6 +251,12 @@ def test_transfer_probes_measure_a_checkpoint_and_a_fine_tuned_variant(
         for split in ("val", "test"):
             m = result[split]
             assert 0.0 < m["auprc"] <= 1.0 and 0.0 <= m["known_acc"] <= 1.0
+        # Every anomalous label of the test steps gets its own AUPRC against the healthy steps.
+        anomalous = {str(x) for r in evaluated.test_runs for x in np.unique(
+            frame_event_labels(pipeline.load_labels(evaluated.root)[r.run_id],
+                               r.frames.steps))} - {"Healthy"}
+        assert {k for k in result["test"] if k.startswith("auprc_vs_healthy")} == {
+            f"auprc_vs_healthy[{x}]" for x in anomalous}
         # One diagnosis per capture step of every test run (stride 1, as Table 3).
         assert result["test"]["steps"] == sum(r.meta["n_frames"] for r in evaluated.test_runs)
         # The tiny test split holds novel-family runs, so every Unknown score is measured there.
