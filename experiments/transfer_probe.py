@@ -154,12 +154,12 @@ def probe_metrics(out: dict[str, np.ndarray], means: np.ndarray, precision: np.n
            "known_acc": float((np.asarray(KNOWN_LABELS)[probs.argmax(1)] == truth)[known].mean()),
            "mean_vacuity": float(out["vacuity"].mean()), "steps": int(len(truth))}
     healthy = truth == KNOWN_LABELS[0]
-    for label in sorted(set(truth) - {KNOWN_LABELS[0]}):   # which anomalies the score misses
+    for label in sorted(set(truth) - {KNOWN_LABELS[0]}) if healthy.any() else []:
+        # Which anomalies the score misses: each label's steps against the healthy ones.
         mask = healthy | (truth == label)
-        if healthy.any():
-            res[f"auprc_vs_healthy[{label}]"] = float(
-                average_precision_score(truth[mask] == label, 1 - probs[mask, 0]))
-            res[f"share_vs_healthy[{label}]"] = float((truth[mask] == label).mean())
+        res[f"auprc_vs_healthy[{label}]"] = float(
+            average_precision_score(truth[mask] == label, 1 - probs[mask, 0]))
+        res[f"share_vs_healthy[{label}]"] = float((truth[mask] == label).mean())
     if novel.any() and not novel.all():
         res |= {f"unknown_auroc[{k}]": float(roc_auc_score(novel, s)) for k, s in scores.items()}
         # Per injected family: its Unknown steps against every step that is not Unknown.
@@ -187,6 +187,8 @@ def run_probe(frames: str = "stored", augment: str = "none", epochs: int = 6,
     """
     if fit_on not in ("train", "train+val"):
         raise ValueError(f"fit_on must be 'train' or 'train+val', got {fit_on!r}")
+    if checkpoint is not None and fit_on != "train":
+        raise ValueError("fit_on applies to fine-tuned probes; a checkpoint was trained as it was")
     store, labels = RunStore(root), load_labels(root)
     splits = {s: split_runs(store, labels, s) for s in ("train", "val", "test")}
     splits = {s: (_with_frames(runs, frames), ev) for s, (runs, ev) in splits.items()}

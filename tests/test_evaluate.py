@@ -270,6 +270,9 @@ def test_transfer_probes_measure_a_checkpoint_and_a_fine_tuned_variant(
     assert "| scratch-first_frame-layout-1ep-trainval | fitted |" in table
     with pytest.raises(ValueError, match="fit_on"):
         transfer_probe.run_probe(fit_on="test", root=evaluated.root, out=out)
+    with pytest.raises(ValueError, match="fit_on"):   # a checkpoint was trained as it was
+        transfer_probe.run_probe(checkpoint=evaluated.tmp / "models" / "tevid_mae" / "default",
+                                 fit_on="train+val", root=evaluated.root, out=out)
 
 
 def test_probe_transforms_keep_what_they_promise() -> None:
