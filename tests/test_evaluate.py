@@ -247,14 +247,15 @@ def test_transfer_probes_measure_a_checkpoint_and_a_fine_tuned_variant(
                                      root=evaluated.root, out=out, profile="tiny",
                                      finetune_overrides={"batch_size": 8, "progress": False},
                                      fit_on="train+val")
+    labels = pipeline.load_labels(evaluated.root)
+    anomalous = {str(x) for r in evaluated.test_runs
+                 for x in np.unique(frame_event_labels(labels[r.run_id], r.frames.steps))}
+    anomalous -= {"Healthy"}
     for result in (ckpt, probe):
         for split in ("val", "test"):
             m = result[split]
             assert 0.0 < m["auprc"] <= 1.0 and 0.0 <= m["known_acc"] <= 1.0
         # Every anomalous label of the test steps gets its own AUPRC against the healthy steps.
-        anomalous = {str(x) for r in evaluated.test_runs for x in np.unique(
-            frame_event_labels(pipeline.load_labels(evaluated.root)[r.run_id],
-                               r.frames.steps))} - {"Healthy"}
         assert {k for k in result["test"] if k.startswith("auprc_vs_healthy")} == {
             f"auprc_vs_healthy[{x}]" for x in anomalous}
         # One diagnosis per capture step of every test run (stride 1, as Table 3).
