@@ -6,9 +6,12 @@ Three things are chosen once on validation predictions and frozen in the checkpo
   ``p = α/S``);
 * the abstention threshold ``tau_u``: a diagnosis with vacuity ``u > tau_u`` is *Unknown*
   (:func:`fit_abstention_threshold`; 0.35 as in the paper unless a risk/coverage target is given);
+* the run memory window (:mod:`core_models.memory`), when validation streams with per-step
+  event labels are given: the window with the largest event-time AUPRC;
 * per-class alert thresholds ``tau_c`` for the rule "``k = 3`` consecutive non-abstained
-  predictions with ``p_c ≥ tau_c``" (:class:`ConsecutiveAlert`), set so that at most 5 % of
-  healthy validation runs ever raise an alert (:func:`fit_class_thresholds`).
+  predictions with ``p_c ≥ tau_c``" (:class:`ConsecutiveAlert`), set — on the remembered
+  diagnoses — so that at most 5 % of healthy validation runs ever raise an alert
+  (:func:`fit_class_thresholds`).
 
 Everything here is a pure function of numpy arrays, so it is tested on constructed cases and can
 be reused for any model that outputs Dirichlet probabilities and a vacuity.
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from core_models.memory import DEFAULT_MEMORY_GRID, apply_memory, select_memory
 from data_factory.labels import HEALTHY, KNOWN_LABELS
 
 __all__ = [
@@ -64,10 +68,13 @@ DEFAULT_TAU_C = 0.9
 class Calibration:
     """The frozen post-hoc parameters of a diagnostician (stored in the checkpoint JSON).
 
+    ``memory`` is the :class:`~core_models.memory.RunMemory` window (0: none; checkpoints
+    written before it existed load with 0).
+
     Example:
         >>> c = Calibration()
-        >>> Calibration.from_dict(c.to_dict()) == c, c.tau_u, c.consecutive
-        (True, 0.35, 3)
+        >>> Calibration.from_dict(c.to_dict()) == c, c.tau_u, c.consecutive, c.memory
+        (True, 0.35, 3, 0)
     """
 
     temperature: float = 1.0
@@ -75,11 +82,12 @@ class Calibration:
     tau_c: dict[str, float] = field(default_factory=lambda: {c: DEFAULT_TAU_C
                                                              for c in ALERT_LABELS})
     consecutive: int = 3
+    memory: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": float(self.temperature), "tau_u": float(self.tau_u),
                 "tau_c": {k: float(v) for k, v in self.tau_c.items()},
-                "consecutive": int(self.consecutive)}
+                "consecutive": int(self.consecutive), "memory": int(self.memory)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
@@ -87,7 +95,8 @@ class Calibration:
         return cls(temperature=float(d.get("temperature", default.temperature)),
                    tau_u=float(d.get("tau_u", default.tau_u)),
                    tau_c={k: float(v) for k, v in d.get("tau_c", default.tau_c).items()},
-                   consecutive=int(d.get("consecutive", default.consecutive)))
+                   consecutive=int(d.get("consecutive", default.consecutive)),
+                   memory=int(d.get("memory", default.memory)))
 
 
 @dataclass
@@ -110,6 +119,19 @@ class RunPredictions:
         """Build from raw evidence logits ``(T, K)`` with temperature ``T`` applied."""
         probs, vacuity = evidential_probs(logits, temperature)
         return cls(probs=probs, vacuity=vacuity, label=label)
+
+    def remembered(self, window: int) -> RunPredictions:
+        """The same run as the streaming diagnostician reports it with run memory ``window``
+        (:func:`core_models.memory.apply_memory`).
+
+        Example:
+            >>> r = RunPredictions(np.array([[0.2, 0.8], [0.9, 0.1]]), np.zeros(2), "Healthy")
+            >>> r.remembered(1).probs[:, 1].tolist()
+            [0.8, 0.8]
+        """
+        probs, vacuity = apply_memory(self.probs, self.vacuity, window,
+                                      KNOWN_LABELS.index(HEALTHY))
+        return RunPredictions(probs=probs, vacuity=vacuity, label=self.label)
 
 
 def evidential_probs(logits: np.ndarray, temperature: float = 1.0
@@ -345,15 +367,33 @@ def fit_class_thresholds(runs: Sequence[RunPredictions], tau_u: float = DEFAULT_
 def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
               runs: Sequence[tuple[np.ndarray, str]], *, target_far: float = 0.05,
               max_risk: float | None = None, min_coverage: float | None = None,
-              labels: Sequence[str] = KNOWN_LABELS, k: int = 3) -> Calibration:
-    """All three steps in order on validation data.
+              labels: Sequence[str] = KNOWN_LABELS, k: int = 3,
+              memory_runs: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+              memory_grid: Sequence[int] = DEFAULT_MEMORY_GRID) -> Calibration:
+    """Every step in order on validation data.
 
     Args:
         clip_logits: ``(N, K)`` evidence logits of validation clips (uncalibrated, ``T=1``).
         clip_labels: ``(N,)`` class indices; ``-1`` (or ``≥ K``) marks Unknown-family clips.
-        runs: per validation run, ``(logits (T, K), run label)`` of its streaming diagnoses.
+        runs: per validation run, ``(logits (T, K), run label)`` of its streaming diagnoses;
+            the healthy ones set the alert thresholds.
         target_far: run-level false-alarm budget on healthy runs.
         max_risk, min_coverage: optional target for ``tau_u`` (else 0.35).
+        memory_runs: per validation run, ``(logits (T, K), anomalous (T,) bool)``: its
+            streaming diagnoses and which steps carry a non-Healthy event label. The run
+            memory window is chosen on them (:func:`~core_models.memory.select_memory` over
+            ``memory_grid``); without them there is no memory (0).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> z = rng.normal(size=(40, 5)); y = rng.integers(0, 5, 40)
+        >>> calm = np.tile([3.0, -3, -3, -3, -3], (6, 1))
+        >>> sick = np.vstack([calm[:2], np.tile([-3.0, -3, 3, -3, -3], (4, 1))])
+        >>> flag = np.array([0, 0, 1, 1, 1, 1], bool)
+        >>> cal = calibrate(z, y, [(calm, "Healthy")],
+        ...                 memory_runs=[(calm, np.zeros(6, bool)), (sick, flag)])
+        >>> cal.memory, set(cal.tau_c) == set(ALERT_LABELS)   # already perfect: no memory
+        (0, True)
     """
     clip_logits = np.asarray(clip_logits, dtype=np.float64)
     clip_labels = np.asarray(clip_labels)
@@ -362,6 +402,13 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
     correct = probs.argmax(axis=1) == clip_labels            # Unknown clips are never correct
     tau_u = fit_abstention_threshold(vacuity, correct, max_risk=max_risk,
                                      min_coverage=min_coverage)
-    run_preds = [RunPredictions.from_logits(z, lab, temperature) for z, lab in runs]
+    memory = 0
+    if memory_runs:
+        memory, _ = select_memory(
+            [(evidential_probs(z, temperature)[0], flags) for z, flags in memory_runs],
+            memory_grid, list(labels).index(HEALTHY))
+    run_preds = [RunPredictions.from_logits(z, lab, temperature).remembered(memory)
+                 for z, lab in runs]
     tau_c = fit_class_thresholds(run_preds, tau_u, target_far, labels, k=k)
-    return Calibration(temperature=temperature, tau_u=tau_u, tau_c=tau_c, consecutive=k)
+    return Calibration(temperature=temperature, tau_u=tau_u, tau_c=tau_c, consecutive=k,
+                       memory=memory)

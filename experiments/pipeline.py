@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import average_precision_score
 
 from core_models.calibration import RunPredictions, calibrate, false_alarm_rate
 from core_models.clips import ClipDataset
@@ -40,7 +41,7 @@ from core_models.train import (
     seed_everything,
 )
 from data_factory.labelers import RunLabel, frame_event_labels
-from data_factory.labels import KNOWN_LABELS, sets_operating_points
+from data_factory.labels import HEALTHY, KNOWN_LABELS, sets_operating_points
 from data_factory.split import DEFAULT_SPLIT
 from data_factory.store import RunStore
 from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
@@ -125,18 +126,23 @@ def reference_mask(runs, streams) -> list[bool]:
 
 def validation_metrics(model: TEViD, streams, calibration, reference: list[bool] | None = None
                        ) -> dict[str, float]:
-    """Window accuracy on known classes and the alert false-alarm rate on healthy val runs:
-    on the healthy references (``reference``, what calibration budgets) and on every run the
-    rules label Healthy."""
+    """Window accuracy on known classes, event-time AUPRC of the remembered diagnoses (what the
+    run memory was chosen by) and the alert false-alarm rate on healthy val runs: on the healthy
+    references (``reference``, what calibration budgets) and on every run the rules label
+    Healthy."""
     probs_all, labels_all = [], []
     preds = []
     for logits, label, ev in streams:
         p = RunPredictions.from_logits(logits, label, calibration.temperature)
-        preds.append(p)
+        preds.append(p.remembered(calibration.memory))   # what the alert rule sees
         probs_all.append(p.probs)
         labels_all.append(ev)
     probs = np.concatenate(probs_all)
     labels = np.concatenate(labels_all)
+    anomalous = labels != HEALTHY
+    remembered = np.concatenate([p.probs for p in preds])
+    auprc = (float(average_precision_score(anomalous, 1.0 - remembered[:, KNOWN_LABELS.index(HEALTHY)]))
+             if anomalous.any() and not anomalous.all() else float("nan"))
     known = np.isin(labels, KNOWN_LABELS)
     idx = np.array([KNOWN_LABELS.index(x) for x in labels[known]])
     acc = float((probs[known].argmax(1) == idx).mean()) if known.any() else float("nan")
@@ -145,7 +151,8 @@ def validation_metrics(model: TEViD, streams, calibration, reference: list[bool]
                                             k=calibration.consecutive)), 4)
 
     ref = [p for p, keep in zip(preds, reference or [True] * len(preds)) if keep]
-    return {"val_window_accuracy": round(acc, 4), "val_healthy_far": far(ref),
+    return {"val_window_accuracy": round(acc, 4), "val_event_auprc": round(auprc, 4),
+            "val_healthy_far": far(ref),
             "val_labelled_healthy_far": far(preds), "val_runs": len(streams),
             "val_windows": int(len(labels))}
 
@@ -226,9 +233,13 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                                       for s in streams])
         # Operating points are budgeted on healthy references only (see reference_mask).
         reference = reference_mask(val_runs, streams)
+        # The run memory is chosen on every val run's event labels (event-time AUPRC, what the
+        # evaluation measures); the alert thresholds then on the remembered diagnoses.
         calibration = calibrate(clip_logits, clip_labels,
                                 [(s[0], s[1]) for s, keep in zip(streams, reference) if keep],
-                                target_far=cfg.target_far)
+                                target_far=cfg.target_far,
+                                memory_runs=[(s[0], np.asarray(s[2]) != HEALTHY) for s in streams],
+                                memory_grid=list(cfg.memory_grid))
         metrics = validation_metrics(model, streams, calibration, reference)
         diag = Diagnostician(model, calibration, device="cpu")
         path = diag.save_pretrained(
@@ -301,9 +312,13 @@ def pipeline_section(summary: dict[str, Any], cfg: DictConfig) -> str:
     rows = [("window accuracy on known classes", "val_window_accuracy", "{:.3f}"),
             ("healthy-reference val runs with any alert (target ≤ 0.05)", "val_healthy_far", "{:.3f}"),
             ("every val run labelled Healthy: share with an alert", "val_labelled_healthy_far", "{:.3f}"),
-            ("temperature", "temperature", "{:.3f}"), ("tau_u", "tau_u", "{:.2f}")]
+            ("event-time AUPRC of the remembered diagnoses", "val_event_auprc", "{:.3f}"),
+            ("temperature", "temperature", "{:.3f}"), ("tau_u", "tau_u", "{:.2f}"),
+            ("run memory window (chosen on val; 0 = none)", "memory", "{}")]
     for title, key, fmt in rows:
-        lines.append(f"| {title} | " + " | ".join(fmt.format(summary[v][key]) for v in variants) + " |")
+        # Summaries written before a metric existed show "–" for it.
+        lines.append(f"| {title} | " + " | ".join(
+            fmt.format(summary[v][key]) if key in summary[v] else "–" for v in variants) + " |")
     lines.append("| tau_c | " + " | ".join(", ".join(f"{c} {t:.2f}" for c, t in summary[v]["tau_c"].items())
                                            for v in variants) + " |")
     lines += ["", "Validation numbers (the split used for calibration), not held-out results; "

@@ -38,7 +38,7 @@ TEST_CELLS = {("mobilenet", "patterns", "lion"): ("healthy", "instability", "hea
                                                   "loader_stall"),
               ("gru_lm", "text", "adafactor"): ("healthy", "instability", "gradient_clipping")}
 SECTIONS = ("eval-table3", "eval-table4", "eval-table12", "eval-table15", "eval-table16",
-            "eval-table17", "eval-table18-19")
+            "eval-table17", "eval-table18-19", "eval-memory")
 
 
 def _facts(run: Any) -> tuple[str, str, str, str, str]:
@@ -101,6 +101,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamesp
                    tapped("threshold_at_far", evaluate.threshold_at_far))
         mp.setattr(evaluate, "abstention_quantile",
                    tapped("abstention_quantile", evaluate.abstention_quantile))
+        mp.setattr(evaluate, "_memory_runs", tapped("run memory", evaluate._memory_runs))
         mp.setattr(CostModel, "best_threshold", best_threshold)
 
         conf = OmegaConf.load(pipeline.CONF / "pipeline.yaml")
@@ -163,7 +164,8 @@ def test_no_test_run_or_factor_reaches_training_calibration_or_thresholds(
     # The taps really saw the pipeline's training/calibration, every baseline and every search.
     assert "pipeline clips (pretrain / finetune / calibrate)" in purposes
     assert {f"{n}.fit train" for n in BASELINES} <= purposes
-    assert {"threshold_at_far", "CostModel.best_threshold", "abstention_quantile"} <= purposes
+    assert {"threshold_at_far", "CostModel.best_threshold", "abstention_quantile",
+            "run memory"} <= purposes
     test_ids = {r.run_id for r in evaluated.test_runs}
     held_out = [{str(r.meta[f]) for r in evaluated.test_runs} for f in evaluate.FACTORS]
     assert all(len(v) == 2 for v in held_out)

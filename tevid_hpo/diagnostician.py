@@ -7,6 +7,11 @@ alert once a class has been confirmed by 3 consecutive non-abstained predictions
 ``p_c ≥ tau_c``. Everything it uses is in the past: the diagnosis at step ``t`` depends only on
 frames up to ``t``.
 
+With a run memory in the calibration (``calibration.memory > 0``, chosen on validation by the
+pipeline) each diagnosis is the mean of the last ``memory`` window outputs, latched at the most
+anomalous one so far (:class:`~core_models.memory.RunMemory`): the labels are states that last
+from their onset on, and a window of ``W`` frames would otherwise forget a transient it saw.
+
 Before ``W`` frames have arrived the window is left-padded by repeating the *first* frame of the
 run, so the first diagnoses see a "static" history instead of zeros the model never saw in
 training; early diagnoses are correspondingly uninformed (and usually abstain).
@@ -45,10 +50,11 @@ from core_models.checkpoint import (
     resolve_device,
     save_checkpoint,
 )
+from core_models.memory import RunMemory
 from core_models.profiles import PROFILES, Profile
 from core_models.tevid import TEViD
 from data_factory.frames import Frame
-from data_factory.labels import KNOWN_LABELS, LABELS, UNKNOWN
+from data_factory.labels import HEALTHY, KNOWN_LABELS, LABELS, UNKNOWN
 
 __all__ = ["DEFAULT_CHECKPOINT", "LABELS", "Diagnosis", "Diagnostician"]
 
@@ -93,8 +99,8 @@ class Diagnostician:
 
     Args:
         model: a (trained) :class:`~core_models.tevid.TEViD`.
-        calibration: temperature, ``tau_u``, ``tau_c`` and the consecutive count ``k``
-            (defaults: ``T=1``, 0.35, 0.9, 3).
+        calibration: temperature, ``tau_u``, ``tau_c``, the consecutive count ``k`` and the
+            run memory window (defaults: ``T=1``, 0.35, 0.9, 3, no memory).
         labels: known class names in head order.
         metadata: provenance stored in saved checkpoints (corpus/split hash, validation
             metrics, …).
@@ -121,6 +127,8 @@ class Diagnostician:
         self._rule = ConsecutiveAlert(
             {c: t for c, t in self.calibration.tau_c.items() if c in self.known_labels},
             self.calibration.tau_u, self.known_labels, self.calibration.consecutive)
+        healthy = self.known_labels.index(HEALTHY) if HEALTHY in self.known_labels else 0
+        self._memory = RunMemory(self.calibration.memory, healthy)
         self.reset()
 
     # ------------------------------------------------------------------ streaming
@@ -140,10 +148,12 @@ class Diagnostician:
         return self.known_labels + (UNKNOWN,)
 
     def reset(self) -> None:
-        """Forget the buffered frames, alert streaks and latched alert (start of a new run)."""
+        """Forget the buffered frames, run memory, alert streaks and latched alert (start of a
+        new run)."""
         self._frames: deque[torch.Tensor] = deque(maxlen=self.window)
         self._updates = 0
         self._rule.reset()
+        self._memory.reset()
         self.first_alert: tuple[int, str] | None = None
         self.last: Diagnosis | None = None
 
@@ -180,8 +190,9 @@ class Diagnostician:
 
         with torch.inference_mode():
             out = self.model(torch.stack(tuple(self._frames))[None])
-        probs = out.probs[0].tolist()
-        vacuity = float(out.vacuity[0])
+        remembered, vacuity = self._memory.update(out.probs[0].double().cpu().numpy(),
+                                                  float(out.vacuity[0]))
+        probs = remembered.tolist()
         abstained = vacuity > self.calibration.tau_u
         best = max(range(len(probs)), key=probs.__getitem__)
         alert = self._rule.update(probs, vacuity)

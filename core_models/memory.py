@@ -1,0 +1,166 @@
+"""Run memory: what a streaming diagnosis keeps from the diagnoses before it.
+
+TEViD sees only the last ``W`` frames (40 optimisation steps in the CPU profile), but the event
+labels of Appendix A are *states*: once a run has overfitted, forgotten its task or learnt a
+biased concept, every later step carries that label. A switch of the training data leaves a
+transient in the internals and then training looks ordinary again, so a windowed model forgets
+what it saw. :class:`RunMemory` gives every diagnostic stream the same small, causal memory:
+
+1. the mean of the last ``window`` diagnoses (class probabilities and vacuity), which damps
+   single-step spikes, and
+2. a *latch* on the most anomalous mean so far (largest ``1 − p_Healthy``): the diagnosis at
+   step ``t`` is that mean, so an anomaly once seen stays reported.
+
+``window = 0`` switches the memory off (the raw per-step diagnosis). The window is chosen on
+validation runs by :func:`select_memory` (largest event-time AUPRC), stored in the checkpoint's
+:class:`~core_models.calibration.Calibration` and applied by the streaming
+:class:`~tevid_hpo.diagnostician.Diagnostician`; the evaluation gives every method the same
+choice (``experiments.evaluate``).
+
+Example:
+    >>> import numpy as np
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.9, 0.1], [0.9, 0.1]])
+    >>> p, u = apply_memory(probs, np.zeros(4), window=2)
+    >>> (1 - p[:, 0]).round(2).tolist()          # spike averaged over 2 steps, then latched
+    [0.1, 0.45, 0.45, 0.45]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+from core_models.metrics import RunPrediction
+from data_factory.labels import HEALTHY, KNOWN_LABELS
+
+__all__ = ["DEFAULT_MEMORY_GRID", "RunMemory", "apply_memory", "remember", "select_memory"]
+
+#: Windows :func:`select_memory` tries by default (0: no memory).
+DEFAULT_MEMORY_GRID: tuple[int, ...] = (0, 1, 2, 3, 5, 8, 12)
+
+
+class RunMemory:
+    """Causal memory of one run's diagnoses: the mean of the last ``window`` ones, latched at the
+    most anomalous mean so far.
+
+    Args:
+        window: diagnoses averaged before latching; ``0`` passes every diagnosis through.
+        healthy_index: column of ``Healthy`` in the probability vectors (the anomaly score is
+            ``1 − p[healthy_index]``).
+
+    Example:
+        >>> mem = RunMemory(window=1)
+        >>> [round(float(mem.update([1 - a, a], 0.1)[0][1]), 1) for a in (0.2, 0.7, 0.3)]
+        [0.2, 0.7, 0.7]
+        >>> mem.reset(); float(mem.update([0.9, 0.1], 0.1)[0][1])
+        0.1
+    """
+
+    def __init__(self, window: int, healthy_index: int = 0) -> None:
+        if int(window) != window or window < 0:
+            raise ValueError(f"memory window must be a non-negative integer, got {window!r}")
+        self.window, self.healthy_index = int(window), int(healthy_index)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the run (call at the start of a new one)."""
+        self._recent: deque[tuple[np.ndarray, float]] = deque(maxlen=max(self.window, 1))
+        self._latched: tuple[np.ndarray, float, float] | None = None
+
+    def update(self, probs: Sequence[float] | np.ndarray, vacuity: float
+               ) -> tuple[np.ndarray, float]:
+        """Feed one diagnosis; returns the remembered ``(probs, vacuity)`` for this step."""
+        p = np.asarray(probs, dtype=np.float64).reshape(-1)
+        if self.window == 0:
+            return p, float(vacuity)
+        self._recent.append((p, float(vacuity)))
+        mean_p = np.mean([q for q, _ in self._recent], axis=0)
+        mean_u = float(np.mean([u for _, u in self._recent]))
+        score = 1.0 - float(mean_p[self.healthy_index])
+        # Strictly greater: on ties the earliest state is kept, so the latch never moves later.
+        if self._latched is None or score > self._latched[2]:
+            self._latched = (mean_p, mean_u, score)
+        return self._latched[0].copy(), self._latched[1]
+
+
+def apply_memory(probs: np.ndarray, vacuity: np.ndarray, window: int, healthy_index: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A whole run's diagnoses (``probs`` ``(T, K)``, ``vacuity`` ``(T,)``) through one
+    :class:`RunMemory`, exactly as the streaming diagnostician sees them.
+
+    Example:
+        >>> p, u = apply_memory(np.array([[0.5, 0.5], [0.9, 0.1]]), np.array([0.2, 0.4]), 1)
+        >>> p.tolist(), u.tolist()
+        ([[0.5, 0.5], [0.5, 0.5]], [0.2, 0.2])
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    vacuity = np.asarray(vacuity, dtype=np.float64).reshape(-1)
+    if probs.ndim != 2 or probs.shape[0] != vacuity.shape[0]:
+        raise ValueError(f"probs must be (T, K) with T = len(vacuity) = {vacuity.shape[0]}, "
+                         f"got {probs.shape}")
+    if window == 0:
+        return probs.copy(), vacuity.copy()
+    mem = RunMemory(window, healthy_index)
+    out_p, out_u = np.empty_like(probs), np.empty_like(vacuity)
+    for t, (p, u) in enumerate(zip(probs, vacuity)):
+        out_p[t], out_u[t] = mem.update(p, float(u))
+    return out_p, out_u
+
+
+def remember(pred: RunPrediction, window: int) -> RunPrediction:
+    """A :class:`~core_models.metrics.RunPrediction` with its class probabilities and vacuity
+    passed through a :class:`RunMemory` of ``window`` (truth, times and metadata unchanged).
+
+    Example:
+        >>> p = np.array([[0.9, 0.05, 0.05, 0, 0], [0.3, 0.6, 0.1, 0, 0], [0.9, 0.1, 0, 0, 0]])
+        >>> run = RunPrediction("r", "Overfitting", [0, 1, 2], [0, 1, 2], p, [0.1, 0.3, 0.1],
+        ...                     onset_step=1)
+        >>> remember(run, 1).probs[:, 0].tolist(), remember(run, 1).vacuity.tolist()
+        ([0.9, 0.3, 0.3], [0.1, 0.3, 0.3])
+    """
+    probs, vacuity = apply_memory(pred.probs, pred.vacuity, window, KNOWN_LABELS.index(HEALTHY))
+    return dataclasses.replace(pred, probs=probs, vacuity=vacuity)
+
+
+def select_memory(runs: Iterable[tuple[np.ndarray, np.ndarray]],
+                  grid: Sequence[int] = DEFAULT_MEMORY_GRID, healthy_index: int = 0
+                  ) -> tuple[int, dict[int, float]]:
+    """The window with the largest event-time AUPRC on (validation) runs.
+
+    Args:
+        runs: per run, ``(probs (T, K), anomalous (T,) bool)``: its diagnoses and which steps
+            carry a non-Healthy event label.
+        grid: candidate windows; ties go to the smallest (least memory).
+        healthy_index: column of ``Healthy``.
+
+    Returns:
+        ``(best window, {window: AUPRC})``.
+
+    Raises:
+        ValueError: on an empty grid, or when the runs have no anomalous or no healthy step.
+
+    Example:
+        >>> p = np.array([[0.9, 0.1], [0.3, 0.7], [0.8, 0.2], [0.9, 0.1]])
+        >>> calm = (np.tile([0.9, 0.1], (4, 1)), np.zeros(4, bool))
+        >>> best, scores = select_memory([(p, np.array([0, 1, 1, 1], bool)), calm], grid=(0, 1))
+        >>> best, scores[0] < scores[1]
+        (1, True)
+    """
+    runs = [(np.asarray(p, dtype=np.float64), np.asarray(a, dtype=bool).reshape(-1))
+            for p, a in runs]
+    if not grid:
+        raise ValueError("select_memory: empty grid")
+    y = np.concatenate([a for _, a in runs]) if runs else np.zeros(0, bool)
+    if y.all() or not y.any():
+        raise ValueError("select_memory: needs both anomalous and healthy steps")
+    scores: dict[int, float] = {}
+    for window in sorted({int(w) for w in grid}):
+        s = np.concatenate([1.0 - apply_memory(p, np.zeros(len(p)), window, healthy_index)[0]
+                            [:, healthy_index] for p, _ in runs])
+        scores[window] = float(average_precision_score(y, s))
+    best = max(scores, key=lambda w: (scores[w], -w))
+    return best, scores

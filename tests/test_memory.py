@@ -1,0 +1,132 @@
+"""Run memory (core_models.memory): hand-computed streams, the choice on validation, and the
+streaming Diagnostician applying exactly what calibration chose."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from core_models.calibration import Calibration, calibrate
+from core_models.memory import RunMemory, apply_memory, remember, select_memory
+from core_models.metrics import RunPrediction, event_time_auprc
+from data_factory.frames import Frame
+from tevid_hpo.diagnostician import Diagnostician
+
+HEALTHY_ROW = [0.9, 0.025, 0.025, 0.025, 0.025]
+SICK_ROW = [0.2, 0.0, 0.8, 0.0, 0.0]
+
+
+def _stream(pattern: str) -> np.ndarray:
+    """``h`` a healthy-looking diagnosis, ``s`` an anomalous one."""
+    return np.array([HEALTHY_ROW if c == "h" else SICK_ROW for c in pattern], dtype=float)
+
+
+def test_window_zero_passes_every_diagnosis_through() -> None:
+    p = _stream("hshh")
+    u = np.array([0.1, 0.5, 0.2, 0.3])
+    q, v = apply_memory(p, u, 0)
+    np.testing.assert_array_equal(q, p)
+    np.testing.assert_array_equal(v, u)
+
+
+def test_mean_then_latch_by_hand() -> None:
+    # Anomaly scores 0.1, 0.8, 0.1, 0.1, 0.8, 0.8. Window 2 means: 0.1, 0.45, 0.45, 0.1, 0.45,
+    # 0.8; the latch keeps the largest so far: 0.1, 0.45, 0.45, 0.45, 0.45, 0.8.
+    p = _stream("hshhss")
+    u = np.array([0.1, 0.3, 0.5, 0.1, 0.2, 0.4])
+    q, v = apply_memory(p, u, 2)
+    np.testing.assert_allclose(1 - q[:, 0], [0.1, 0.45, 0.45, 0.45, 0.45, 0.8])
+    # The vacuity is the one of the latched mean, not the current step's.
+    np.testing.assert_allclose(v, [0.1, 0.2, 0.2, 0.2, 0.2, 0.3])
+    np.testing.assert_allclose(q.sum(axis=1), 1.0)      # still a distribution
+
+
+def test_streaming_memory_resets_between_runs_and_rejects_bad_windows() -> None:
+    mem = RunMemory(1)
+    mem.update(SICK_ROW, 0.1)
+    assert mem.update(HEALTHY_ROW, 0.1)[0][2] == pytest.approx(0.8)   # latched
+    mem.reset()
+    assert mem.update(HEALTHY_ROW, 0.1)[0][2] == pytest.approx(0.025)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="non-negative integer"):
+            RunMemory(bad)
+
+
+def test_remember_keeps_truth_and_lifts_a_transient_detection() -> None:
+    # A task switch: the windowed model sees the transient at step 2, then training looks
+    # healthy again while the Forgetting label lasts to the end.
+    sick = RunPrediction("f", "Forgetting", range(6), range(6), _stream("hhshhh"),
+                         np.full(6, 0.1), onset_step=2)
+    calm = RunPrediction("h", "Healthy", range(6), range(6), _stream("hhhhhh"), np.full(6, 0.1))
+    kept = remember(sick, 1)
+    assert kept.event_labels.tolist() == sick.event_labels.tolist()
+    assert kept.onset_step == 2 and kept.run_id == "f"
+    # Without memory 3 of the 4 anomalous steps tie with the 12 healthy ones.
+    assert event_time_auprc([sick, calm]) == pytest.approx(0.5)
+    assert event_time_auprc([kept, remember(calm, 1)]) == 1.0
+
+
+def test_select_memory_prefers_the_smallest_best_window() -> None:
+    transient = (_stream("hhshhh"), np.array([0, 0, 1, 1, 1, 1], bool))
+    calm = (_stream("hhhhhh"), np.zeros(6, bool))
+    best, scores = select_memory([transient, calm], grid=(0, 1, 2, 5))
+    assert scores[0] < scores[1] == 1.0
+    assert best == 1                                     # 1, 2 and 5 tie at 1.0; least memory wins
+    # A lasting anomaly is already perfect without memory: none is chosen.
+    lasting = (_stream("hhssss"), np.array([0, 0, 1, 1, 1, 1], bool))
+    assert select_memory([lasting, calm], grid=(0, 1, 2))[0] == 0
+    with pytest.raises(ValueError, match="both anomalous and healthy"):
+        select_memory([calm], grid=(0, 1))
+    with pytest.raises(ValueError, match="empty grid"):
+        select_memory([transient, calm], grid=())
+
+
+def test_calibrate_chooses_the_memory_and_sets_thresholds_on_remembered_streams() -> None:
+    def logits(pattern: str) -> np.ndarray:
+        return np.array([[4.0, -4, -4, -4, -4] if c == "h" else [-4.0, -4, 4, -4, -4]
+                         for c in pattern])
+
+    rng = np.random.default_rng(0)
+    clip_logits, clip_labels = rng.normal(size=(50, 5)), rng.integers(0, 5, 50)
+    streams = [(logits("hhhshhhh"), np.array([0, 0, 0, 1, 1, 1, 1, 1], bool)),
+               (logits("hhhhhhhh"), np.zeros(8, bool))]
+    cal = calibrate(clip_logits, clip_labels, [(logits("hhhhhhhh"), "Healthy")],
+                    memory_runs=streams, memory_grid=(0, 1, 3))
+    assert cal.memory == 1
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    # Checkpoints written before the run memory existed load without one.
+    old = {k: v for k, v in cal.to_dict().items() if k != "memory"}
+    assert Calibration.from_dict(old).memory == 0
+    assert calibrate(clip_logits, clip_labels, [(logits("hhhh"), "Healthy")]).memory == 0
+
+
+def test_diagnostician_reports_the_remembered_diagnosis() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                  # "untrained model" warning
+        raw = Diagnostician.from_pretrained("tiny", device="cpu")
+    kept = Diagnostician(raw.model, Calibration(memory=2), device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    p = raw.profile
+    frames = [Frame(torch.randn(p.in_chans, p.frame_size, p.frame_size, generator=gen) * (1 + t),
+                    step=10 * t, epoch=0) for t in range(8)]
+    raw_probs, raw_u = [], []
+    for f in frames:
+        d = raw.update(f)
+        raw_probs.append([d.probs[c] for c in raw.known_labels])
+        raw_u.append(d.vacuity)
+    expected, expected_u = apply_memory(np.array(raw_probs), np.array(raw_u), 2)
+    for f, want, want_u in zip(frames, expected, expected_u):
+        d = kept.update(f)
+        np.testing.assert_allclose([d.probs[c] for c in kept.known_labels], want, rtol=1e-6)
+        assert d.vacuity == pytest.approx(want_u, rel=1e-6)
+    # Latched: the anomaly score never goes down within a run ...
+    scores = 1 - expected[:, 0]
+    assert np.all(np.diff(scores) >= 0)
+    # ... and a new run starts from scratch.
+    kept.reset()
+    first = kept.update(frames[0])
+    np.testing.assert_allclose([first.probs[c] for c in kept.known_labels], raw_probs[0],
+                               rtol=1e-6)
