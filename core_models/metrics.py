@@ -59,6 +59,7 @@ __all__ = [
     "diagnostic_cost",
     "evaluate_alerts",
     "event_time_auprc",
+    "event_time_auprc_by_label",
     "false_alarm_rate",
     "first_alert",
     "lead_times",
@@ -335,6 +336,42 @@ def event_time_auprc(
         raise ValueError("event_time_auprc: no anomalous step, AUPRC is undefined")
     s = np.concatenate([anomaly_scores(r, score) for r in rs])
     return float(average_precision_score(y, s))
+
+
+def event_time_auprc_by_label(
+    runs: Sequence[RunPrediction] | RunPrediction, score: ScoreKind = "not_healthy"
+) -> dict[str, tuple[float, float]]:
+    """Which anomalies a detector finds: per anomalous event label (novel ``Unknown`` included),
+    the event-time AUPRC of that label's steps against the Healthy steps only, and that label's
+    share of those steps (the AUPRC of a random score).
+
+    Unlike :func:`per_class_auprc` this needs no class probabilities: it asks how well the anomaly
+    score separates one kind of anomaly from healthy training, for any detector.
+
+    Example:
+        >>> import numpy as np
+        >>> p = np.array([[0.9, 0.1, 0, 0, 0], [0.2, 0.8, 0, 0, 0], [0.8, 0, 0, 0.2, 0]])
+        >>> a = RunPrediction("a", "Overfitting", [0, 1, 2], [0, 1, 2], p[:2].repeat([1, 2], 0),
+        ...                   [0] * 3, onset_step=1)
+        >>> b = RunPrediction("b", "Forgetting", [0, 1, 2], [0, 1, 2], p[[0, 2, 2]], [0] * 3,
+        ...                   onset_step=1)
+        >>> {k: (round(v[0], 2), round(v[1], 2)) for k, v in event_time_auprc_by_label([a, b]).items()}
+        {'Overfitting': (1.0, 0.5), 'Forgetting': (1.0, 0.5)}
+    """
+    rs = _as_runs(runs)
+    _nonempty(rs, "event_time_auprc_by_label")
+    ev = np.concatenate([r.event_labels for r in rs]).astype(str)
+    s = np.concatenate([anomaly_scores(r, score) for r in rs])
+    healthy = ev == HEALTHY
+    out: dict[str, tuple[float, float]] = {}
+    for label in LABELS:
+        mine = ev == label
+        if label == HEALTHY or not mine.any() or not healthy.any():
+            continue
+        keep = mine | healthy
+        out[label] = (float(average_precision_score(mine[keep], s[keep])),
+                      float(mine.sum() / keep.sum()))
+    return out
 
 
 def per_class_auprc(

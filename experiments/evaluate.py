@@ -66,6 +66,7 @@ from core_models.metrics import (
     bootstrap_ci,
     evaluate_alerts,
     event_time_auprc,
+    event_time_auprc_by_label,
     macro_f1,
     median_lead,
     risk_coverage_curve,
@@ -852,8 +853,17 @@ def _table_memory(ctx: _Context) -> None:
                      "Test AUPRC: none": _num(raw), "Test AUPRC: with memory": _num(kept),
                      "Δ test": f"{kept - raw:+.3f}"})
         nums[m.name] = {"window": m.memory, "val_auprc": {str(k): v for k, v in val.items()},
-                        "test_auprc_none": raw, "test_auprc_memory": kept}
+                        "test_auprc_none": raw, "test_auprc_memory": kept,
+                        "test_by_label_none": event_time_auprc_by_label(m.raw_test or m.test),
+                        "test_by_label_memory": event_time_auprc_by_label(m.test)}
     ctx.summary["memory"] = nums
+    labels = [c for c in LABELS if any(c in n["test_by_label_memory"] for n in nums.values())]
+    shares = {c: next(n["test_by_label_memory"][c][1] for n in nums.values()
+                      if c in n["test_by_label_memory"]) for c in labels}
+    by_label = [{"Method": m.display, **{
+        f"{c} ({shares[c]:.2f})": " → ".join(_num(n[k][c][0]) if c in n[k] else "N/A"
+                                          for k in ("test_by_label_none", "test_by_label_memory"))
+        for c in labels}} for m in _order(ctx) for n in [nums[m.name]]]
     grid = ", ".join(str(w) for w in ctx.cfg.memory_grid)
     body = "\n".join([
         "## Run memory — every method with and without it", "",
@@ -864,7 +874,12 @@ def _table_memory(ctx: _Context) -> None:
          "TEViD's is its checkpoint's, chosen the same way by `experiments.pipeline` and applied "
          "by the streaming `Diagnostician` (`w = 0`: no memory). Test columns are point "
          "estimates; Table 3 has the intervals of the with-memory numbers."), "",
-        _markdown(rows)])
+        _markdown(rows), "",
+        ("Which anomalies each method finds: test event-time AUPRC of each anomalous event label's "
+         "steps against the healthy steps only, without → with memory "
+         "(`core_models.metrics.event_time_auprc_by_label`; in the header that label's share of "
+         "those steps, what a random score gets)."), "",
+        _markdown(by_label)])
     ctx.write("eval-memory", body)
 
 

@@ -152,6 +152,16 @@ def test_every_table_is_written_with_its_provenance(evaluated: SimpleNamespace) 
     summary = json.loads((evaluated.tmp / "models" / "evaluation" / "summary.json").read_text())
     assert summary["runs"]["test"] == len(evaluated.test_runs) == 7
     assert set(summary["table15"]["tevid_mae"]) == {"0", "1", "2", "4"}
+    # Every method went through a run memory chosen on val from the grid, reported with and
+    # without it, per anomalous label too.
+    grid = set(evaluated.cfg.memory_grid)
+    for name, mem in summary["memory"].items():
+        assert mem["window"] in grid, name
+        assert set(mem["test_by_label_memory"]) <= {"Instability", "Unknown"}
+        if name not in ("tevid_mae", "tevid_scratch"):          # TEViD's comes from its checkpoint
+            best = max(mem["val_auprc"].values())
+            assert mem["val_auprc"][str(mem["window"])] == best, name
+    assert "Which anomalies each method finds" in text
     # Two novel-family test runs are labelled Unknown and appear in Table 17.
     assert "loader_stall" in text and "gradient_clipping" in text
     assert summary["table16"]["tevid_mae"]["auroc_step"]["estimate"] is not None

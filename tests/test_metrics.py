@@ -19,6 +19,7 @@ from core_models.metrics import (
     diagnostic_cost,
     evaluate_alerts,
     event_time_auprc,
+    event_time_auprc_by_label,
     false_alarm_rate,
     first_alert,
     lead_times,
@@ -174,6 +175,25 @@ def test_per_class_auprc_one_vs_rest_and_missing_class_is_nan():
     assert math.isnan(res[FORGETTING])
     with pytest.raises(ValueError, match="probability column"):
         per_class_auprc([a], classes=[UNKNOWN])
+
+
+def test_auprc_by_label_finds_the_anomaly_a_detector_is_blind_to():
+    rng = np.random.default_rng(0)
+    # Sees instability perfectly, scores forgetting and the novel family at random.
+    runs = [make_run(INSTABILITY, np.r_[rng.uniform(0, 0.5, 50), np.ones(50)], onset=50)
+            for _ in range(10)]
+    runs += [make_run(FORGETTING, rng.uniform(0, 0.5, 100), onset=50) for _ in range(10)]
+    runs += [make_run(UNKNOWN, rng.uniform(0, 0.5, 100), onset=50) for _ in range(5)]
+    runs += [make_run(HEALTHY, rng.uniform(0, 0.5, 100)) for _ in range(20)]
+    by_label = event_time_auprc_by_label(runs)
+    assert set(by_label) == {INSTABILITY, FORGETTING, UNKNOWN}      # absent labels left out
+    healthy_steps = 20 * 100 + 25 * 50
+    assert by_label[INSTABILITY] == (1.0, pytest.approx(500 / (500 + healthy_steps)))
+    for label, n in ((FORGETTING, 500), (UNKNOWN, 250)):
+        auprc, share = by_label[label]
+        assert share == pytest.approx(n / (n + healthy_steps))
+        assert auprc == pytest.approx(share, abs=0.05)              # random: about its share
+    assert event_time_auprc(runs) > by_label[FORGETTING][0]       # the pooled number hides it
 
 
 def test_anomaly_score_kinds():
