@@ -120,7 +120,8 @@ class RunPredictions:
         probs, vacuity = evidential_probs(logits, temperature)
         return cls(probs=probs, vacuity=vacuity, label=label)
 
-    def remembered(self, window: int) -> RunPredictions:
+    def remembered(self, window: int, healthy_index: int = KNOWN_LABELS.index(HEALTHY)
+                   ) -> RunPredictions:
         """The same run as the streaming diagnostician reports it with run memory ``window``
         (:func:`core_models.memory.apply_memory`).
 
@@ -129,8 +130,7 @@ class RunPredictions:
             >>> r.remembered(1).probs[:, 1].tolist()
             [0.8, 0.8]
         """
-        probs, vacuity = apply_memory(self.probs, self.vacuity, window,
-                                      KNOWN_LABELS.index(HEALTHY))
+        probs, vacuity = apply_memory(self.probs, self.vacuity, window, healthy_index)
         return RunPredictions(probs=probs, vacuity=vacuity, label=self.label)
 
 
@@ -402,12 +402,12 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
     correct = probs.argmax(axis=1) == clip_labels            # Unknown clips are never correct
     tau_u = fit_abstention_threshold(vacuity, correct, max_risk=max_risk,
                                      min_coverage=min_coverage)
-    memory = 0
+    memory, healthy = 0, list(labels).index(HEALTHY)
     if memory_runs:
         memory, _ = select_memory(
             [(evidential_probs(z, temperature)[0], flags) for z, flags in memory_runs],
-            memory_grid, list(labels).index(HEALTHY))
-    run_preds = [RunPredictions.from_logits(z, lab, temperature).remembered(memory)
+            memory_grid, healthy)
+    run_preds = [RunPredictions.from_logits(z, lab, temperature).remembered(memory, healthy)
                  for z, lab in runs]
     tau_c = fit_class_thresholds(run_preds, tau_u, target_far, labels, k=k)
     return Calibration(temperature=temperature, tau_u=tau_u, tau_c=tau_c, consecutive=k,

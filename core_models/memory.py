@@ -152,8 +152,13 @@ def select_memory(runs: Iterable[tuple[np.ndarray, np.ndarray]],
     """
     runs = [(np.asarray(p, dtype=np.float64), np.asarray(a, dtype=bool).reshape(-1))
             for p, a in runs]
+    for i, (p, a) in enumerate(runs):
+        if p.ndim != 2 or p.shape[0] != a.shape[0]:
+            raise ValueError(f"select_memory: run {i} has probs {p.shape} but {a.shape[0]} flags")
     if not grid:
         raise ValueError("select_memory: empty grid")
+    for w in grid:
+        RunMemory(w)                                   # the same check as the streaming memory
     y = np.concatenate([a for _, a in runs]) if runs else np.zeros(0, bool)
     if y.all() or not y.any():
         raise ValueError("select_memory: needs both anomalous and healthy steps")

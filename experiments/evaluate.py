@@ -614,9 +614,14 @@ def _memory_runs(preds: Sequence[RunPrediction]) -> list[tuple[np.ndarray, np.nd
     return [(r.probs, r.event_labels != HEALTHY) for r in preds]
 
 
-def _memory_scores(val: Sequence[RunPrediction], cfg: DictConfig) -> dict[int, float]:
-    """Validation event-time AUPRC per run-memory window (for the memory table)."""
-    return select_memory(_memory_runs(val), list(cfg.memory_grid))[1]
+def _memory_scores(val: Sequence[RunPrediction], cfg: DictConfig, window: int
+                   ) -> dict[int, float]:
+    """Validation event-time AUPRC per run-memory window of the grid and ``window`` (for the
+    memory table; empty when validation lacks healthy or anomalous steps)."""
+    try:
+        return select_memory(_memory_runs(val), sorted({*cfg.memory_grid, window}))[1]
+    except ValueError:
+        return {}
 
 
 def _build_methods(cfg: DictConfig, out: Path, device: torch.device,
@@ -655,7 +660,7 @@ def _build_methods(cfg: DictConfig, out: Path, device: torch.device,
                         "corpus_hash": diag.source_config.get("corpus_hash"),
                         "problems": problems})
         # The run memory the pipeline chose on val (what the streaming Diagnostician applies).
-        methods[name].with_memory(cal.memory, _memory_scores(val_preds, cfg))
+        methods[name].with_memory(cal.memory, _memory_scores(val_preds, cfg, cal.memory))
         timings[name] = time.time() - t
         print(f"[evaluate] {name}: {len(val_preds)} val + {len(test_preds)} test runs "
               f"({timings[name]:.1f} s)", flush=True)
@@ -682,8 +687,12 @@ def _build_methods(cfg: DictConfig, out: Path, device: torch.device,
         methods[name] = MethodEval(name, display, kind, val_preds, test_preds,
                                    has_classes=classes_v and classes_t, provenance=prov)
         # The same run memory TEViD gets, its window chosen the same way on val.
-        window, scores = select_memory(_memory_runs(guard.admit("run memory", name, val_preds)),
-                                       list(cfg.memory_grid))
+        try:
+            window, scores = select_memory(
+                _memory_runs(guard.admit("run memory", name, val_preds)), list(cfg.memory_grid))
+        except ValueError as err:   # e.g. no healthy or no anomalous validation step
+            window, scores = 0, {}
+            methods[name].notes.append(f"no run memory chosen: {err}")
         methods[name].with_memory(window, scores)
         timings[name] = time.time() - t
         print(f"[evaluate] {name}: fitted and scored ({timings[name]:.1f} s)", flush=True)

@@ -130,3 +130,24 @@ def test_diagnostician_reports_the_remembered_diagnosis() -> None:
     first = kept.update(frames[0])
     np.testing.assert_allclose([first.probs[c] for c in kept.known_labels], raw_probs[0],
                                rtol=1e-6)
+
+
+def test_saved_memory_is_the_live_calibration_and_bad_inputs_are_refused(tmp_path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = Diagnostician.from_pretrained("tiny", device="cpu")
+    path = Diagnostician(first.model, Calibration(memory=5), device="cpu").save_pretrained(
+        tmp_path / "five")
+    loaded = Diagnostician.from_pretrained(path, device="cpu")
+    assert loaded.calibration.memory == 5 and "memory" not in loaded.metadata
+    # Recalibrating a loaded diagnostician: the new memory is what gets saved.
+    again = Diagnostician(loaded.model, Calibration(memory=0), metadata=loaded.metadata,
+                          device="cpu")
+    assert again.config()["memory"] == 0
+    with pytest.raises(ValueError, match="needs a 'Healthy' class"):
+        Diagnostician(first.model, Calibration(memory=2), labels=list("abcde"), device="cpu")
+    p = _stream("hhsh")
+    with pytest.raises(ValueError, match="flags"):
+        select_memory([(p, np.zeros(3, bool)), (p, np.ones(5, bool))], grid=(0, 1))
+    with pytest.raises(ValueError, match="non-negative integer"):
+        select_memory([(p, np.array([0, 0, 1, 1], bool))], grid=(0, 1.5))

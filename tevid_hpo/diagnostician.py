@@ -127,6 +127,9 @@ class Diagnostician:
         self._rule = ConsecutiveAlert(
             {c: t for c, t in self.calibration.tau_c.items() if c in self.known_labels},
             self.calibration.tau_u, self.known_labels, self.calibration.consecutive)
+        if self.calibration.memory and HEALTHY not in self.known_labels:
+            raise ValueError(f"a run memory needs a {HEALTHY!r} class to rank anomalies by; "
+                             f"labels are {self.known_labels}")
         healthy = self.known_labels.index(HEALTHY) if HEALTHY in self.known_labels else 0
         self._memory = RunMemory(self.calibration.memory, healthy)
         self.reset()
@@ -265,8 +268,10 @@ class Diagnostician:
             raise ValueError(f"{path} is a {config.get('kind')!r} checkpoint, not a TEViD one")
         model = TEViD.from_config(config)
         model.load_state_dict(tensors, strict=True)
+        # Calibration keys come from Calibration itself, so a new field (``memory``) can never
+        # slip into the metadata and override a later calibration on save.
         skip = {"format", "kind", "profile", "num_classes", "channels", "normalization", "labels",
-                "temperature", "tau_u", "tau_c", "consecutive", "created"}
+                "created", *Calibration().to_dict()}
         diag = cls(model, Calibration.from_dict(config), config.get("labels", KNOWN_LABELS),
                    metadata={k: v for k, v in config.items() if k not in skip}, device=device)
         diag.source, diag.source_config = checkpoint_paths(path)[0], config
