@@ -114,6 +114,7 @@ BASELINE_DISPLAY: dict[str, tuple[str, str]] = {
     "curve_tcn": ("Curve-TCN", "Scalar telemetry"),
     "rules": ("AUTOTRAINER-style rules", "Layer statistics"),
     "stats_gbdt": ("Stats-GBDT", "Layer statistics"),
+    "stats_gbdt_curves": ("Stats-GBDT + scalar curves", "Layer statistics + scalar telemetry"),
     "embedding_cpd": ("Embedding-CPD (frozen TEViD-MAE)", "Internal-state video"),
 }
 _HEALTHY_COL = KNOWN_LABELS.index(HEALTHY)
@@ -673,7 +674,7 @@ def _build_methods(cfg: DictConfig, out: Path, device: torch.device,
                 raise FileNotFoundError("embedding_cpd embeds with the tevid_mae checkpoint, "
                                         "which is missing")
             kw.update(model=diags["tevid_mae"].model, device=device)
-        if name in ("curve_tcn", "stats_gbdt"):
+        if name in ("curve_tcn", "stats_gbdt", "stats_gbdt_curves"):
             kw.setdefault("seed", int(cfg.seed))
         baseline = make_baseline(name, **kw)
         fit_runs = guard.admit("fit", name, train)
@@ -768,7 +769,8 @@ def _json_default(value: Any) -> Any:
 
 def _order(ctx: _Context) -> list[MethodEval]:
     """Scalar baselines, then layer-statistics and embedding baselines, then TEViD variants."""
-    rank = {"Scalar telemetry": 0, "Layer statistics": 1, "Internal-state video": 2}
+    rank = {"Scalar telemetry": 0, "Layer statistics": 1, "Layer statistics + scalar telemetry": 2,
+            "Internal-state video": 3}
     return sorted(ctx.methods.values(), key=lambda m: (rank.get(m.input_type, 3), m.is_tevid))
 
 
@@ -966,7 +968,9 @@ def _table12(ctx: _Context) -> None:
 def _table15(ctx: _Context) -> None:
     wanted = ctx.cfg.get("lead_delta_methods")
     if wanted is None:
-        wanted = [n for n, m in ctx.methods.items() if m.is_tevid] + ["stats_gbdt", "curve_tcn"]
+        wanted = [n for n, m in ctx.methods.items() if m.is_tevid] + ["stats_gbdt",
+                                                                       "stats_gbdt_curves",
+                                                                       "curve_tcn"]
     deltas = [float(d) for d in ctx.cfg.lead_deltas]
     rows, nums = [], {}
     for name in wanted:

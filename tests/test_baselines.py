@@ -28,6 +28,7 @@ from core_models.baselines import (
     NaNRule,
     NotFittedError,
     RunScores,
+    StatsCurvesGBDT,
     StatsGBDT,
     anomaly_probs,
     label_indices,
@@ -242,6 +243,8 @@ def fitted(corpus) -> dict[str, Baseline]:
         "nan_rule": NaNRule(),
         "rules": AutoTrainerRules(),
         "stats_gbdt": StatsGBDT(num_boost_round=150, min_child_samples=10).fit(tr, trl, va, val),
+        "stats_gbdt_curves": StatsCurvesGBDT(num_boost_round=150, min_child_samples=10).fit(
+            tr, trl, va, val),
         "curve_tcn": CurveTCN(channels=16, epochs=60, batch_size=4).fit(tr, trl, va, val),
     }
     torch.manual_seed(0)
@@ -454,6 +457,20 @@ def test_no_privileged_inputs(name: str, fitted) -> None:
         np.testing.assert_array_equal(got.score, ref.score, err_msg=name)
         if ref.probs is not None:
             np.testing.assert_array_equal(got.probs, ref.probs)
+
+
+def test_stats_gbdt_reads_layer_statistics_only_and_the_hybrid_reads_curves(fitted) -> None:
+    run, _ = make_run("instability", 903)
+    steps = run.steps.copy()
+    for col in ("loss", "lr", "grad_norm"):
+        if col in steps:
+            steps[col] = steps[col] * 7.0 + 3.0          # a wholly different scalar telemetry
+    other = replace(run, steps=steps)
+    np.testing.assert_array_equal(fitted["stats_gbdt"].features(other),
+                                  fitted["stats_gbdt"].features(run))
+    assert not any("loss" in n for n in fitted["stats_gbdt"].feature_names_)
+    hybrid = fitted["stats_gbdt_curves"]
+    assert not np.array_equal(hybrid.features(other), hybrid.features(run), equal_nan=True)
 
 
 def test_runs_without_epoch_table_or_optional_columns(fitted) -> None:

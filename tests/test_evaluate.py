@@ -117,6 +117,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamesp
             "device": "cpu", "quick": True, "quick_resamples": 30,
             "baselines": {"curve_tcn": {"epochs": 3, "patience": 2, "channels": 8},
                           "stats_gbdt": {"num_boost_round": 10, "min_child_samples": 2},
+                          "stats_gbdt_curves": {"num_boost_round": 10, "min_child_samples": 2},
                           "embedding_cpd": {"window": 4, "proj_dim": 8}}})
         summary = evaluate.run_evaluation(cfg, command="pytest tests/test_evaluate.py")
     test_runs = [store.load(r) for r in store.list() if r.startswith("test-")]

@@ -6,17 +6,18 @@ val_labels)`` and ``score_run(run) -> RunScores`` — and sees only causal, non-
 the per-epoch validation curves). :meth:`RunScores.to_prediction` / :func:`predict_runs` produce
 the :class:`core_models.metrics.RunPrediction` records all streaming metrics consume.
 
-=================  =======================  ===============================================
-name               class                    input → mechanism
-=================  =======================  ===============================================
-``bocpd``          :class:`BOCPD`           loss residuals → Bayesian online CPD
-``cusum``          :class:`CUSUM`           loss residuals → two-sided CUSUM
-``nan_rule``       :class:`NaNRule`         loss → Optuna ThresholdPruner-style NaN check
-``rules``          :class:`AutoTrainerRules` frame stats + loss → AUTOTRAINER thresholds
-``curve_tcn``      :class:`CurveTCN`        scalar curves → causal TCN classifier
-``stats_gbdt``     :class:`StatsGBDT`       per-layer stats + curves → LightGBM classifier
-``embedding_cpd``  :class:`EmbeddingCPD`    frozen TEViD embeddings → MMD CPD (App. L)
-=================  =======================  ===============================================
+=====================  =========================  =============================================
+name                   class                      input → mechanism
+=====================  =========================  =============================================
+``bocpd``              :class:`BOCPD`             loss residuals → Bayesian online CPD
+``cusum``              :class:`CUSUM`             loss residuals → two-sided CUSUM
+``nan_rule``           :class:`NaNRule`           loss → Optuna ThresholdPruner-style NaN check
+``rules``              :class:`AutoTrainerRules`  frame stats + loss → AUTOTRAINER thresholds
+``curve_tcn``          :class:`CurveTCN`          scalar curves → causal TCN classifier
+``stats_gbdt``         :class:`StatsGBDT`         per-layer stats → LightGBM classifier
+``stats_gbdt_curves``  :class:`StatsCurvesGBDT`   per-layer stats + scalar curves → LightGBM
+``embedding_cpd``      :class:`EmbeddingCPD`      frozen TEViD embeddings → MMD CPD (App. L)
+=====================  =========================  =============================================
 
 Example:
     >>> from core_models.baselines import make_baseline, predict_runs
@@ -56,7 +57,7 @@ from core_models.baselines.cusum import CUSUM, cusum_statistic
 from core_models.baselines.embedding_cpd import EmbeddingCPD
 from core_models.baselines.nan_rule import NaNRule
 from core_models.baselines.rules import AutoTrainerRules, AutoTrainerThresholds
-from core_models.baselines.stats_gbdt import StatsGBDT
+from core_models.baselines.stats_gbdt import StatsCurvesGBDT, StatsGBDT
 
 __all__ = [
     "ANOMALOUS_COLUMNS",
@@ -75,6 +76,7 @@ __all__ = [
     "NaNRule",
     "NotFittedError",
     "RunScores",
+    "StatsCurvesGBDT",
     "StatsGBDT",
     "TunableBaseline",
     "anomaly_probs",
@@ -90,7 +92,7 @@ __all__ = [
 
 #: Baseline classes by their ``name``.
 BASELINES: dict[str, type] = {cls.name: cls for cls in (
-    BOCPD, CUSUM, NaNRule, AutoTrainerRules, CurveTCN, StatsGBDT, EmbeddingCPD)}
+    BOCPD, CUSUM, NaNRule, AutoTrainerRules, CurveTCN, StatsGBDT, StatsCurvesGBDT, EmbeddingCPD)}
 
 
 def make_baseline(name: str, **kwargs: Any) -> Baseline:

@@ -2,16 +2,15 @@
 
 The honest strong baseline of DESIGN §6: it sees the *same* internal-state information TEViD does,
 but as a few hand-made numbers per layer instead of a video. At each capture step it classifies
-into :data:`~data_factory.labels.KNOWN_LABELS` from
-
-* the frame statistics (``act{i}_{rms,mean,std,absmax,nonpos_frac}`` and the same for ``grad``,
-  magnitudes in ``log10``; see :func:`~core_models.baselines.features.frame_stat_features`), the
-  shallowest-to-deepest ``rms`` log-ratios and the frame's finiteness flag, and
-* the scalar-curve features of :data:`~core_models.baselines.features.CURVE_FEATURES` (loss level,
-  spread, spikes, learning rate, gradient norm, non-finite flags),
-
-each summarised over the last ``window`` frames by its current value, mean, least-squares slope,
-min and max (:func:`~core_models.baselines.features.window_features`; the window is left-padded
+into :data:`~data_factory.labels.KNOWN_LABELS` from the frame statistics
+(``act{i}_{rms,mean,std,absmax,nonpos_frac}`` and the same for ``grad``, magnitudes in ``log10``;
+see :func:`~core_models.baselines.features.frame_stat_features`), the shallowest-to-deepest ``rms``
+log-ratios and the frame's finiteness flag. :class:`StatsCurvesGBDT` (``stats_gbdt_curves``) adds
+the scalar-curve features of :data:`~core_models.baselines.features.CURVE_FEATURES` (loss level,
+spread, spikes, learning rate, gradient norm, non-finite flags) — internal state *and* scalar
+telemetry, which TEViD does not see, so it is reported as a hybrid, not as the layer-statistics
+baseline. Each feature is summarised over the last ``window`` frames by its current value, mean,
+least-squares slope, min and max (:func:`~core_models.baselines.features.window_features`; the window is left-padded
 with the first frame, like TEViD's clips). Rows are the capture steps of the training runs,
 labelled with the per-frame event labels (Unknown steps are left out, as in TEViD's training),
 weighted so every present class has the same total weight.
@@ -63,22 +62,28 @@ from core_models.baselines.features import (
 from core_models.metrics import event_time_auprc
 from data_factory.labels import HEALTHY, KNOWN_LABELS
 
-__all__ = ["StatsGBDT", "stats_features"]
+__all__ = ["StatsCurvesGBDT", "StatsGBDT", "stats_features"]
 
 
-def stats_features(run: BaselineRun, stat_names: Sequence[str], window: int = 10
-                   ) -> tuple[np.ndarray, list[str]]:
-    """Stats-GBDT's causal feature matrix ``[n_captures, F]`` and its column names.
+def stats_features(run: BaselineRun, stat_names: Sequence[str], window: int = 10,
+                   curves: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Stats-GBDT's causal feature matrix ``[n_captures, F]`` and its column names
+    (``curves``: also the scalar-curve features).
 
     Example:
         >>> from core_models.baselines.toy import toy_run
-        >>> x, names = stats_features(toy_run(n_steps=30), ["act0_rms", "grad0_rms"], window=4)
+        >>> run = toy_run(n_steps=30)
+        >>> x, names = stats_features(run, ["act0_rms", "grad0_rms"], window=4)
         >>> x.shape, names[:2]
-        ((3, 75), ['act0_rms@cur', 'act0_rms@mean'])
+        ((3, 25), ['act0_rms@cur', 'act0_rms@mean'])
+        >>> stats_features(run, ["act0_rms", "grad0_rms"], window=4, curves=True)[0].shape
+        (3, 75)
     """
     series = step_series(run)
     grid = capture_grid(run, series)
     xs, sn = frame_stat_features(run, stat_names)
+    if not curves:
+        return window_features(xs, sn, window)
     xc = curve_features(run, grid, series)
     x = np.concatenate([xs, xc], axis=1)
     return window_features(x, sn + list(CURVE_FEATURES), window)
@@ -96,7 +101,7 @@ class StatsGBDT(BaselineBase):
     Args:
         window: frames summarised per row (``W``; TEViD's window by default).
         channels: ``"both"``, ``"act"`` or ``"grad"`` — which per-layer statistics are used
-            (the Table 12 ablation; curve features are always used).
+            (the Table 12 ablation).
         num_boost_round: maximum boosting rounds (early-stopped on validation when given).
         early_stopping_rounds: patience of the early stopping.
         learning_rate, num_leaves, min_child_samples, feature_fraction, bagging_fraction,
@@ -118,6 +123,8 @@ class StatsGBDT(BaselineBase):
 
     name = "stats_gbdt"
     supervised = True
+    #: Whether the scalar-curve features are read too (:class:`StatsCurvesGBDT`).
+    curves = False
 
     def __init__(self, window: int = 10, channels: Literal["both", "act", "grad"] = "both",
                  num_boost_round: int = 400, early_stopping_rounds: int = 30,
@@ -157,7 +164,7 @@ class StatsGBDT(BaselineBase):
         With ``channels="act"`` or ``"grad"`` the other kind's statistics are not read; its
         derived ratio column is then all-NaN (missing to LightGBM).
         """
-        return stats_features(run, self.stat_names_, self.window)[0]
+        return stats_features(run, self.stat_names_, self.window, self.curves)[0]
 
     def _dataset(self, runs: Sequence[BaselineRun], labels: Sequence[LabelLike]
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +210,8 @@ class StatsGBDT(BaselineBase):
         if not train_runs:
             raise ValueError("StatsGBDT.fit needs training runs")
         self.stat_names_ = self._select_stats(train_runs)
-        self.feature_names_ = stats_features(train_runs[0], self.stat_names_, self.window)[1]
+        self.feature_names_ = stats_features(train_runs[0], self.stat_names_, self.window,
+                                             self.curves)[1]
         x, y = self._dataset(train_runs, train_labels)
         xv = yv = None
         if val_runs and val_labels is not None:
@@ -261,3 +269,18 @@ class StatsGBDT(BaselineBase):
         imp = imp / imp.sum() if imp.sum() > 0 else imp
         order = np.argsort(-imp, kind="stable")[: top or len(imp)]
         return {self.feature_names_[i]: float(imp[i]) for i in order}
+
+
+class StatsCurvesGBDT(StatsGBDT):
+    """:class:`StatsGBDT` that also reads the scalar curves (loss level, spread, spikes, learning
+    rate, gradient norm): a hybrid of internal-state and scalar-telemetry inputs, with the same
+    arguments. TEViD does not see the curves, so this is an upper reference, not the
+    layer-statistics baseline.
+
+    Example:
+        >>> StatsCurvesGBDT(num_boost_round=5).curves, StatsCurvesGBDT.name
+        (True, 'stats_gbdt_curves')
+    """
+
+    name = "stats_gbdt_curves"
+    curves = True
