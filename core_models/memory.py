@@ -1,6 +1,6 @@
 """Run memory: what a streaming diagnosis keeps from the diagnoses before it.
 
-TEViD sees only the last ``W`` frames (40 optimisation steps in the CPU profile), but the event
+TEViD sees only the last ``W`` frames (100 optimisation steps in the CPU profile), but the event
 labels of Appendix A are *states*: once a run has overfitted, forgotten its task or learnt a
 biased concept, every later step carries that label. A switch of the training data leaves a
 transient in the internals and then training looks ordinary again, so a windowed model forgets
