@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from sklearn.metrics import average_precision_score
 
 from core_models.calibration import RunPredictions, calibrate, false_alarm_rate
 from core_models.clips import ClipDataset
 from core_models.mae import DynamicsMAE
+from core_models.memory import select_memory
 from core_models.tevid import TEViD
 from core_models.train import (
     FinetuneConfig,
@@ -131,18 +131,23 @@ def validation_metrics(model: TEViD, streams, calibration, reference: list[bool]
     references (``reference``, what calibration budgets) and on every run the rules label
     Healthy."""
     probs_all, labels_all = [], []
-    preds = []
+    plain, preds = [], []
     for logits, label, ev in streams:
         p = RunPredictions.from_logits(logits, label, calibration.temperature)
+        plain.append(p)
         preds.append(p.remembered(calibration.memory))   # what the alert rule sees
         probs_all.append(p.probs)
         labels_all.append(ev)
     probs = np.concatenate(probs_all)
     labels = np.concatenate(labels_all)
-    anomalous = labels != HEALTHY
-    remembered = np.concatenate([p.probs for p in preds])
-    auprc = (float(average_precision_score(anomalous, 1.0 - remembered[:, KNOWN_LABELS.index(HEALTHY)]))
-             if anomalous.any() and not anomalous.all() else float("nan"))
+    # The same measurement the window was chosen by, at the chosen window.
+    try:
+        _, by_window = select_memory([(p.probs, np.asarray(ev) != HEALTHY)
+                                      for p, (_, _, ev) in zip(plain, streams)],
+                                     grid=(calibration.memory,))
+        auprc = by_window[calibration.memory]
+    except ValueError:            # no anomalous or no healthy val step
+        auprc = float("nan")
     known = np.isin(labels, KNOWN_LABELS)
     idx = np.array([KNOWN_LABELS.index(x) for x in labels[known]])
     acc = float((probs[known].argmax(1) == idx).mean()) if known.any() else float("nan")

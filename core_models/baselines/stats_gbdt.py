@@ -10,8 +10,8 @@ the scalar-curve features of :data:`~core_models.baselines.features.CURVE_FEATUR
 spread, spikes, learning rate, gradient norm, non-finite flags) — internal state *and* scalar
 telemetry, which TEViD does not see, so it is reported as a hybrid, not as the layer-statistics
 baseline. Each feature is summarised over the last ``window`` frames by its current value, mean,
-least-squares slope, min and max (:func:`~core_models.baselines.features.window_features`; the window is left-padded
-with the first frame, like TEViD's clips). Rows are the capture steps of the training runs,
+least-squares slope, min and max (:func:`~core_models.baselines.features.window_features`; the
+window is left-padded with the first frame, like TEViD's clips). Rows are the capture steps of the training runs,
 labelled with the per-frame event labels (Unknown steps are left out, as in TEViD's training),
 weighted so every present class has the same total weight.
 
