@@ -686,6 +686,7 @@ class AlertSummary:
             that has a ``fire_epoch`` (epochs; positive = earlier than the rule).
         onset_leads: ``onset_epoch - alert_epoch`` for each detected run with an onset epoch.
         alert_epochs: ``{run_id: epoch of first alert or None}`` for every run.
+        alert_steps: ``{run_id: capture step of first alert or None}`` for every run.
 
     Example:
         >>> s = AlertSummary(2, 1, 1, 0, 0, 1, np.array([2.0]), np.array([-1.0]), {})
@@ -702,6 +703,7 @@ class AlertSummary:
     leads: np.ndarray
     onset_leads: np.ndarray
     alert_epochs: dict[str, float | None]
+    alert_steps: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def far(self) -> float:
@@ -762,13 +764,16 @@ def evaluate_alerts(
     leads: list[float] = []
     onset_leads: list[float] = []
     alert_epochs: dict[str, float | None] = {}
+    alert_steps: dict[str, int | None] = {}
     for r in rs:
         if threshold is None:
-            a_epoch = r.alert_epoch
+            a_epoch, a_step = r.alert_epoch, r.alert_step
         else:
             i = _alert_index(r, threshold, score, consecutive, vacuity_threshold)
             a_epoch = None if i is None else float(r.epochs[i])
+            a_step = None if i is None else int(r.steps[i])
         alert_epochs[r.run_id] = a_epoch
+        alert_steps[r.run_id] = a_step
         if not r.is_anomalous:
             n_h += 1
             n_fa += a_epoch is not None
@@ -792,6 +797,7 @@ def evaluate_alerts(
         leads=np.asarray(leads, dtype=np.float64),
         onset_leads=np.asarray(onset_leads, dtype=np.float64),
         alert_epochs=alert_epochs,
+        alert_steps=alert_steps,
     )
 
 
@@ -1041,35 +1047,47 @@ def selective_predictions(
     return ok, conf
 
 
-def unknown_auroc(runs: Sequence[RunPrediction], level: Literal["step", "run"] = "step") -> float:
+def unknown_auroc(runs: Sequence[RunPrediction], level: Literal["step", "run"] = "step",
+                  negatives: Literal["known", "known_anomalies"] = "known") -> float:
     """AUROC of novel (``Unknown``) vs known, scored by vacuity (sklearn ``roc_auc_score``).
 
-    ``level="step"``: positives are steps whose event label is Unknown (a novel anomaly under way),
-    negatives all other steps. ``level="run"``: positives are Unknown runs, each run scored by its
-    largest vacuity.
+    ``level="step"``: positives are steps whose event label is Unknown (a novel anomaly under way).
+    ``level="run"``: positives are Unknown runs, each run scored by its largest vacuity.
+
+    ``negatives="known"`` counts every other step (run) as a negative, healthy ones included.
+    ``negatives="known_anomalies"`` is Appendix H's "known vs. unknown anomalies": only steps
+    whose event label is a known anomalous class (runs labelled with one) are negatives, so the
+    score must tell a novel failure from a known failure, not from healthy training.
 
     Raises:
-        ValueError: when only one of the two groups is present.
+        ValueError: when only one of the two groups is present, or for an unknown option.
 
     Example:
         >>> import numpy as np
         >>> p = np.tile([1.0, 0, 0, 0, 0], (2, 1))
         >>> a = RunPrediction("k", "Healthy", [0, 1], [0, 1], p, [0.1, 0.2])
         >>> b = RunPrediction("u", "Unknown", [0, 1], [0, 1], p, [0.7, 0.8], onset_step=0)
-        >>> unknown_auroc([a, b])
-        1.0
+        >>> c = RunPrediction("o", "Overfitting", [0, 1], [0, 1], p, [0.75, 0.9], onset_step=0)
+        >>> unknown_auroc([a, b, c]), unknown_auroc([a, b, c], negatives="known_anomalies")
+        (0.625, 0.25)
     """
     rs = _as_runs(runs)
     _nonempty(rs, "unknown_auroc")
+    if negatives not in ("known", "known_anomalies"):
+        raise ValueError(f"negatives must be 'known' or 'known_anomalies', got {negatives!r}")
     if level == "step":
-        y = np.concatenate([r.event_labels == UNKNOWN for r in rs])
+        ev = np.concatenate([r.event_labels for r in rs])
         s = np.concatenate([r.vacuity for r in rs])
     elif level == "run":
         rs = [r for r in rs if r.n_steps]
-        y = np.array([r.label == UNKNOWN for r in rs])
+        ev = np.array([r.label for r in rs])
         s = np.array([r.vacuity.max() for r in rs])
     else:
         raise ValueError(f"level must be 'step' or 'run', got {level!r}")
+    y = ev == UNKNOWN
+    if negatives == "known_anomalies":
+        keep = y | np.isin(ev, ANOMALOUS_KNOWN)
+        y, s = y[keep], s[keep]
     if y.all() or not y.any():
         raise ValueError("unknown_auroc: needs both Unknown and known samples")
     return float(roc_auc_score(y, s))

@@ -29,12 +29,13 @@ Example:
     >>> import numpy as np
     >>> iv = make_intervention("instability", np.random.default_rng(0), total_steps=600)
     >>> iv.family, iv.describe()["kind"]
-    ('instability', 'instability')
+    ('Instability', 'instability')
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -85,6 +86,9 @@ class Intervention:
     novel: ClassVar[bool] = False
     #: modalities this intervention is defined for
     modalities: ClassVar[tuple[str, ...]] = ("image", "tabular", "text")
+    #: whether it changes the run from its first step (hyper-parameters or training data) rather
+    #: than from ``start_step`` on
+    from_start: ClassVar[bool] = False
 
     def __init__(self, severity: float, start_step: int, rng: np.random.Generator) -> None:
         if not 0.0 <= severity <= 1.0:
@@ -98,6 +102,22 @@ class Intervention:
         """JSON-serialisable record for the run's metadata."""
         return {"kind": self.kind, "family": self.family, "novel": self.novel,
                 "severity": self.severity, "start_step": self.start_step, **self.details}
+
+    @classmethod
+    def first_step(cls, description: Mapping[str, Any]) -> int | None:
+        """First optimisation step at which the intervention :meth:`describe` recorded changes
+        training: ``0`` when it acts from the start, its ``start_step`` when it begins mid-run,
+        ``None`` for a healthy run. An alert before it is a false alarm on a still-healthy run.
+
+        Example:
+            >>> Forgetting.first_step({"kind": "forgetting", "start_step": 240})
+            240
+            >>> Overfitting.first_step({"kind": "overfitting", "start_step": 240})
+            0
+        """
+        if cls.family == HEALTHY:
+            return None
+        return 0 if cls.from_start else int(description["start_step"])
 
     def hparams(self, plan: Plan) -> Plan:
         return plan
@@ -132,7 +152,7 @@ class Overfitting(Intervention):
     (labelled Healthy); at 5–12 % there are enough confidently wrong samples for a sustained rise.
     """
 
-    kind, family = "overfitting", OVERFITTING
+    kind, family, from_start = "overfitting", OVERFITTING, True
     #: subset fraction at severity 0 and its decrease per unit of severity
     FRACTION_MAX: ClassVar[float] = 0.12
     FRACTION_SLOPE: ClassVar[float] = 0.07
@@ -160,6 +180,13 @@ class Instability(Intervention):
         self.factor = float(math.exp(math.log(20) + self.severity * (math.log(300) - math.log(20))))
         self.period = int(rng.integers(20, 60))
         self.details.update(variant=self.variant, lr_multiplier=round(self.factor, 2), period=self.period)
+
+    @classmethod
+    def first_step(cls, description: Mapping[str, Any]) -> int | None:
+        """The ``extreme`` variant raises the learning rate from the first step."""
+        if description.get("variant") == "extreme":
+            return 0
+        return super().first_step(description)
 
     def lr_factor(self, step: int) -> float:
         if self.variant == "extreme":
@@ -202,7 +229,7 @@ class ConceptBias(Intervention):
     """A shortcut in the training data: a class-coded watermark (images) or a label-leaking
     feature (tabular) on a ``0.8 + 0.2·severity`` fraction of training samples."""
 
-    kind, family = "concept_bias", CONCEPT_BIAS
+    kind, family, from_start = "concept_bias", CONCEPT_BIAS, True
     modalities = ("image", "tabular")
 
     def prepare(self, data: TensorData, modality: str) -> TensorData:
@@ -237,7 +264,7 @@ def add_shortcut(x: torch.Tensor, classes: torch.Tensor, modality: str,
 class LabelCorruption(Intervention):
     """Novel: a quarter of the training labels replaced by uniformly random classes."""
 
-    kind, family, novel = "label_corruption", UNKNOWN, True
+    kind, family, novel, from_start = "label_corruption", UNKNOWN, True, True
     modalities = ("image", "tabular")
 
     def prepare(self, data: TensorData, modality: str) -> TensorData:
@@ -327,6 +354,23 @@ INTERVENTIONS: dict[str, type[Intervention]] = {
 }
 KNOWN_KINDS: tuple[str, ...] = tuple(k for k, c in INTERVENTIONS.items() if not c.novel)
 NOVEL_KINDS: tuple[str, ...] = tuple(k for k, c in INTERVENTIONS.items() if c.novel)
+
+
+def fault_step(description: Mapping[str, Any] | None) -> int | None:
+    """First step at which a run's recorded intervention (``meta["intervention"]``) changes
+    training, ``None`` for a healthy run or none recorded (see :meth:`Intervention.first_step`).
+
+    Example:
+        >>> fault_step({"kind": "instability", "start_step": 300, "variant": "jump"})
+        300
+        >>> fault_step({"kind": "instability", "start_step": 300, "variant": "extreme"})
+        0
+        >>> fault_step({"kind": "healthy", "start_step": 300}) is None
+        True
+    """
+    if not description or description.get("kind") not in INTERVENTIONS:
+        return None
+    return INTERVENTIONS[description["kind"]].first_step(description)
 
 
 def make_intervention(kind: str, rng: np.random.Generator, total_steps: int,

@@ -76,6 +76,7 @@ from core_models.metrics import (
     unknown_auroc,
 )
 from core_models.train import predict
+from data_factory.interventions import fault_step
 from data_factory.labelers.rules import RunLabel
 from data_factory.labels import HEALTHY, KNOWN_LABELS, LABELS, UNKNOWN, sets_operating_points
 from data_factory.store import Run, RunStore
@@ -92,6 +93,7 @@ __all__ = [
     "abstention_quantile",
     "main",
     "predictions",
+    "premature_detections",
     "retime",
     "run_evaluation",
     "run_facts",
@@ -255,16 +257,43 @@ def run_facts(run: Any) -> dict[str, Any]:
 
     Example:
         >>> from types import SimpleNamespace as R
-        >>> run_facts(R(meta={"arch": "mixer", "intervention": {"kind": "loader_stall",
-        ...                                                     "novel": True}}))["intervention"]
-        'loader_stall'
+        >>> facts = run_facts(R(meta={"arch": "mixer", "intervention": {
+        ...     "kind": "loader_stall", "novel": True, "start_step": 240}}))
+        >>> facts["intervention"], facts["fault_step"]
+        ('loader_stall', 240)
     """
     meta = _meta(run)
     iv = meta.get("intervention") or {}
     return {"arch": meta.get("arch"), "arch_family": meta.get("arch_family"),
             "dataset": meta.get("dataset"), "optimizer": meta.get("optimizer"),
             "split": meta.get("split"), "intervention": iv.get("kind"),
-            "novel": bool(meta.get("novel", iv.get("novel", False)))}
+            "novel": bool(meta.get("novel", iv.get("novel", False))),
+            "fault_step": fault_step(iv)}
+
+
+def premature_detections(alerts: AlertSummary, runs: Sequence[RunPrediction]) -> frozenset[str]:
+    """Anomalous runs whose first alert came before their fault began.
+
+    A fault that starts mid-run (a task switch, a learning-rate jump, a novel family) leaves the
+    run healthy until its ``fault_step`` (:func:`run_facts`); an alert before then cannot have
+    seen it, so it is a false alarm that happens to land on a run that fails later. The paper's
+    protocol counts it as a detection with a long lead; the evaluation reports how many there
+    are and the lead without them.
+
+    Example:
+        >>> import numpy as np
+        >>> p = np.tile([0.1, 0, 0.9, 0, 0], (4, 1))
+        >>> r = RunPrediction("r", "Instability", [0, 10, 20, 30], range(4), p, [0] * 4,
+        ...                   onset_step=30, meta={"fault_step": 25})
+        >>> sorted(premature_detections(evaluate_alerts([r], 0.5), [r]))  # alert at step 20
+        ['r']
+    """
+    out = set()
+    for r in runs:
+        step, fault = alerts.alert_steps.get(r.run_id), r.meta.get("fault_step")
+        if r.is_anomalous and step is not None and fault is not None and step < fault:
+            out.add(r.run_id)
+    return frozenset(out)
 
 
 def retime(pred: RunPrediction, steps_per_epoch: float | None) -> RunPrediction:
@@ -784,19 +813,24 @@ def _method_row(ctx: _Context, m: MethodEval) -> tuple[dict[str, Any], dict[str,
     vt, k = m.vacuity_threshold, int(ctx.cfg.consecutive)
     auprc = ctx.ci(event_time_auprc, m.test)
     f1 = ctx.ci(partial(macro_f1, vacuity_threshold=vt), m.test) if m.has_classes else None
-    lead = onset = None
+    lead = onset = strict = None
+    a = m.alerts
+    early = premature_detections(a, m.test) if a else frozenset()
     if m.far_threshold is not None:
-        lead = ctx.ci(partial(median_lead, threshold=m.far_threshold, reference="fire",
-                              consecutive=k, vacuity_threshold=vt), m.test)
+        fire_lead = partial(median_lead, threshold=m.far_threshold, reference="fire",
+                            consecutive=k, vacuity_threshold=vt)
+        lead = ctx.ci(fire_lead, m.test)
         onset = ctx.ci(partial(median_lead, threshold=m.far_threshold, reference="onset",
                                consecutive=k, vacuity_threshold=vt), m.test)
-    a = m.alerts
+        strict = ctx.ci(lambda rs: fire_lead([r for r in rs if r.run_id not in early]), m.test)
     row = {"Input": m.input_type, "Method": m.display,
            "Macro-F1 (known)": _fmt(f1) if m.has_classes else "N/A",
            "Event-time AUPRC": _fmt(auprc),
            "Median lead vs rule firing (epochs)": _fmt(lead, 2),
            "Median lead vs onset (epochs)": _fmt(onset, 2),
            "Detected / anomalous": f"{a.n_detected}/{a.n_anomalous}" if a else "N/A",
+           "… of them before the fault began": str(len(early)) if a else "N/A",
+           "Median lead vs firing without those": _fmt(strict, 2),
            "Test FAR: labelled / reference (val)":
                f"{_num(a.far)} / {_num(reference_far(a, m.test))} ({_num(m.val_far)})" if a else "N/A"}
     nums = {"display": m.display, "input": m.input_type, "auprc": _ci_dict(auprc),
@@ -805,6 +839,7 @@ def _method_row(ctx: _Context, m: MethodEval) -> tuple[dict[str, Any], dict[str,
             "val_far": m.val_far, "test_far": a.far if a else None,
             "test_reference_far": reference_far(a, m.test) if a else None,
             "detected": a.n_detected if a else None, "anomalous": a.n_anomalous if a else None,
+            "premature": len(early) if a else None, "median_lead_fire_strict": _ci_dict(strict),
             "vacuity_threshold": vt, "notes": m.notes, "provenance": m.provenance}
     return row, nums
 
@@ -843,6 +878,12 @@ def _table3(ctx: _Context) -> None:
         "earlier than the Appendix A rule), median over detected anomalous runs; the onset "
         "column measures against the anomaly onset instead (negative: after the onset). Times "
         "are `step / steps_per_epoch`."),
+        ("- **Before the fault began**: detections whose alert came before a mid-run fault "
+        "started (`experiments.evaluate.premature_detections`: task switch, learning-rate jump "
+        "or cycle, novel families that start mid-run); the run was still healthy, so the alert "
+        "could not have seen the fault. Faults that act from the first step (small subset, "
+        "shortcut, corrupted labels, extreme learning rate) never count. The last column is the "
+        "median lead with those runs left out."),
         ("- **Macro-F1 (known)**: per step, argmax class (Unknown when TEViD abstains, "
         "vacuity > τ_u) vs event label, averaged over the anomalous known classes present; N/A "
         "for detectors without class probabilities."),
@@ -1009,6 +1050,8 @@ def _open_set_rows(ctx: _Context, m: MethodEval) -> tuple[dict[str, Any], list[d
     test = m.test
     step_auroc = ctx.ci(partial(unknown_auroc, level="step"), test)
     run_auroc = ctx.ci(partial(unknown_auroc, level="run"), test)
+    anom_step = ctx.ci(partial(unknown_auroc, level="step", negatives="known_anomalies"), test)
+    anom_run = ctx.ci(partial(unknown_auroc, level="run", negatives="known_anomalies"), test)
     ok_all, conf_all = selective_predictions(test, "vacuity")
     try:
         ok, conf = selective_predictions(test, "vacuity", labels=ANOMALOUS_KNOWN)
@@ -1018,6 +1061,8 @@ def _open_set_rows(ctx: _Context, m: MethodEval) -> tuple[dict[str, Any], list[d
     at80 = risk_coverage_curve(ok, conf).risk_at_coverage(0.8) if ok.size else float("nan")
     disc = {"Model": m.display, "AUROC Unknown vs known (steps)": _fmt(step_auroc),
             "AUROC (runs, max vacuity)": _fmt(run_auroc),
+            "AUROC Unknown vs known anomalies (steps)": _fmt(anom_step),
+            "… (runs)": _fmt(anom_run),
             "AUGRC (all steps)": _num(augrc(ok_all, conf_all), 4),
             "Error on known anomalies, full coverage": _num(full),
             "… at 80 % coverage": _num(at80)}
@@ -1036,6 +1081,8 @@ def _open_set_rows(ctx: _Context, m: MethodEval) -> tuple[dict[str, Any], list[d
                       "Coverage (known anomalies)": _num(float(accept.mean())),
                       "Selective error (known)": _num(err)})
     nums = {"auroc_step": _ci_dict(step_auroc), "auroc_run": _ci_dict(run_auroc),
+            "auroc_step_vs_known_anomalies": _ci_dict(anom_step),
+            "auroc_run_vs_known_anomalies": _ci_dict(anom_run),
             "augrc": augrc(ok_all, conf_all), "error_full": full, "error_at_80": at80,
             "schemes": srows}
     return disc, srows, nums
@@ -1056,7 +1103,10 @@ def _table16(ctx: _Context) -> None:
         "## Table 16 analogue — novel anomaly families → Unknown, and abstention", "",
         (f"{n_unknown} test runs belong to novel families (label `Unknown`, never seen in "
         "training). AUROC scores vacuity: per step (positives: steps of a novel anomaly under "
-        "way; negatives: all other steps) and per run (each run's largest vacuity). Errors on "
+        "way; negatives: all other steps) and per run (each run's largest vacuity). Appendix "
+        "H's \"known vs. unknown anomalies\" keeps only anomalies as negatives (steps of a "
+        "known anomalous class, runs labelled with one): the score must tell a novel failure "
+        "from a known one, not from healthy training. Errors on "
         "known anomalies count argmax ≠ event label on steps whose truth is a known anomalous "
         "class; 80 % coverage keeps the 80 % least vacuous of those steps. AUGRC: area under the "
         "generalized risk–coverage curve over all test steps (lower is better)."), "",

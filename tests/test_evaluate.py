@@ -143,6 +143,7 @@ def test_every_table_is_written_with_its_provenance(evaluated: SimpleNamespace) 
         assert 0.0 <= est <= 1.0, name
         assert nums["far_threshold"] is not None, name          # chosen on val
         assert nums["detected"] <= nums["anomalous"]
+        assert 0 <= nums["premature"] <= nums["detected"], name
     assert methods["bocpd"]["macro_f1"] is None                  # no class probabilities: N/A
     assert methods["tevid_mae"]["macro_f1"] is not None
     assert "Not measured: no checkpoint at" in text and "tevid_act" in text
@@ -166,6 +167,8 @@ def test_every_table_is_written_with_its_provenance(evaluated: SimpleNamespace) 
     # Two novel-family test runs are labelled Unknown and appear in Table 17.
     assert "loader_stall" in text and "gradient_clipping" in text
     assert summary["table16"]["tevid_mae"]["auroc_step"]["estimate"] is not None
+    assert "auroc_step_vs_known_anomalies" in summary["table16"]["tevid_mae"]
+    assert "Before the fault began" in text and "known vs. unknown anomalies" in text
 
 
 def test_no_test_run_or_factor_reaches_training_calibration_or_thresholds(

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from data_factory.interventions import INTERVENTIONS, NOVEL_KINDS, Plan, make_intervention
+from data_factory.datasets import TensorData
+from data_factory.interventions import (
+    INTERVENTIONS,
+    NOVEL_KINDS,
+    Plan,
+    fault_step,
+    make_intervention,
+)
 from data_factory.runner import RunSpec, execute_run
 from data_factory.split import DEFAULT_SPLIT, Cell, SplitLeakError, SplitSpec, check_factorial
 from data_factory.store import RunStore
@@ -72,6 +79,55 @@ def test_instability_lr_schedules():
         before, after = iv.lr_factor(50), max(iv.lr_factor(s) for s in range(100, 200))
         assert after >= iv.factor * (1 - 2 / iv.period) and iv.factor > 299  # triangle peak on the step grid
         assert before == (after if variant == "extreme" else 1.0)
+
+
+@pytest.mark.parametrize("kind, variant", [(k, None) for k in INTERVENTIONS if k != "instability"]
+                         + [("instability", v) for v in ("extreme", "cyclical", "jump")])
+def test_fault_step_is_where_the_intervention_first_changes_training(kind, variant):
+    """Every hook is the identity before ``fault_step`` and something changes at it, so an
+    alert before it cannot have seen the fault (experiments.evaluate.premature_detections)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    data = TensorData("toy", torch.randn(64, 4), torch.arange(64) % 4, torch.randn(16, 4),
+                      torch.arange(16) % 4, torch.randn(16, 4), torch.arange(16) % 4, 4)
+    iv = make_intervention(kind, np.random.default_rng(0), total_steps=400, start_step=150)
+    if kind == "instability":
+        iv.variant = iv.details["variant"] = variant
+    first = fault_step(iv.describe())
+    if kind == "healthy":
+        assert first is None
+        return
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.Adam(model.parameters())
+
+    def changes_at(step: int) -> bool:
+        """Whether any hook alters training at ``step`` (fresh copies of data and model)."""
+        x, y = torch.randn(8, 4, generator=g), torch.arange(8) % 4
+        bx, by = iv.batch(step, x.clone(), y.clone())
+        state = [p.detach().clone() for p in model.parameters()]
+        model(x).logsumexp(1).mean().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()  # creates optimizer state the novel families may corrupt
+        moments = [v.clone() for st in opt.state.values() for v in st.values()]
+        iv.after_backward(step, model, opt)
+        touched = any(not torch.equal(p.grad, q) for p, q in zip(model.parameters(), grads))
+        touched |= any(not torch.equal(v, m) for v, m in
+                       zip((v for st in opt.state.values() for v in st.values()), moments))
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), state):
+                p.copy_(q)
+        model.zero_grad()
+        return (iv.lr_factor(step) != 1.0 or touched or not torch.equal(bx, x)
+                or not torch.equal(by, y))
+
+    before_start = (iv.hparams(Plan(lr=1e-3)) != Plan(lr=1e-3)
+                    or iv.prepare(data, "tabular") is not data)
+    if first == 0:
+        assert before_start or changes_at(0)
+    else:
+        assert first == 150 and not before_start
+        assert not any(changes_at(step) for step in (0, 75, 149))
+        assert changes_at(150) or changes_at(151)
 
 
 @pytest.fixture(scope="module")

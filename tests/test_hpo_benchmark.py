@@ -15,7 +15,6 @@ import os
 
 os.environ["RAY_AUTH_MODE"] = "disabled"   # before Ray is imported or started
 
-import doctest
 import hashlib
 import json
 import math
@@ -356,6 +355,3 @@ def test_cli_accepts_quick_and_hydra_overrides(monkeypatch, tmp_path):
     assert cfg.recordings == str(tmp_path / "hpo_benchmark")
     assert seen["command"] == f"{hb.COMMAND} --quick n_trials=3 cache={tmp_path}"
 
-
-def test_module_examples():
-    assert doctest.testmod(hb, optionflags=doctest.ELLIPSIS).failed == 0

@@ -663,19 +663,6 @@ def test_functional_optimizer_reproduces_torch_steps(make_opt) -> None:
             torch.testing.assert_close(expected[n], p.detach(), rtol=1e-5, atol=1e-6)
 
 
-# ---------------------------------------------------------------- docstring examples
-
-
-@pytest.mark.parametrize("module", ["base", "config", "healthy", "overfitting", "instability",
-                                    "forgetting", "concept_bias", "lyapunov", "rules", ""])
-def test_docstring_examples_run(module: str) -> None:
-    import doctest
-    import importlib
-
-    mod = importlib.import_module("data_factory.labelers" + (f".{module}" if module else ""))
-    assert doctest.testmod(mod, optionflags=doctest.ELLIPSIS).failed == 0
-
-
 # ---------------------------------------------------------------- factory compatibility
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-
-import doctest
 import math
 from types import SimpleNamespace
 
@@ -17,7 +15,6 @@ import torch
 from core_models.calibration import Calibration
 from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS, OVERFITTING
 from experiments import gbdt_pilot
-from tevid_hpo import lightgbm as tl
 from tevid_hpo.diagnostician import Diagnosis, Diagnostician
 from tevid_hpo.lightgbm import CHANNELS, GAIN_FLOOR, FeatureImportanceFrames, TEViDLightGBMCallback
 from tevid_hpo.monitor import USER_ATTR
@@ -414,7 +411,3 @@ def test_pilot_needs_a_checkpoint(monkeypatch, tmp_path, capsys):
         gbdt_pilot.main(["--quick"])
     assert "no shipped TEViD checkpoint" in capsys.readouterr().err
 
-
-def test_module_docstrings_run():
-    for module in (tl, gbdt_pilot):
-        assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0

@@ -439,6 +439,31 @@ def test_unknown_auroc_on_separable_vacuities():
         unknown_auroc(known)
 
 
+def test_unknown_auroc_against_known_anomalies_ignores_healthy_steps():
+    # Novel runs are more vacuous than healthy training but exactly as vacuous as a known
+    # anomaly: against every known step they look separable, against known anomalies (App. H)
+    # they are a coin flip.
+    healthy = [make_run(HEALTHY, [0.0] * 4, vacuity=[0.1] * 4) for _ in range(3)]
+    known = [make_run(OVERFITTING, [0.9] * 4, onset=0, vacuity=[0.6, 0.7, 0.6, 0.7])]
+    novel = [make_run(UNKNOWN, [0.5] * 4, onset=0, vacuity=[0.7, 0.6, 0.7, 0.6])]
+    runs = healthy + known + novel
+    # steps: 4 positives vs 12 healthy (all below) + 4 known (2 ties at 0.6, 2 at 0.7) → 0.875
+    assert unknown_auroc(runs) == pytest.approx((4 * 12 + 8) / (4 * 16))
+    assert unknown_auroc(runs, negatives="known_anomalies") == pytest.approx(0.5)
+    assert unknown_auroc(runs, level="run", negatives="known_anomalies") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="both"):
+        unknown_auroc(healthy + novel, negatives="known_anomalies")
+    with pytest.raises(ValueError, match="negatives"):
+        unknown_auroc(runs, negatives="healthy")
+
+
+def test_alert_summary_records_the_alert_step():
+    run = make_run(INSTABILITY, [0.0, 0.95, 0.95, 0.95, 0.2], onset=1, fire=4)
+    s = evaluate_alerts([run], 0.9)
+    assert s.alert_steps[run.run_id] == 300 and s.alert_epochs[run.run_id] == 3.0
+    assert evaluate_alerts([run], 0.99).alert_steps[run.run_id] is None
+
+
 def test_diagnostic_cost_appendix_i():
     assert diagnostic_cost(5, 3, [6.0, 2.0]) == 5 + 30 - 4
     assert diagnostic_cost(0, 0, [-2.0]) == 1.0  # lagging detections cost

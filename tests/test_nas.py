@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 from types import SimpleNamespace
 
 import numpy as np
@@ -271,6 +270,3 @@ def test_nas_objective_with_a_real_study(toy_diagnostician):
     assert good.user_attrs["nas"]["epochs"] == SHORT.epochs
     assert empty.value == pytest.approx(0.1) and empty.user_attrs["nas"]["invalid"]
 
-
-def test_module_docstrings_run():
-    assert doctest.testmod(nas, optionflags=doctest.ELLIPSIS).failed == 0
