@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -91,7 +91,21 @@ def split_runs(store: RunStore, labels: dict[str, RunLabel], split: str):
     return runs, events
 
 
-def _config(cls, values: DictConfig, device: str, seed: int):
+_C = TypeVar("_C")
+
+
+def training_config(cls: type[_C], values: DictConfig, device: str, seed: int) -> _C:
+    """A ``PretrainConfig`` / ``FinetuneConfig`` from a YAML section, keeping only the fields the
+    dataclass has (``progress`` and friends pass through, pipeline-only keys are dropped).
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> from core_models.train import FinetuneConfig
+        >>> ft = training_config(FinetuneConfig, OmegaConf.create({"epochs": 2, "ship": True}),
+        ...                      "cpu", seed=3)
+        >>> ft.epochs, ft.seed
+        (2, 3)
+    """
     known = {f.name for f in fields(cls)}
     kw = {k: v for k, v in OmegaConf.to_container(values).items() if k in known}
     return cls(**kw, device=device, seed=seed)
@@ -208,7 +222,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
     t = time.time()
     pre_ds = ClipDataset(train_runs, None, window=window, stride=cfg.clips.pretrain_stride)
-    pre = pretrain(mae, pre_ds, _config(PretrainConfig, cfg.pretrain, cfg.device, cfg.seed), out / "mae")
+    pre_cfg = training_config(PretrainConfig, cfg.pretrain, cfg.device, cfg.seed)
+    pre = pretrain(mae, pre_ds, pre_cfg, out / "mae")
     stage_time("pretrain_s", t, skipped=pre.resumed_from >= pre.steps)
 
     ft_ds = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride)
@@ -230,8 +245,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         model = TEViD(cfg.profile, channels=channels)
         if from_mae:
             model.load_mae_encoder(mae)
-        result = finetune(model, ft_ds, _config(FinetuneConfig, cfg.finetune, cfg.device, cfg.seed),
-                          out / name)
+        ft_cfg = training_config(FinetuneConfig, cfg.finetune, cfg.device, cfg.seed)
+        result = finetune(model, ft_ds, ft_cfg, out / name)
         streams = stream_logits(model, val_runs, val_events, window, cfg.device)
         clip_logits = np.concatenate([s[0] for s in streams])
         clip_labels = np.concatenate([[KNOWN_LABELS.index(x) if x in KNOWN_LABELS else -1 for x in s[2]]

@@ -69,7 +69,7 @@ from core_models.tevid import TEViD
 from core_models.train import FinetuneConfig, finetune, seed_everything
 from data_factory.labels import KNOWN_LABELS
 from data_factory.store import RunStore
-from experiments.pipeline import CONF, _config, intervention_of, load_labels, split_runs
+from experiments.pipeline import CONF, intervention_of, load_labels, split_runs, training_config
 
 CACHE = Path.home() / ".cache" / "tevid-hpo"
 COMMAND = "python -m experiments.transfer_probe"
@@ -211,7 +211,7 @@ def run_probe(frames: str = "stored", augment: str = "none", epochs: int = 6,
         ds: Dataset = ClipDataset(*fit, window=model.profile.window, stride=round(stride))
         if augment == "layout":
             ds = _Augmented(ds, seed, model.profile.patch_size)
-        ft = _config(FinetuneConfig, cfg.finetune, "cpu", seed)
+        ft = training_config(FinetuneConfig, cfg.finetune, "cpu", seed)
         ft.epochs = epochs
         finetune(model, ds, ft, out / name)
     train = _outputs(model, *fit, stride=4)
