@@ -34,6 +34,7 @@ number as JSON in ``out/evaluation/summary.json``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -51,7 +52,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from core_models.baselines import make_baseline, run_id_of
+from core_models.baselines import BASELINES, make_baseline, run_id_of
 from core_models.baselines.base import RunScores
 from core_models.baselines.features import capture_grid
 from core_models.checkpoint import checkpoint_paths, resolve_device
@@ -703,7 +704,8 @@ def _build_methods(cfg: DictConfig, out: Path, device: torch.device,
                 raise FileNotFoundError("embedding_cpd embeds with the tevid_mae checkpoint, "
                                         "which is missing")
             kw.update(model=diags["tevid_mae"].model, device=device)
-        if name in ("curve_tcn", "stats_gbdt", "stats_gbdt_curves"):
+        cls = BASELINES.get(name)   # an unknown name fails in make_baseline, with the choices
+        if cls is not None and "seed" in inspect.signature(cls).parameters:
             kw.setdefault("seed", int(cfg.seed))
         baseline = make_baseline(name, **kw)
         fit_runs = guard.admit("fit", name, train)
