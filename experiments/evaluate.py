@@ -1192,6 +1192,18 @@ def _table18_19(ctx: _Context) -> None:
     # Cheapest first; the sort is stable, so ties keep the Table 3 order.
     rows.sort(key=lambda kr: kr[0])
     c = ctx.cost
+    alert_all = [m for m in ctx.methods.values() if (op := m.cost_point) is not None
+                 and op.n_missed == 0 and op.far == 1.0]
+    degenerate = ""
+    if alert_all:
+        val = operating_point_runs(alert_all[0].val)
+        share = sum(r.is_anomalous for r in val) / len(val)
+        degenerate = (
+            f" For {len(alert_all)} of {len(ctx.methods)} methods the validation optimum "
+            "alerts on every validation run (no miss, every healthy run a false alarm): with "
+            f"{share:.0%} of those runs anomalous, a miss costing {c.c_md / c.c_fa:g} false "
+            "alarms and every early alert earning lead, alerting on everything is cheapest, so "
+            "that column says more about the cost model on this mix than about the methods.")
     body = "\n".join([
         "## Tables 18–19 analogue — diagnostic counts and Appendix I cost per 100 test runs", "",
         _markdown([r for _, r in rows]), "",
@@ -1201,8 +1213,8 @@ def _table18_19(ctx: _Context) -> None:
         "one add no lead term). Two frozen operating points, both chosen on validation runs: the "
         f"{ctx.cfg.far:.0%}-FAR threshold of Table 3 (FAR per healthy run, so N_FA per 100 runs "
         "depends on the healthy share of the test split) and the threshold that minimises the "
-        "cost on validation (`CostModel.best_threshold`). Sorted by cost at the FAR threshold. "
-        + _CI_NOTE])
+        "cost on validation (`CostModel.best_threshold`). Sorted by cost at the FAR threshold."
+        + degenerate + " " + _CI_NOTE])
     ctx.write("eval-table18-19", body)
 
 
