@@ -409,6 +409,55 @@ class GRULM(nn.Module):
         return self.head(x)
 
 
+class CausalConvBlock(nn.Module):
+    """Residual block of a temporal conv net on ``B×L×D`` sequences: a causal dilated ``Conv1d``
+    (left padding only, so position ``t`` sees ``≤ t``), GELU, a position-wise linear map.
+
+    Example:
+        >>> import torch
+        >>> block = CausalConvBlock(8, kernel=3, dilation=2)
+        >>> x = torch.randn(2, 10, 8)
+        >>> y = block(x)
+        >>> x2 = x.clone(); x2[:, 6:] = 0            # the future does not reach position 5
+        >>> bool(torch.allclose(block(x2)[:, :6], y[:, :6]))
+        True
+    """
+
+    def __init__(self, dim: int, kernel: int = 3, dilation: int = 1) -> None:
+        super().__init__()
+        self.pad = (kernel - 1) * dilation
+        self.conv = nn.Conv1d(dim, dim, kernel, dilation=dilation)
+        self.act = nn.GELU()
+        self.mix = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(nn.functional.pad(x.transpose(1, 2), (self.pad, 0))).transpose(1, 2)
+        return x + self.mix(self.act(h))
+
+
+class TCNLM(nn.Module):
+    """Temporal-convolution LM (WaveNet-style, ungated): token embedding, three
+    :class:`CausalConvBlock` s with dilations 1, 2, 4 (receptive field 15 tokens), linear head.
+    Neither attention nor recurrence: a third family of sequence model.
+
+    Example:
+        >>> import torch
+        >>> TCNLM(vocab_size=50)(torch.randint(0, 50, (2, 16))).shape
+        torch.Size([2, 16, 50])
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 48, kernel: int = 3,
+                 dilations: Sequence[int] = (1, 2, 4)) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.blocks = nn.Sequential(*(CausalConvBlock(dim, kernel, d) for d in dilations))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.blocks(self.embed(tokens))))
+
+
 def _transformer_lm(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     return TransformerLM(num_classes, max_len=_seq_len(input_shape, "transformer_lm"))
 
@@ -416,6 +465,11 @@ def _transformer_lm(input_shape: Sequence[int], num_classes: int) -> nn.Module:
 def _gru_lm(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     _seq_len(input_shape, "gru_lm")  # any length works; still reject non-token shapes early
     return GRULM(num_classes)
+
+
+def _tcn_lm(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    _seq_len(input_shape, "tcn_lm")
+    return TCNLM(num_classes)
 
 
 # -- registry -----------------------------------------------------------------------------------
@@ -447,6 +501,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {spec.name: spec for spec in (
              "decoder-only Transformer LM, dim 32, 3 causal layers"),
     ArchSpec("gru_lm", "rnn_lm", "text", _gru_lm,
              "2-layer GRU char LM, hidden 48"),
+    ArchSpec("tcn_lm", "conv_lm", "text", _tcn_lm,
+             "causal dilated-conv LM, dim 48, dilations (1, 2, 4)"),
 )}
 
 

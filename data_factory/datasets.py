@@ -53,6 +53,7 @@ __all__ = [
     "digits",
     "encode_text",
     "load_dataset",
+    "markov",
     "patterns",
     "shapes",
     "tabular",
@@ -569,6 +570,52 @@ def text(seed: int = 0, n_train: int = 1200, n_val: int = 400, n_test: int = 400
     return TensorData("text", *tensors, TEXT_VOCAB_SIZE)
 
 
+def markov(seed: int = 0, n_train: int = 1200, n_val: int = 400, n_test: int = 400,
+           seq_len: int = 32, vocab: int = 32, branching: int = 4) -> TensorData:
+    """Next-token prediction on sequences of a sparse random order-2 Markov chain (procedural).
+
+    Each pair of previous tokens allows ``branching`` successors with Dirichlet(1) weights, so
+    the best achievable next-token accuracy is well below 1 and there are ``vocab² · branching``
+    transitions to learn — enough that a small training subset is memorised rather than learnt
+    (the overfitting intervention needs that). Same layout as :func:`text`: ``x`` is
+    ``N×seq_len`` ids, ``y`` the windows shifted by one.
+
+    Args:
+        seed: draws the chain and the sequences (train / val / test: three draws of one chain).
+        n_train, n_val, n_test: sequences per split.
+        seq_len: window length ``L``.
+        vocab: number of token ids (``num_classes``).
+        branching: successors allowed after each pair of tokens.
+
+    Example:
+        >>> data = markov(seed=0, n_train=50, n_val=10, n_test=10)
+        >>> tuple(data.x_train.shape), data.num_classes
+        ((50, 32), 32)
+        >>> bool((data.x_train[:, 1:] == data.y_train[:, :-1]).all())
+        True
+    """
+    if vocab < 2 or not 1 <= branching <= vocab:
+        raise ValueError(f"need vocab >= 2 and 1 <= branching <= vocab, got {vocab}, {branching}")
+    rng = np.random.default_rng(seed)
+    successors = np.argsort(rng.random((vocab, vocab, vocab)), axis=-1)[..., :branching]
+    cumulative = rng.dirichlet(np.ones(branching), size=(vocab, vocab)).cumsum(-1)
+
+    def sample(n: int) -> torch.Tensor:
+        seq = np.empty((n, seq_len + 1), dtype=np.int64)
+        seq[:, :2] = rng.integers(0, vocab, (n, 2))
+        for t in range(2, seq_len + 1):
+            a, b = seq[:, t - 2], seq[:, t - 1]
+            pick = (rng.random(n)[:, None] > cumulative[a, b]).sum(-1).clip(max=branching - 1)
+            seq[:, t] = successors[a, b, pick]
+        return torch.from_numpy(seq)
+
+    tensors: list[torch.Tensor] = []
+    for n in (n_train, n_val, n_test):
+        windows = sample(n)
+        tensors += [windows[:, :-1].contiguous(), windows[:, 1:].contiguous()]
+    return TensorData("markov", *tensors, vocab)
+
+
 # -- torchvision data sets on disk ---------------------------------------------------------------
 
 _TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN", "mnist": "MNIST",
@@ -728,6 +775,8 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
                 "10 procedural textures (gratings, checkers, rings, …)"),
     DatasetSpec("tabular", "tabular", tabular, "make_classification, 32 features, 10 classes"),
     DatasetSpec("text", "text", text, "next-character prediction on stdlib sources, L=32"),
+    DatasetSpec("markov", "text", markov,
+                "next-token prediction on a sparse random order-2 Markov chain, L=32"),
 )}
 
 

@@ -61,6 +61,14 @@ def _sgd(params: Params, lr: float, weight_decay: float) -> torch.optim.Optimize
     return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 
+def _rmsprop(params: Params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(params, lr=lr, alpha=0.99, weight_decay=weight_decay)
+
+
+def _nadam(params: Params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.NAdam(params, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=True)
+
+
 def _lion(params: Params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     from timm.optim import Lion
 
@@ -81,6 +89,8 @@ def _adafactor(params: Params, lr: float, weight_decay: float) -> torch.optim.Op
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     OptimizerSpec("adamw", 3e-3, _adamw, "torch.optim.AdamW, betas (0.9, 0.999)"),
     OptimizerSpec("sgd", 5e-2, _sgd, "torch.optim.SGD, Nesterov momentum 0.9"),
+    OptimizerSpec("rmsprop", 1e-3, _rmsprop, "torch.optim.RMSprop, alpha 0.99, no momentum"),
+    OptimizerSpec("nadam", 3e-3, _nadam, "torch.optim.NAdam, decoupled weight decay"),
     OptimizerSpec("lion", 2e-3, _lion, "timm.optim.Lion, betas (0.9, 0.99)"),
     OptimizerSpec("adafactor", 5e-3, _adafactor,
                   "timm.optim.Adafactor, factored 2nd moment, no 1st moment"),

@@ -2,15 +2,21 @@
 optimizer with the train and validation cells, and the novel intervention families appear only
 in test.
 
+A corpus is built from one or more named cell sets (:data:`CELL_SETS`): ``default`` is Table 2
+at this machine's scale; ``diversity`` adds train/val cells with a third family of sequence model
+on a second kind of sequence data and two more optimizers, for the "more diverse training cells"
+experiment (docs/results.md).
+
 Example:
     >>> check_factorial(DEFAULT_SPLIT)
     >>> sorted({c.optimizer for c in DEFAULT_SPLIT.test})
     ['adafactor', 'lion']
+    >>> check_factorial(merge_splits([DEFAULT_SPLIT, DIVERSITY_SPLIT]))
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from data_factory.interventions import INTERVENTIONS, NOVEL_KINDS
@@ -85,6 +91,25 @@ def check_factorial(spec: SplitSpec) -> None:
             raise KeyError(f"unknown interventions {sorted(unknown)} in the {split} mix")
 
 
+def merge_splits(specs: Sequence[SplitSpec]) -> SplitSpec:
+    """One spec with every cell of ``specs`` (for :func:`check_factorial` on a whole corpus); a
+    split's mix is the union of the kinds, each at its largest count.
+
+    Example:
+        >>> merged = merge_splits([DEFAULT_SPLIT, DIVERSITY_SPLIT])
+        >>> len(merged.train) == len(DEFAULT_SPLIT.train) + len(DIVERSITY_SPLIT.train)
+        True
+    """
+    if not specs:
+        raise ValueError("merge_splits: no split specs")
+    mix: dict[str, dict[str, int]] = {}
+    for spec in specs:
+        for split, kinds in spec.mix.items():
+            for kind, count in kinds.items():
+                mix.setdefault(split, {})[kind] = max(count, mix.get(split, {}).get(kind, 0))
+    return SplitSpec(*(tuple(c for spec in specs for c in spec.cells(s)) for s in SPLITS), mix=mix)
+
+
 _KNOWN_MIX = {"healthy": 4, "overfitting": 5, "instability": 5, "forgetting": 2, "concept_bias": 2}
 
 #: Table 2 at this machine's scale. Train/val: plain CNN, ResNet, ConvNeXt, ViT, DeiT and MLP on
@@ -114,3 +139,34 @@ DEFAULT_SPLIT = SplitSpec(
         "test": {**_KNOWN_MIX, **{kind: 1 for kind in NOVEL_KINDS}},
     },
 )
+
+#: Extra train/val cells (no test cells): a temporal-conv LM on procedural Markov-chain sequences
+#: (train had no sequence model and no sequence data, while two test cells are language models),
+#: and RMSprop / NAdam next to AdamW and SGD. Factors stay disjoint from the test split's.
+DIVERSITY_SPLIT = SplitSpec(
+    train=(
+        Cell("tcn_lm", "markov", "adamw"), Cell("tcn_lm", "markov", "rmsprop"),
+        Cell("vit", "digits", "nadam"), Cell("cnn", "digits", "rmsprop"),
+    ),
+    val=(Cell("tcn_lm", "markov", "nadam"),),
+    test=(),
+    mix={"train": _KNOWN_MIX, "val": _KNOWN_MIX},
+)
+
+#: Named cell sets a corpus is built from (``cells`` in conf/factory.yaml, in this order).
+CELL_SETS: dict[str, SplitSpec] = {"default": DEFAULT_SPLIT, "diversity": DIVERSITY_SPLIT}
+
+
+def cell_sets(names: Sequence[str]) -> list[SplitSpec]:
+    """The :data:`CELL_SETS` named, in order; raises ``KeyError`` listing the valid names.
+
+    Example:
+        >>> [len(s.train) for s in cell_sets(["default", "diversity"])]
+        [8, 4]
+    """
+    if isinstance(names, str):
+        names = [names]
+    unknown = [n for n in names if n not in CELL_SETS]
+    if unknown or not names:
+        raise KeyError(f"unknown cell sets {unknown}; choose from {sorted(CELL_SETS)}")
+    return [CELL_SETS[n] for n in names]

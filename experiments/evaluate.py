@@ -764,7 +764,7 @@ def run_evaluation(cfg: DictConfig, command: str = COMMAND) -> dict[str, Any]:
 
     ctx = _Context(cfg, command, results, figures, int(cfg.seed), n_resamples, chash, methods,
                    guard, missing, cost)
-    ctx.summary = {"corpus_hash": chash, "split_hash": split_hash(), "seed": ctx.seed,
+    ctx.summary = {"corpus_hash": chash, "split_hash": split_hash(cfg.get("cells", ["default"])), "seed": ctx.seed,
                    "n_resamples": n_resamples, "far": float(cfg.far),
                    "runs": {"train": len(train), "val": len(val), "test": len(test)},
                    "leakage": {"checked_uses": len(guard.uses), "runs_seen": len(guard.seen_ids()),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from data_factory.architectures import ARCHITECTURES
 from data_factory.datasets import DATASETS
 from data_factory.interventions import INTERVENTIONS
 from data_factory.runner import RunSpec, execute_run
-from data_factory.split import DEFAULT_SPLIT, SplitSpec, check_factorial
+from data_factory.split import DEFAULT_SPLIT, SplitSpec, cell_sets, check_factorial, merge_splits
 from data_factory.store import RunStore, load_run
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -39,34 +39,48 @@ def compatible(arch: str, dataset: str, intervention: str) -> bool:
     return fits and d in INTERVENTIONS[intervention].modalities
 
 
-def plan_corpus(split: SplitSpec = DEFAULT_SPLIT, repeats: Mapping[str, int] | None = None,
+def plan_corpus(split: SplitSpec | Sequence[SplitSpec] = DEFAULT_SPLIT,
+                repeats: Mapping[str, int] | None = None,
                 splits: Iterable[str] = ("train", "val", "test"), seed: int = 0,
                 **run_kwargs: Any) -> list[RunSpec]:
     """Every run of the corpus, in a deterministic order (cells interleaved, so a ``limit`` or an
     interrupted build still covers every cell).
 
+    ``split`` may be several cell sets (:func:`data_factory.split.cell_sets`): each is planned as
+    its own block after the ones before it, with run seeds of its own, so adding a set to a corpus
+    adds runs without changing a single run that is already there.
+
     Example:
         >>> specs = plan_corpus(repeats={"train": 1, "val": 1, "test": 1})
         >>> len({s.run_id for s in specs}) == len(specs), specs[0].split
         (True, 'train')
+        >>> from data_factory.split import cell_sets
+        >>> wide = plan_corpus(cell_sets(["default", "diversity"]), repeats={"train": 1})
+        >>> [(s.run_id, s.seed) for s in wide[:3]] == [(s.run_id, s.seed) for s in
+        ...     plan_corpus(repeats={"train": 1}, splits=["train", "val", "test"])[:3]]
+        True
     """
-    check_factorial(split)
+    blocks = [split] if isinstance(split, SplitSpec) else list(split)
+    check_factorial(merge_splits(blocks))
     repeats = dict(repeats or {"train": 3, "val": 3, "test": 2})
     specs: list[RunSpec] = []
     for name in splits:
-        per_split = []
-        for rep in range(repeats.get(name, 0)):
-            for kind, count in split.mix.get(name, {}).items():
-                for k in range(count):
-                    for cell in split.cells(name):
-                        if not compatible(cell.arch, cell.dataset, kind):
-                            continue
-                        run_id = f"{name}-{cell.arch}-{cell.dataset}-{cell.optimizer}-{kind}-r{rep}k{k}"
-                        per_split.append(RunSpec(
-                            run_id=run_id, split=name, arch=cell.arch, dataset=cell.dataset,
-                            optimizer=cell.optimizer, intervention=kind,
-                            seed=seed * 100_000 + len(per_split), **run_kwargs))
-        specs.extend(per_split)
+        for block, spec in enumerate(blocks):
+            per_block = []
+            for rep in range(repeats.get(name, 0)):
+                for kind, count in spec.mix.get(name, {}).items():
+                    for k in range(count):
+                        for cell in spec.cells(name):
+                            if not compatible(cell.arch, cell.dataset, kind):
+                                continue
+                            run_id = (f"{name}-{cell.arch}-{cell.dataset}-{cell.optimizer}-{kind}"
+                                      f"-r{rep}k{k}")
+                            per_block.append(RunSpec(
+                                run_id=run_id, split=name, arch=cell.arch, dataset=cell.dataset,
+                                optimizer=cell.optimizer, intervention=kind,
+                                seed=seed * 100_000 + block * 10_000 + len(per_block),
+                                **run_kwargs))
+            specs.extend(per_block)
     return specs
 
 
@@ -107,8 +121,8 @@ def build_corpus(cfg: DictConfig | Mapping[str, Any]) -> pd.DataFrame:
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     root = Path(cfg.root).expanduser()
     store = RunStore(root)
-    specs = plan_corpus(repeats=dict(cfg.repeats), splits=list(cfg.splits), seed=cfg.seed,
-                        **OmegaConf.to_container(cfg.run))
+    specs = plan_corpus(cell_sets(list(cfg.get("cells", ["default"]))), repeats=dict(cfg.repeats),
+                        splits=list(cfg.splits), seed=cfg.seed, **OmegaConf.to_container(cfg.run))
     if cfg.get("limit"):
         specs = specs[: int(cfg.limit)]
     existing = set(store.list())

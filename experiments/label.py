@@ -1,6 +1,7 @@
 """Label a corpus with the Appendix A rules and measure how well labels match the interventions.
 
     python -m experiments.label [--root ~/.cache/tevid-hpo/corpus] [--workers 2] [--no-write]
+                                [--cells default diversity]
 
 Steps: floors per data set (Table 10 analogue) and the Lyapunov margin are chosen from the
 *healthy-intervention reference runs* (floors from every split's reference runs of that data set,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -24,8 +26,15 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data_factory.labelers import VARIANTS, LabelConfig, choose_floors, choose_lyap_margin, label_run
+from data_factory.labelers import (
+    VARIANTS,
+    LabelConfig,
+    choose_floors,
+    choose_lyap_margin,
+    label_run,
+)
 from data_factory.labels import CONCEPT_BIAS, FORGETTING, HEALTHY, INSTABILITY, OVERFITTING, UNKNOWN
+from data_factory.split import SPLITS, Cell, SplitSpec, cell_sets
 from data_factory.store import RunStore
 
 DEFAULT_ROOT = Path(os.environ.get("TEVID_CACHE", Path.home() / ".cache" / "tevid-hpo")) / "corpus"
@@ -49,13 +58,30 @@ CORPUS_RULES: dict[str, object] = {
 }
 
 
-def reference_config(store: RunStore, run_ids: list[str], base: LabelConfig | None = None) -> LabelConfig:
-    """The default rules with floors and Lyapunov margin chosen from healthy reference runs."""
+def _in_cells(run: Any, spec: SplitSpec) -> bool:
+    meta = run.meta
+    split = meta.get("split")
+    return split in SPLITS and Cell(meta.get("arch"), meta.get("dataset"),
+                                    meta.get("optimizer")) in spec.cells(split)
+
+
+def reference_config(store: RunStore, run_ids: list[str], base: LabelConfig | None = None,
+                     anchor: SplitSpec | None = None) -> LabelConfig:
+    """The default rules with floors and Lyapunov margin chosen from healthy reference runs.
+
+    With ``anchor`` (the corpus's first cell set), only the anchor's runs choose the margin and
+    the floors of its architecture/data-set pairs; runs of cell sets added later set floors only
+    for pairs the anchor lacks. Extending a corpus then never relabels a run already in it.
+    """
     base = base or LabelConfig()
     runs = (store.load(r) for r in run_ids)
-    healthy = [r for r in runs if r.meta["intervention"]["kind"] == "healthy"]
+    everything = [r for r in runs if r.meta["intervention"]["kind"] == "healthy"]
+    healthy = everything if anchor is None else [r for r in everything if _in_cells(r, anchor)]
     # 80 % of the median healthy run: Table 10's floors sit well below typical healthy results.
     floors = choose_floors(healthy, quantile=0.5, fraction=0.8, by="arch_dataset")
+    added = [r for r in everything if f"{r.meta.get('arch')}/{r.meta.get('dataset')}" not in floors]
+    if added:
+        floors = {**floors, **choose_floors(added, quantile=0.5, fraction=0.8, by="arch_dataset")}
     train_healthy = [r for r in healthy if r.meta.get("split") == "train"]
     margin = choose_lyap_margin(train_healthy, base) if train_healthy else base.lyap_margin
     return replace(base, floors=floors, lyap_margin=max(base.lyap_margin, margin), **CORPUS_RULES)
@@ -78,14 +104,19 @@ def _label_one(run_id: str, root: str, configs: dict[str, LabelConfig]) -> dict[
     return out
 
 
-def label_corpus(root: str | Path = DEFAULT_ROOT, workers: int = 1, variants: bool = True
-                 ) -> tuple[pd.DataFrame, LabelConfig]:
-    """Label every run under ``root``; returns the label table and the default configuration."""
+def label_corpus(root: str | Path = DEFAULT_ROOT, workers: int = 1, variants: bool = True,
+                 cells: Sequence[str] = ("default",)) -> tuple[pd.DataFrame, LabelConfig]:
+    """Label every run under ``root``; returns the label table and the default configuration.
+
+    ``cells`` names the corpus's cell sets (conf/factory.yaml); the first one anchors the
+    reference runs (:func:`reference_config`).
+    """
     store = RunStore(root)
     run_ids = store.list()
     if not run_ids:
         raise FileNotFoundError(f"no runs under {root}; generate them with `python -m experiments.factory`")
-    default = reference_config(store, run_ids)
+    anchor = cell_sets(list(cells))[0] if len(cells) > 1 else None
+    default = reference_config(store, run_ids, anchor=anchor)
     configs = {"default": default}
     if variants:
         for name, cfg in VARIANTS.items():
@@ -137,8 +168,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--no-variants", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="leave docs/results.md alone")
+    parser.add_argument("--cells", nargs="+", default=["default"],
+                        help="the corpus's cell sets (data_factory.split.CELL_SETS); the first "
+                             "one chooses the floors and the Lyapunov margin")
     args = parser.parse_args(argv)
-    table, cfg = label_corpus(args.root, workers=args.workers, variants=not args.no_variants)
+    table, cfg = label_corpus(args.root, workers=args.workers, variants=not args.no_variants,
+                              cells=args.cells)
     matrix, per_family = agreement(table)
     sens = sensitivity(table)
     print(matrix.to_string(), "\n")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +43,7 @@ from core_models.train import (
 )
 from data_factory.labelers import RunLabel, frame_event_labels
 from data_factory.labels import HEALTHY, KNOWN_LABELS, sets_operating_points
-from data_factory.split import DEFAULT_SPLIT
+from data_factory.split import cell_sets
 from data_factory.store import RunStore
 from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
 
@@ -55,9 +56,17 @@ def corpus_hash(root: Path) -> str:
     return hashlib.sha256(index.to_csv(index=False).encode()).hexdigest()[:16]
 
 
-def split_hash() -> str:
-    """Hash of the split specification the corpus was built from."""
-    return hashlib.sha256(repr(DEFAULT_SPLIT).encode()).hexdigest()[:16]
+def split_hash(cells: Sequence[str] = ("default",)) -> str:
+    """Hash of the split specification the corpus was built from: its cell sets
+    (:data:`data_factory.split.CELL_SETS`, ``cells`` in the configs).
+
+    Example:
+        >>> split_hash() == split_hash(["default"]) != split_hash(["default", "diversity"])
+        True
+    """
+    specs = cell_sets(list(cells))
+    text = repr(specs[0]) if len(specs) == 1 else repr(tuple(specs))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_labels(root: Path) -> dict[str, RunLabel]:
@@ -199,13 +208,14 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
         factory_cfg = OmegaConf.load(CONF / "factory.yaml")
         factory_cfg.root = str(root)
+        factory_cfg.cells = list(cfg.get("cells", ["default"]))
         build_corpus(factory_cfg)
         timings["corpus_s"] = time.time() - t0
     if not (root / "labels.csv").exists():
         from experiments.label import label_corpus
 
         t = time.time()
-        label_corpus(root, workers=cfg.label_workers)
+        label_corpus(root, workers=cfg.label_workers, cells=list(cfg.get("cells", ["default"])))
         timings["label_s"] = time.time() - t
     else:
         stage_time("label_s", t0, skipped=True)
@@ -236,7 +246,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         variants["tevid_scratch"] = (False, "both")
     if cfg.get("ablations", False):
         variants |= {"tevid_act": (True, "act"), "tevid_grad": (True, "grad")}
-    summary: dict[str, Any] = {"corpus_hash": corpus_hash(root), "split_hash": split_hash(),
+    summary: dict[str, Any] = {"corpus_hash": corpus_hash(root), "split_hash": split_hash(cfg.get("cells", ["default"])),
                                "train_runs": len(train_runs), "val_runs": len(val_runs),
                                "pretrain_final_loss": pre.history[-1]["loss"] if pre.history else None}
     for name, (from_mae, channels) in variants.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,14 @@ from data_factory.interventions import (
     make_intervention,
 )
 from data_factory.runner import RunSpec, execute_run
-from data_factory.split import DEFAULT_SPLIT, Cell, SplitLeakError, SplitSpec, check_factorial
+from data_factory.split import (
+    DEFAULT_SPLIT,
+    Cell,
+    SplitLeakError,
+    SplitSpec,
+    cell_sets,
+    check_factorial,
+)
 from data_factory.store import RunStore
 from experiments.factory import build_corpus, compatible, corpus_index, plan_corpus
 
@@ -182,6 +191,30 @@ def test_tiny_corpus_split_is_disjoint_by_code(tiny_corpus):
     for axis in ("arch", "dataset", "optimizer"):
         assert set(train[axis]).isdisjoint(test[axis]), axis
     assert not train["novel"].any() and test["novel"].any()
+
+
+def test_adding_a_cell_set_adds_runs_and_relabels_none(tiny_corpus, tmp_path):
+    """Extending a corpus by the diversity cells keeps every planned seed and every label."""
+    from experiments.label import label_corpus
+
+    src, _, _, _ = tiny_corpus
+    root = tmp_path / "corpus"
+    shutil.copytree(src, root)
+    before, _ = label_corpus(root, workers=1, variants=False)
+    wide = plan_corpus(cell_sets(["default", "diversity"]), repeats={"train": 1, "test": 1},
+                       splits=["train", "test"], **TINY)
+    seeds = {s.run_id: s.seed for s in wide}
+    old = plan_corpus(repeats={"train": 1, "test": 1}, splits=["train", "test"], **TINY)
+    assert all(seeds[s.run_id] == s.seed for s in old) and len(wide) > len(old)
+    added = [s for s in wide if s.arch == "tcn_lm" and s.intervention in ("healthy", "overfitting")]
+    store = RunStore(root)
+    for spec in added[:2]:
+        assert execute_run(spec, store)["status"] == "ok"
+    after, cfg = label_corpus(root, workers=1, variants=False, cells=["default", "diversity"])
+    merged = before.merge(after, on="run_id", suffixes=("_before", "_after"))
+    assert len(merged) == len(before) and len(after) == len(before) + 2
+    assert (merged.label_before == merged.label_after).all()
+    assert "tcn_lm/markov" in cfg.floors
 
 
 def test_build_resumes_and_records_failures(tiny_corpus, tmp_path):

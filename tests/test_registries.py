@@ -171,7 +171,32 @@ def test_dataset_contract(name, loaded):
         assert not (torch.cdist(rows[0], rows[2]) < 1e-6).any()
         assert not (torch.cdist(rows[0], rows[1]) < 1e-6).any()
     else:
-        assert data.num_classes == TEXT_VOCAB_SIZE <= 100
+        assert data.num_classes <= 100
+        assert data.num_classes == TEXT_VOCAB_SIZE or name != "text"
+
+
+def test_markov_sequences_follow_one_sparse_order2_chain(loaded):
+    """Every pair of tokens allows at most ``branching`` successors, the same ones in every split
+    (one task, three samples), and the pairs carry real information about the next token."""
+    data = loaded["markov"]
+    successors: dict[tuple[int, int], set[int]] = {}
+    for x, y in _parts(data):
+        seq = torch.cat([x, y[:, -1:]], dim=1).tolist()
+        for row in seq:
+            for a, b, c in zip(row, row[1:], row[2:]):
+                successors.setdefault((a, b), set()).add(c)
+    assert max(len(v) for v in successors.values()) <= 4
+    assert len(successors) > 0.5 * data.num_classes ** 2   # most pairs occur
+    # The pair predicts the next token far better than chance.
+    counts: dict[tuple[int, int], dict[int, int]] = {}
+    for row in torch.cat([data.x_train, data.y_train[:, -1:]], dim=1).tolist():
+        for a, b, c in zip(row, row[1:], row[2:]):
+            counts.setdefault((a, b), {}).setdefault(c, 0)
+            counts[(a, b)][c] += 1
+    val = torch.cat([data.x_val, data.y_val[:, -1:]], dim=1).tolist()
+    hits = [c == max(counts.get((a, b), {-1: 1}).items(), key=lambda kv: kv[1])[0]
+            for row in val for a, b, c in zip(row, row[1:], row[2:])]
+    assert sum(hits) / len(hits) > 5 / data.num_classes
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
