@@ -642,8 +642,13 @@ def test_healthy_nonconvex_training_sits_just_above_zero_and_margin_fixes_it() -
         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
         lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2),
         lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, amsgrad=True),
+        lambda p: torch.optim.RMSprop(p, lr=1e-2, weight_decay=1e-2),
+        lambda p: torch.optim.RMSprop(p, lr=1e-2, momentum=0.9, centered=True),
+        lambda p: torch.optim.NAdam(p, lr=1e-2, weight_decay=1e-2),
+        lambda p: torch.optim.NAdam(p, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
     ],
-    ids=["sgd", "sgd-momentum-wd", "nesterov", "adam-l2", "adamw-amsgrad"],
+    ids=["sgd", "sgd-momentum-wd", "nesterov", "adam-l2", "adamw-amsgrad", "rmsprop-l2",
+         "rmsprop-centered-momentum", "nadam-l2", "nadam-decoupled"],
 )
 def test_functional_optimizer_reproduces_torch_steps(make_opt) -> None:
     """The differentiated update rule is the optimizer's own rule, state included."""

@@ -66,13 +66,36 @@ _SGD_DEFAULTS = {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 
                  "nesterov": False, "maximize": False}
 _ADAM_DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
                   "amsgrad": False, "maximize": False}
+_RMSPROP_DEFAULTS = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
+                     "centered": False, "maximize": False}
+_NADAM_DEFAULTS = {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+                   "momentum_decay": 4e-3, "decoupled_weight_decay": False, "maximize": False}
+#: optimizer state tensors each rule carries (and differentiates through)
+_STATE_KEYS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "adamw": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"), "nadam": ("exp_avg", "exp_avg_sq")}
+_DEFAULTS = {"sgd": _SGD_DEFAULTS, "gd": _SGD_DEFAULTS, "adam": _ADAM_DEFAULTS,
+             "adamw": _ADAM_DEFAULTS, "rmsprop": _RMSPROP_DEFAULTS, "nadam": _NADAM_DEFAULTS}
+
+
+def _sqrt(x: Tensor) -> Tensor:
+    # clamp: sqrt has an infinite slope at 0 (dead units); the primal is unchanged at float
+    # precision because eps dominates there.
+    return torch.sqrt(x.clamp_min(1e-30))
+
+
+def _nadam_mu(beta1: float, momentum_decay: float, t: int) -> float:
+    """NAdam's momentum schedule ``mu_t`` (Dozat 2016, as in ``torch.optim.NAdam``)."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
 
 
 @dataclass
 class FunctionalOptimizer:
     """A pure optimizer step: ``(params, grads, state) -> (params', state')``.
 
-    Follows PyTorch's SGD / Adam / AdamW update equations so that ``torch.func.jvp`` can
+    Follows PyTorch's SGD / Adam / AdamW / RMSprop / NAdam update equations so that
+    ``torch.func.jvp`` can
     differentiate the *full* update rule, optimizer state included. ``hparams`` maps parameter
     names to their param-group settings (``default`` covers unnamed ones); ``steps`` holds the
     number of completed steps per parameter (Adam's bias correction).
@@ -122,7 +145,8 @@ class FunctionalOptimizer:
     ) -> tuple[FunctionalOptimizer, State]:
         """Snapshot a live optimizer: its update rule and a detached copy-free view of its state.
 
-        SGD, Adam and AdamW are reproduced exactly; any other optimizer falls back to plain
+        SGD, Adam, AdamW, RMSprop and NAdam are reproduced exactly; any other optimizer (Lion,
+        Adafactor) falls back to plain
         gradient descent with its group learning rate (``kind="gd"``), which ignores its
         preconditioning — flagged so callers can tell.
 
@@ -139,6 +163,10 @@ class FunctionalOptimizer:
             kind = "adamw" if optimizer.defaults.get("decoupled_weight_decay") else "adam"
         elif isinstance(optimizer, torch.optim.SGD):
             kind = "sgd"
+        elif isinstance(optimizer, torch.optim.RMSprop):
+            kind = "rmsprop"
+        elif isinstance(optimizer, torch.optim.NAdam):
+            kind = "nadam"
         else:
             kind = "gd"
         names = {id(p): n for n, p in model.named_parameters()}
@@ -154,14 +182,11 @@ class FunctionalOptimizer:
                 st = optimizer.state.get(p, {})
                 if "step" in st:
                     steps[name] = int(float(st["step"]))
-                keys = {"sgd": ("momentum_buffer",),
-                        "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-                        "adamw": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}.get(kind, ())
-                tensors = {k: st[k].detach() for k in keys if isinstance(st.get(k), Tensor)}
+                tensors = {k: st[k].detach() for k in _STATE_KEYS.get(kind, ())
+                           if isinstance(st.get(k), Tensor)}
                 if tensors:
                     state[name] = tensors
-        defaults = _ADAM_DEFAULTS if kind.startswith("adam") else _SGD_DEFAULTS
-        return cls(kind, {**defaults, **optimizer.defaults}, hp, steps), state
+        return cls(kind, {**_DEFAULTS[kind], **optimizer.defaults}, hp, steps), state
 
     def advanced(self) -> FunctionalOptimizer:
         """The same rule one step later (Adam's bias correction moves on).
@@ -201,11 +226,47 @@ class FunctionalOptimizer:
                 if h.get("amsgrad"):
                     v = torch.maximum(st["max_exp_avg_sq"], v) if "max_exp_avg_sq" in st else v
                     s_new["max_exp_avg_sq"] = v
-                # clamp: sqrt has an infinite slope at 0 (dead units); the primal is unchanged
-                # at float precision because eps dominates there.
-                denom = torch.sqrt(v.clamp_min(1e-30)) / math.sqrt(1 - b2**t) + h["eps"]
+                denom = _sqrt(v) / math.sqrt(1 - b2**t) + h["eps"]
                 new_p[name] = p - (lr / (1 - b1**t)) * m / denom
                 new_s[name] = s_new
+            elif self.kind == "rmsprop":
+                alpha, mom = float(h["alpha"]), float(h.get("momentum") or 0.0)
+                if wd:
+                    g = g + wd * p
+                sq = alpha * st["square_avg"] + (1 - alpha) * g * g if "square_avg" in st \
+                    else (1 - alpha) * g * g
+                s_new = {"square_avg": sq}
+                if h.get("centered"):
+                    ga = st.get("grad_avg")
+                    ga = (1 - alpha) * g if ga is None else alpha * ga + (1 - alpha) * g
+                    s_new["grad_avg"] = ga
+                    avg = _sqrt(sq - ga * ga) + h["eps"]
+                else:
+                    avg = _sqrt(sq) + h["eps"]
+                if mom:
+                    buf = st.get("momentum_buffer")
+                    buf = g / avg if buf is None else mom * buf + g / avg
+                    s_new["momentum_buffer"] = buf
+                    new_p[name] = p - lr * buf
+                else:
+                    new_p[name] = p - lr * g / avg
+                new_s[name] = s_new
+            elif self.kind == "nadam":
+                b1, b2 = h["betas"]
+                md, t = float(h["momentum_decay"]), self.step_of(name) + 1
+                if wd and h.get("decoupled_weight_decay"):
+                    p = p * (1 - lr * wd)
+                elif wd:
+                    g = g + wd * p
+                mu, mu_next = _nadam_mu(b1, md, t), _nadam_mu(b1, md, t + 1)
+                mu_product = math.prod(_nadam_mu(b1, md, k) for k in range(1, t + 1))
+                m = b1 * st["exp_avg"] + (1 - b1) * g if "exp_avg" in st else (1 - b1) * g
+                gg = (1 - b2) * g * g
+                v = b2 * st["exp_avg_sq"] + gg if "exp_avg_sq" in st else gg
+                denom = _sqrt(v) / math.sqrt(1 - b2**t) + h["eps"]
+                new_p[name] = (p - lr * (1 - mu) / (1 - mu_product) * g / denom
+                               - lr * mu_next / (1 - mu_product * mu_next) * m / denom)
+                new_s[name] = {"exp_avg": m, "exp_avg_sq": v}
             else:  # "sgd" and the "gd" fallback
                 d = g + wd * p if wd else g
                 mom = float(h.get("momentum") or 0.0) if self.kind == "sgd" else 0.0
