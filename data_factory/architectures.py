@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ARCHITECTURES", "GRULM", "ArchSpec", "TransformerLM", "alexnet_cnn", "build_model",
-    "small_cnn",
+    "ARCHITECTURES", "GRULM", "TCNLM", "ArchSpec", "CausalConvBlock", "TransformerLM",
+    "alexnet_cnn", "build_model", "small_cnn",
 ]
 
 

@@ -105,9 +105,10 @@ class Intervention:
 
     @classmethod
     def first_step(cls, description: Mapping[str, Any]) -> int | None:
-        """First optimisation step at which the intervention :meth:`describe` recorded changes
-        training: ``0`` when it acts from the start, its ``start_step`` when it begins mid-run,
-        ``None`` for a healthy run. An alert before it is a false alarm on a still-healthy run.
+        """First optimisation step at which the intervention :meth:`describe` recorded may change
+        training: ``0`` when it acts from the start, its ``start_step`` when it begins mid-run
+        (some, e.g. a loader stall, first differ one step later), ``None`` for a healthy run. An
+        alert before it is a false alarm on a still-healthy run.
 
         Example:
             >>> Forgetting.first_step({"kind": "forgetting", "start_step": 240})

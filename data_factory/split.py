@@ -164,9 +164,10 @@ def cell_sets(names: Sequence[str]) -> list[SplitSpec]:
         >>> [len(s.train) for s in cell_sets(["default", "diversity"])]
         [8, 4]
     """
-    if isinstance(names, str):
-        names = [names]
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise KeyError(f"no cell sets named; choose from {sorted(CELL_SETS)}")
     unknown = [n for n in names if n not in CELL_SETS]
-    if unknown or not names:
+    if unknown:
         raise KeyError(f"unknown cell sets {unknown}; choose from {sorted(CELL_SETS)}")
     return [CELL_SETS[n] for n in names]

@@ -275,11 +275,13 @@ def run_facts(run: Any) -> dict[str, Any]:
 def premature_detections(alerts: AlertSummary, runs: Sequence[RunPrediction]) -> frozenset[str]:
     """Anomalous runs whose first alert came before their fault began.
 
-    A fault that starts mid-run (a task switch, a learning-rate jump, a novel family) leaves the
+    A fault that starts mid-run (a task switch, a learning-rate jump, a novel family such as a
+    loader stall) leaves the
     run healthy until its ``fault_step`` (:func:`run_facts`); an alert before then cannot have
     seen it, so it is a false alarm that happens to land on a run that fails later. The paper's
     protocol counts it as a detection with a long lead; the evaluation reports how many there
-    are and the lead without them.
+    are and the lead without them. ``alerts`` must come from :func:`evaluate_alerts` on these
+    runs (it records each run's alert step).
 
     Example:
         >>> import numpy as np
@@ -289,7 +291,9 @@ def premature_detections(alerts: AlertSummary, runs: Sequence[RunPrediction]) ->
         >>> sorted(premature_detections(evaluate_alerts([r], 0.5), [r]))  # alert at step 20
         ['r']
     """
-    out = set()
+    if runs and not alerts.alert_steps:
+        raise ValueError("premature_detections: the alert summary records no alert steps")
+    out: set[str] = set()
     for r in runs:
         step, fault = alerts.alert_steps.get(r.run_id), r.meta.get("fault_step")
         if r.is_anomalous and step is not None and fault is not None and step < fault:
@@ -764,7 +768,8 @@ def run_evaluation(cfg: DictConfig, command: str = COMMAND) -> dict[str, Any]:
 
     ctx = _Context(cfg, command, results, figures, int(cfg.seed), n_resamples, chash, methods,
                    guard, missing, cost)
-    ctx.summary = {"corpus_hash": chash, "split_hash": split_hash(cfg.get("cells", ["default"])), "seed": ctx.seed,
+    cells = cfg.get("cells", ["default"])
+    ctx.summary = {"corpus_hash": chash, "split_hash": split_hash(cells), "seed": ctx.seed,
                    "n_resamples": n_resamples, "far": float(cfg.far),
                    "runs": {"train": len(train), "val": len(val), "test": len(test)},
                    "leakage": {"checked_uses": len(guard.uses), "runs_seen": len(guard.seen_ids()),

@@ -78,9 +78,16 @@ def plan_corpus(split: SplitSpec | Sequence[SplitSpec] = DEFAULT_SPLIT,
                             per_block.append(RunSpec(
                                 run_id=run_id, split=name, arch=cell.arch, dataset=cell.dataset,
                                 optimizer=cell.optimizer, intervention=kind,
+                                # a block of 10,000 seeds per cell set and split
                                 seed=seed * 100_000 + block * 10_000 + len(per_block),
                                 **run_kwargs))
+            if len(per_block) >= 10_000:
+                raise ValueError(f"cell set {block} plans {len(per_block)} {name} runs; "
+                                 "its seed block holds 10,000")
             specs.extend(per_block)
+    duplicated = len(specs) - len({s.run_id for s in specs})
+    if duplicated:
+        raise ValueError(f"{duplicated} runs planned twice: a cell occurs in two cell sets")
     return specs
 
 
@@ -121,7 +128,7 @@ def build_corpus(cfg: DictConfig | Mapping[str, Any]) -> pd.DataFrame:
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     root = Path(cfg.root).expanduser()
     store = RunStore(root)
-    specs = plan_corpus(cell_sets(list(cfg.get("cells", ["default"]))), repeats=dict(cfg.repeats),
+    specs = plan_corpus(cell_sets(cfg.get("cells", ["default"])), repeats=dict(cfg.repeats),
                         splits=list(cfg.splits), seed=cfg.seed, **OmegaConf.to_container(cfg.run))
     if cfg.get("limit"):
         specs = specs[: int(cfg.limit)]

@@ -34,7 +34,7 @@ from data_factory.labelers import (
     label_run,
 )
 from data_factory.labels import CONCEPT_BIAS, FORGETTING, HEALTHY, INSTABILITY, OVERFITTING, UNKNOWN
-from data_factory.split import SPLITS, Cell, SplitSpec, cell_sets
+from data_factory.split import CELL_SETS, SPLITS, Cell, SplitSpec, cell_sets
 from data_factory.store import RunStore
 
 DEFAULT_ROOT = Path(os.environ.get("TEVID_CACHE", Path.home() / ".cache" / "tevid-hpo")) / "corpus"
@@ -58,30 +58,32 @@ CORPUS_RULES: dict[str, object] = {
 }
 
 
-def _in_cells(run: Any, spec: SplitSpec) -> bool:
+def _cell_of(run: Any) -> tuple[str, Cell]:
     meta = run.meta
-    split = meta.get("split")
-    return split in SPLITS and Cell(meta.get("arch"), meta.get("dataset"),
-                                    meta.get("optimizer")) in spec.cells(split)
+    cell = Cell(meta.get("arch"), meta.get("dataset"), meta.get("optimizer"))
+    return str(meta.get("split")), cell
 
 
 def reference_config(store: RunStore, run_ids: list[str], base: LabelConfig | None = None,
-                     anchor: SplitSpec | None = None) -> LabelConfig:
+                     added: Sequence[SplitSpec] = ()) -> LabelConfig:
     """The default rules with floors and Lyapunov margin chosen from healthy reference runs.
 
-    With ``anchor`` (the corpus's first cell set), only the anchor's runs choose the margin and
-    the floors of its architecture/data-set pairs; runs of cell sets added later set floors only
-    for pairs the anchor lacks. Extending a corpus then never relabels a run already in it.
+    Runs of the ``added`` cell sets (the cells an anchor set lacks, see :func:`label_corpus`)
+    never choose the margin or the floor of a pair the other runs have; they set floors only for
+    their own new pairs. Extending a corpus by such a set then relabels no run already in it.
     """
     base = base or LabelConfig()
+    later = {(split, cell) for spec in added for split in SPLITS for cell in spec.cells(split)}
     runs = (store.load(r) for r in run_ids)
     everything = [r for r in runs if r.meta["intervention"]["kind"] == "healthy"]
-    healthy = everything if anchor is None else [r for r in everything if _in_cells(r, anchor)]
+    healthy = [r for r in everything if _cell_of(r) not in later]
     # 80 % of the median healthy run: Table 10's floors sit well below typical healthy results.
     floors = choose_floors(healthy, quantile=0.5, fraction=0.8, by="arch_dataset")
-    added = [r for r in everything if f"{r.meta.get('arch')}/{r.meta.get('dataset')}" not in floors]
-    if added:
-        floors = {**floors, **choose_floors(added, quantile=0.5, fraction=0.8, by="arch_dataset")}
+    new_pairs = [r for r in everything
+                 if f"{r.meta.get('arch')}/{r.meta.get('dataset')}" not in floors]
+    if new_pairs:
+        floors = {**floors,
+                  **choose_floors(new_pairs, quantile=0.5, fraction=0.8, by="arch_dataset")}
     train_healthy = [r for r in healthy if r.meta.get("split") == "train"]
     margin = choose_lyap_margin(train_healthy, base) if train_healthy else base.lyap_margin
     return replace(base, floors=floors, lyap_margin=max(base.lyap_margin, margin), **CORPUS_RULES)
@@ -108,15 +110,21 @@ def label_corpus(root: str | Path = DEFAULT_ROOT, workers: int = 1, variants: bo
                  cells: Sequence[str] = ("default",)) -> tuple[pd.DataFrame, LabelConfig]:
     """Label every run under ``root``; returns the label table and the default configuration.
 
-    ``cells`` names the corpus's cell sets (conf/factory.yaml); the first one anchors the
-    reference runs (:func:`reference_config`).
+    ``cells`` names the corpus's cell sets (conf/factory.yaml). The first one anchors the
+    reference runs: the cells of every other registered set (:data:`~data_factory.split.CELL_SETS`)
+    that it lacks are treated as added later (:func:`reference_config`) — whether or not
+    ``cells`` names them, so labelling an extended corpus with the default ``cells`` still
+    relabels nothing.
     """
     store = RunStore(root)
     run_ids = store.list()
     if not run_ids:
         raise FileNotFoundError(f"no runs under {root}; generate them with `python -m experiments.factory`")
-    anchor = cell_sets(list(cells))[0] if len(cells) > 1 else None
-    default = reference_config(store, run_ids, anchor=anchor)
+    anchor = cell_sets(cells)[0]
+    own = {(split, cell) for split in SPLITS for cell in anchor.cells(split)}
+    added = [SplitSpec(*(tuple(c for c in spec.cells(split) if (split, c) not in own)
+                         for split in SPLITS)) for spec in CELL_SETS.values() if spec is not anchor]
+    default = reference_config(store, run_ids, added=added)
     configs = {"default": default}
     if variants:
         for name, cfg in VARIANTS.items():

@@ -64,7 +64,7 @@ def split_hash(cells: Sequence[str] = ("default",)) -> str:
         >>> split_hash() == split_hash(["default"]) != split_hash(["default", "diversity"])
         True
     """
-    specs = cell_sets(list(cells))
+    specs = cell_sets(cells)
     text = repr(specs[0]) if len(specs) == 1 else repr(tuple(specs))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -189,6 +189,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) every stage; returns a summary."""
     root, out = Path(cfg.root).expanduser(), Path(cfg.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    cells = cfg.get("cells", ["default"])   # the corpus's cell sets (conf/factory.yaml)
     timings: dict[str, float] = {}
     # A stage whose output was already complete is skipped; its time is the one of the run that
     # produced it (from the previous summary), so the table says what the artefacts cost.
@@ -208,14 +209,14 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
         factory_cfg = OmegaConf.load(CONF / "factory.yaml")
         factory_cfg.root = str(root)
-        factory_cfg.cells = list(cfg.get("cells", ["default"]))
+        factory_cfg.cells = cells
         build_corpus(factory_cfg)
         timings["corpus_s"] = time.time() - t0
     if not (root / "labels.csv").exists():
         from experiments.label import label_corpus
 
         t = time.time()
-        label_corpus(root, workers=cfg.label_workers, cells=list(cfg.get("cells", ["default"])))
+        label_corpus(root, workers=cfg.label_workers, cells=cells)
         timings["label_s"] = time.time() - t
     else:
         stage_time("label_s", t0, skipped=True)
@@ -246,7 +247,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         variants["tevid_scratch"] = (False, "both")
     if cfg.get("ablations", False):
         variants |= {"tevid_act": (True, "act"), "tevid_grad": (True, "grad")}
-    summary: dict[str, Any] = {"corpus_hash": corpus_hash(root), "split_hash": split_hash(cfg.get("cells", ["default"])),
+    summary: dict[str, Any] = {"corpus_hash": corpus_hash(root), "split_hash": split_hash(cells),
                                "train_runs": len(train_runs), "val_runs": len(val_runs),
                                "pretrain_final_loss": pre.history[-1]["loss"] if pre.history else None}
     for name, (from_mae, channels) in variants.items():

@@ -93,8 +93,9 @@ def test_instability_lr_schedules():
 @pytest.mark.parametrize("kind, variant", [(k, None) for k in INTERVENTIONS if k != "instability"]
                          + [("instability", v) for v in ("extreme", "cyclical", "jump")])
 def test_fault_step_is_where_the_intervention_first_changes_training(kind, variant):
-    """Every hook is the identity before ``fault_step`` and something changes at it, so an
-    alert before it cannot have seen the fault (experiments.evaluate.premature_detections)."""
+    """Every hook is the identity before ``fault_step`` and something changes at it or one step
+    later, so an alert before it cannot have seen the fault
+    (experiments.evaluate.premature_detections)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     data = TensorData("toy", torch.randn(64, 4), torch.arange(64) % 4, torch.randn(16, 4),
@@ -200,21 +201,31 @@ def test_adding_a_cell_set_adds_runs_and_relabels_none(tiny_corpus, tmp_path):
     src, _, _, _ = tiny_corpus
     root = tmp_path / "corpus"
     shutil.copytree(src, root)
-    before, _ = label_corpus(root, workers=1, variants=False)
+    before, old_cfg = label_corpus(root, workers=1, variants=False)
     wide = plan_corpus(cell_sets(["default", "diversity"]), repeats={"train": 1, "test": 1},
                        splits=["train", "test"], **TINY)
     seeds = {s.run_id: s.seed for s in wide}
     old = plan_corpus(repeats={"train": 1, "test": 1}, splits=["train", "test"], **TINY)
     assert all(seeds[s.run_id] == s.seed for s in old) and len(wide) > len(old)
-    added = [s for s in wide if s.arch == "tcn_lm" and s.intervention in ("healthy", "overfitting")]
+    # healthy runs of a new pair (tcn_lm/markov) and of a pair the corpus has (cnn/digits)
+    added = [next(s for s in wide if (s.arch, s.dataset, s.optimizer, s.intervention) == cell)
+             for cell in [("tcn_lm", "markov", "adamw", "healthy"),
+                          ("cnn", "digits", "rmsprop", "healthy")]]
+    assert "cnn/digits" in old_cfg.floors
     store = RunStore(root)
-    for spec in added[:2]:
+    for spec in added:
         assert execute_run(spec, store)["status"] == "ok"
     after, cfg = label_corpus(root, workers=1, variants=False, cells=["default", "diversity"])
     merged = before.merge(after, on="run_id", suffixes=("_before", "_after"))
     assert len(merged) == len(before) and len(after) == len(before) + 2
     assert (merged.label_before == merged.label_after).all()
-    assert "tcn_lm/markov" in cfg.floors
+    # the first set keeps choosing its own floors and the margin; the new pair gets a floor
+    assert {k: cfg.floors[k] for k in old_cfg.floors} == dict(old_cfg.floors)
+    assert cfg.lyap_margin == old_cfg.lyap_margin and "tcn_lm/markov" in cfg.floors
+    # ... even when the extended corpus is labelled with the default cells
+    again, cfg_default = label_corpus(root, workers=1, variants=False)
+    assert again.set_index("run_id").label.equals(after.set_index("run_id").label)
+    assert cfg_default.floors == cfg.floors and cfg_default.lyap_margin == cfg.lyap_margin
 
 
 def test_build_resumes_and_records_failures(tiny_corpus, tmp_path):

@@ -108,7 +108,7 @@ def test_residual_families_hook_the_residual_branch():
         assert all(layer.endswith(suffix) for layer in cap.layers), (name, cap.layers)
 
 
-@pytest.mark.parametrize("name", ["transformer_lm", "gru_lm"])
+@pytest.mark.parametrize("name", sorted(n for n, s in ARCHITECTURES.items() if s.modality == "text"))
 def test_language_models_are_causal(name):
     model = build_model(name, (TEXT_LEN,), TEXT_VOCAB_SIZE).eval()
     x = torch.randint(1, TEXT_VOCAB_SIZE, (2, TEXT_LEN))
