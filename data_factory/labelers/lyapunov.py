@@ -85,6 +85,16 @@ def _sqrt(x: Tensor) -> Tensor:
     return torch.sqrt(x.clamp_min(1e-30))
 
 
+def _adam_moments(state: dict[str, Tensor], g: Tensor, b1: float, b2: float
+                  ) -> tuple[Tensor, Tensor]:
+    """Adam's (and NAdam's) first and second moments after gradient ``g``; missing state is the
+    zero initialisation of torch's first step."""
+    m = b1 * state["exp_avg"] + (1 - b1) * g if "exp_avg" in state else (1 - b1) * g
+    gg = (1 - b2) * g * g
+    v = b2 * state["exp_avg_sq"] + gg if "exp_avg_sq" in state else gg
+    return m, v
+
+
 def _nadam_mu(beta1: float, momentum_decay: float, t: int) -> float:
     """NAdam's momentum schedule ``mu_t`` (Dozat 2016, as in ``torch.optim.NAdam``)."""
     return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
@@ -95,10 +105,9 @@ class FunctionalOptimizer:
     """A pure optimizer step: ``(params, grads, state) -> (params', state')``.
 
     Follows PyTorch's SGD / Adam / AdamW / RMSprop / NAdam update equations so that
-    ``torch.func.jvp`` can
-    differentiate the *full* update rule, optimizer state included. ``hparams`` maps parameter
-    names to their param-group settings (``default`` covers unnamed ones); ``steps`` holds the
-    number of completed steps per parameter (Adam's bias correction).
+    ``torch.func.jvp`` can differentiate the *full* update rule, optimizer state included.
+    ``hparams`` maps parameter names to their param-group settings (``default`` covers unnamed
+    ones); ``steps`` holds the number of completed steps per parameter (Adam's bias correction).
 
     Example:
         >>> opt = FunctionalOptimizer.sgd(lr=0.1)
@@ -146,9 +155,8 @@ class FunctionalOptimizer:
         """Snapshot a live optimizer: its update rule and a detached copy-free view of its state.
 
         SGD, Adam, AdamW, RMSprop and NAdam are reproduced exactly; any other optimizer (Lion,
-        Adafactor) falls back to plain
-        gradient descent with its group learning rate (``kind="gd"``), which ignores its
-        preconditioning — flagged so callers can tell.
+        Adafactor) falls back to plain gradient descent with its group learning rate
+        (``kind="gd"``), which ignores its preconditioning — flagged so callers can tell.
 
         Example:
             >>> m = torch.nn.Linear(2, 1)
@@ -212,16 +220,16 @@ class FunctionalOptimizer:
             if h.get("maximize"):
                 g = -g
             lr, wd = float(h["lr"]), float(h.get("weight_decay") or 0.0)
+            decoupled = self.kind == "adamw" or (self.kind == "nadam"
+                                                 and bool(h.get("decoupled_weight_decay")))
+            if wd and decoupled:
+                p = p * (1 - lr * wd)
+            elif wd:  # L2: the decay joins the gradient
+                g = g + wd * p
             if self.kind in ("adam", "adamw"):
                 b1, b2 = h["betas"]
                 t = self.step_of(name) + 1
-                if wd and self.kind == "adamw":
-                    p = p * (1 - lr * wd)
-                elif wd:
-                    g = g + wd * p
-                m = b1 * st["exp_avg"] + (1 - b1) * g if "exp_avg" in st else (1 - b1) * g
-                gg = (1 - b2) * g * g
-                v = b2 * st["exp_avg_sq"] + gg if "exp_avg_sq" in st else gg
+                m, v = _adam_moments(st, g, b1, b2)
                 s_new = {"exp_avg": m, "exp_avg_sq": v}
                 if h.get("amsgrad"):
                     v = torch.maximum(st["max_exp_avg_sq"], v) if "max_exp_avg_sq" in st else v
@@ -231,8 +239,6 @@ class FunctionalOptimizer:
                 new_s[name] = s_new
             elif self.kind == "rmsprop":
                 alpha, mom = float(h["alpha"]), float(h.get("momentum") or 0.0)
-                if wd:
-                    g = g + wd * p
                 sq = alpha * st["square_avg"] + (1 - alpha) * g * g if "square_avg" in st \
                     else (1 - alpha) * g * g
                 s_new = {"square_avg": sq}
@@ -254,21 +260,15 @@ class FunctionalOptimizer:
             elif self.kind == "nadam":
                 b1, b2 = h["betas"]
                 md, t = float(h["momentum_decay"]), self.step_of(name) + 1
-                if wd and h.get("decoupled_weight_decay"):
-                    p = p * (1 - lr * wd)
-                elif wd:
-                    g = g + wd * p
                 mu, mu_next = _nadam_mu(b1, md, t), _nadam_mu(b1, md, t + 1)
                 mu_product = math.prod(_nadam_mu(b1, md, k) for k in range(1, t + 1))
-                m = b1 * st["exp_avg"] + (1 - b1) * g if "exp_avg" in st else (1 - b1) * g
-                gg = (1 - b2) * g * g
-                v = b2 * st["exp_avg_sq"] + gg if "exp_avg_sq" in st else gg
+                m, v = _adam_moments(st, g, b1, b2)
                 denom = _sqrt(v) / math.sqrt(1 - b2**t) + h["eps"]
                 new_p[name] = (p - lr * (1 - mu) / (1 - mu_product) * g / denom
                                - lr * mu_next / (1 - mu_product * mu_next) * m / denom)
                 new_s[name] = {"exp_avg": m, "exp_avg_sq": v}
             else:  # "sgd" and the "gd" fallback
-                d = g + wd * p if wd else g
+                d = g
                 mom = float(h.get("momentum") or 0.0) if self.kind == "sgd" else 0.0
                 if mom:
                     buf = st.get("momentum_buffer")
