@@ -276,12 +276,11 @@ def premature_detections(alerts: AlertSummary, runs: Sequence[RunPrediction]) ->
     """Anomalous runs whose first alert came before their fault began.
 
     A fault that starts mid-run (a task switch, a learning-rate jump, a novel family such as a
-    loader stall) leaves the
-    run healthy until its ``fault_step`` (:func:`run_facts`); an alert before then cannot have
-    seen it, so it is a false alarm that happens to land on a run that fails later. The paper's
-    protocol counts it as a detection with a long lead; the evaluation reports how many there
-    are and the lead without them. ``alerts`` must come from :func:`evaluate_alerts` on these
-    runs (it records each run's alert step).
+    loader stall) leaves the run healthy until its ``fault_step`` (:func:`run_facts`); an alert
+    before then cannot have seen it, so it is a false alarm that happens to land on a run that
+    fails later. The paper's protocol counts it as a detection with a long lead; the evaluation
+    reports how many there are and the lead without them. ``alerts`` must come from
+    :func:`evaluate_alerts` on these runs (it records each run's alert step).
 
     Example:
         >>> import numpy as np
