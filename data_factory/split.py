@@ -53,6 +53,15 @@ class SplitSpec:
             raise KeyError(f"unknown split {split!r}; choose from {SPLITS}")
         return getattr(self, split)
 
+    def pairs(self) -> frozenset[tuple[str, Cell]]:
+        """Every ``(split, cell)`` of the spec.
+
+        Example:
+            >>> ("val", Cell("vit", "digits", "sgd")) in DEFAULT_SPLIT.pairs()
+            True
+        """
+        return frozenset((split, cell) for split in SPLITS for cell in self.cells(split))
+
     def axes(self, splits: Iterable[str]) -> dict[str, set[str]]:
         """Architectures, data sets and optimizers used by ``splits``."""
         cells = [c for s in splits for c in self.cells(s)]

@@ -34,7 +34,7 @@ from data_factory.labelers import (
     label_run,
 )
 from data_factory.labels import CONCEPT_BIAS, FORGETTING, HEALTHY, INSTABILITY, OVERFITTING, UNKNOWN
-from data_factory.split import CELL_SETS, SPLITS, Cell, SplitSpec, cell_sets
+from data_factory.split import CELL_SETS, Cell, SplitSpec, cell_sets
 from data_factory.store import RunStore
 
 DEFAULT_ROOT = Path(os.environ.get("TEVID_CACHE", Path.home() / ".cache" / "tevid-hpo")) / "corpus"
@@ -65,25 +65,28 @@ def _cell_of(run: Any) -> tuple[str, Cell]:
 
 
 def reference_config(store: RunStore, run_ids: list[str], base: LabelConfig | None = None,
-                     added: Sequence[SplitSpec] = ()) -> LabelConfig:
+                     anchor: SplitSpec | None = None) -> LabelConfig:
     """The default rules with floors and Lyapunov margin chosen from healthy reference runs.
 
-    Runs of the ``added`` cell sets (the cells an anchor set lacks, see :func:`label_corpus`)
-    never choose the margin or the floor of a pair the other runs have; they set floors only for
-    their own new pairs. Extending a corpus by such a set then relabels no run already in it.
+    With ``anchor`` (the corpus's first cell set), runs of the cells the other registered cell
+    sets (:data:`~data_factory.split.CELL_SETS`) add to it never choose the margin or the floor
+    of a pair the other runs have; they set floors only for their own new pairs. Extending a
+    corpus by such a set then relabels no run already in it.
     """
     base = base or LabelConfig()
-    later = {(split, cell) for spec in added for split in SPLITS for cell in spec.cells(split)}
+    later: set[tuple[str, Cell]] = set()
+    if anchor is not None:
+        later = set().union(*(spec.pairs() for spec in CELL_SETS.values())) - anchor.pairs()
     runs = (store.load(r) for r in run_ids)
     everything = [r for r in runs if r.meta["intervention"]["kind"] == "healthy"]
     healthy = [r for r in everything if _cell_of(r) not in later]
     # 80 % of the median healthy run: Table 10's floors sit well below typical healthy results.
-    floors = choose_floors(healthy, quantile=0.5, fraction=0.8, by="arch_dataset")
+    floors_of = partial(choose_floors, quantile=0.5, fraction=0.8, by="arch_dataset")
+    floors = floors_of(healthy)
     new_pairs = [r for r in everything
                  if f"{r.meta.get('arch')}/{r.meta.get('dataset')}" not in floors]
     if new_pairs:
-        floors = {**floors,
-                  **choose_floors(new_pairs, quantile=0.5, fraction=0.8, by="arch_dataset")}
+        floors = {**floors, **floors_of(new_pairs)}
     train_healthy = [r for r in healthy if r.meta.get("split") == "train"]
     margin = choose_lyap_margin(train_healthy, base) if train_healthy else base.lyap_margin
     return replace(base, floors=floors, lyap_margin=max(base.lyap_margin, margin), **CORPUS_RULES)
@@ -111,20 +114,15 @@ def label_corpus(root: str | Path = DEFAULT_ROOT, workers: int = 1, variants: bo
     """Label every run under ``root``; returns the label table and the default configuration.
 
     ``cells`` names the corpus's cell sets (conf/factory.yaml). The first one anchors the
-    reference runs: the cells of every other registered set (:data:`~data_factory.split.CELL_SETS`)
-    that it lacks are treated as added later (:func:`reference_config`) — whether or not
-    ``cells`` names them, so labelling an extended corpus with the default ``cells`` still
-    relabels nothing.
+    reference runs (:func:`reference_config`): the cells every other registered set adds to it
+    count as added later whether or not ``cells`` names them, so labelling an extended corpus
+    with the default ``cells`` still relabels nothing.
     """
     store = RunStore(root)
     run_ids = store.list()
     if not run_ids:
         raise FileNotFoundError(f"no runs under {root}; generate them with `python -m experiments.factory`")
-    anchor = cell_sets(cells)[0]
-    own = {(split, cell) for split in SPLITS for cell in anchor.cells(split)}
-    added = [SplitSpec(*(tuple(c for c in spec.cells(split) if (split, c) not in own)
-                         for split in SPLITS)) for spec in CELL_SETS.values() if spec is not anchor]
-    default = reference_config(store, run_ids, added=added)
+    default = reference_config(store, run_ids, anchor=cell_sets(cells)[0])
     configs = {"default": default}
     if variants:
         for name, cfg in VARIANTS.items():
