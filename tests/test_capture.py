@@ -165,6 +165,7 @@ def test_non_capture_steps_do_no_tensor_work(monkeypatch):
     real = capture.summarise
     monkeypatch.setattr(capture, "summarise", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = mlp()
+    calls_at_last_capture = 0
     with StateCapture(model, every=3, frame_size=8) as cap:
         for step in range(6):
             nn.functional.cross_entropy(model(torch.randn(3, 10)), torch.zeros(3, dtype=torch.long)).backward()
@@ -172,6 +173,8 @@ def test_non_capture_steps_do_no_tensor_work(monkeypatch):
             cap.step()
             if step in (1, 2, 4, 5):
                 assert len(calls) == n == calls_at_last_capture
+            else:  # capture steps 0 and 3 summarise in the hooks, before step() is called
+                assert len(calls) > calls_at_last_capture
             calls_at_last_capture = len(calls)
 
 
