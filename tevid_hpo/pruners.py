@@ -163,7 +163,9 @@ def keep_rung_places(halving: BasePruner | None, study: optuna.study.Study, tria
     Example:
         >>> import optuna
         >>> hb = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9)
-        >>> study = optuna.create_study(direction="maximize", pruner=hb)
+        >>> # Hyperband picks a trial's bracket by hashing the study name and trial number;
+        >>> # under this name all three trials land in bracket 0, so they compete at its rungs.
+        >>> study = optuna.create_study(study_name="demo", direction="maximize", pruner=hb)
         >>> for value in (0.9, 0.8):                      # two finished trials set the rungs
         ...     t = study.ask()
         ...     for step in range(9):
