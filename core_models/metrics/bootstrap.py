@@ -1,0 +1,188 @@
+"""Run-level bootstrap intervals: :func:`bootstrap_ci` and its :class:`ConfidenceInterval`.
+
+The paper's 95 % BCa intervals, resampling whole runs (the independent unit) with
+:func:`scipy.stats.bootstrap`, and falling back to percentiles, said in the result, where BCa is
+undefined.
+
+Example:
+    >>> ConfidenceInterval(0.5, 0.25, 0.75, "BCa").half_width
+    0.25
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats
+
+from core_models.metrics.record import RunPrediction, _as_runs
+
+__all__ = ["ConfidenceInterval", "bootstrap_ci"]
+
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    """A bootstrap confidence interval around a metric.
+
+    Attributes:
+        estimate: The metric on all runs (not the bootstrap mean).
+        low, high: Interval bounds (``nan`` when undefined).
+        method: ``"BCa"``, ``"percentile"``, ``"basic"``, or ``"none"`` when no interval exists.
+        confidence: Confidence level.
+        n_resamples: Resamples drawn.
+        n_failed: Resamples on which the metric was undefined (e.g. one class only); they are
+            left out of a percentile fallback.
+        note: Why the method differs from the one asked for, if it does.
+
+    Example:
+        >>> ci = ConfidenceInterval(0.9, 0.85, 0.95, "BCa", 0.95, 2000, 0, "")
+        >>> f"{ci.estimate:.2f} ± {ci.half_width:.2f}"
+        '0.90 ± 0.05'
+    """
+
+    estimate: float
+    low: float
+    high: float
+    method: str
+    confidence: float = 0.95
+    n_resamples: int = 0
+    n_failed: int = 0
+    note: str = ""
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval width (the "±" of the paper's tables)."""
+        return (self.high - self.low) / 2.0
+
+
+def _safe_metric(
+    metric_fn: Callable[[list[RunPrediction]], float], rs: list[RunPrediction]
+) -> float:
+    # A resample can make a metric undefined (no positive step, a single class for AUROC, no
+    # detection for a median lead). That is a property of the resample, not a bug: record NaN and
+    # let the interval logic decide, instead of aborting 2000 resamples.
+    try:
+        v = float(metric_fn(rs))
+    except (ValueError, ZeroDivisionError, FloatingPointError):
+        return float("nan")
+    return v
+
+
+def bootstrap_ci(
+    metric_fn: Callable[[list[RunPrediction]], float],
+    runs: Sequence[RunPrediction],
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    method: Literal["BCa", "percentile", "basic"] = "BCa",
+    seed: int | np.random.Generator | None = 0,
+) -> ConfidenceInterval:
+    """Bootstrap interval of a run-level metric, resampling runs (:func:`scipy.stats.bootstrap`).
+
+    The data handed to scipy are run *indices*, so each resample is a multiset of whole runs and
+    the time-step correlation inside a run is respected. Metric thresholds that were tuned on
+    validation (e.g. the 5 %-FAR threshold) must be fixed inside ``metric_fn``, not re-tuned per
+    resample.
+
+    When BCa is undefined — the bootstrap distribution is degenerate or some resamples leave the
+    metric undefined (``metric_fn`` raised ``ValueError`` or returned NaN) — the interval falls
+    back to percentiles of the defined resamples, and ``method``/``note`` say so.
+
+    Cost: ``n_resamples`` metric calls, plus one per run for BCa's jackknife. Event-time AUPRC
+    on 500 runs of 100 steps takes about 10 ms a call, so 2000 resamples take ~30 s.
+
+    Args:
+        metric_fn: ``list[RunPrediction] -> float``.
+        runs: The evaluated runs (at least 2).
+        n_resamples: Bootstrap resamples (the paper's tables use 2000).
+        confidence: Confidence level in (0, 1).
+        method: scipy's method name.
+        seed: Seed or generator, for reproducible intervals.
+
+    Example:
+        >>> import numpy as np
+        >>> p = np.tile([1.0, 0, 0, 0, 0], (2, 1))
+        >>> runs = [RunPrediction(str(i), "Healthy", [0, 1], [0, 1], p, [v, v])
+        ...         for i, v in enumerate(np.linspace(0, 1, 20))]
+        >>> ci = bootstrap_ci(lambda rs: float(np.mean([r.vacuity[0] for r in rs])), runs,
+        ...                   n_resamples=200)
+        >>> ci.method, ci.low < ci.estimate < ci.high
+        ('BCa', True)
+    """
+    rs = _as_runs(runs)
+    if len(rs) < 2:
+        raise ValueError(f"bootstrap_ci needs at least 2 runs, got {len(rs)}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if method not in ("BCa", "percentile", "basic"):
+        raise ValueError(f"method must be 'BCa', 'percentile' or 'basic', got {method!r}")
+
+    estimate = _safe_metric(metric_fn, rs)
+    if not math.isfinite(estimate):
+        return ConfidenceInterval(
+            estimate,
+            float("nan"),
+            float("nan"),
+            "none",
+            confidence,
+            0,
+            0,
+            "metric undefined on the full set of runs",
+        )
+
+    def statistic(idx: np.ndarray) -> float:
+        return _safe_metric(metric_fn, [rs[int(i)] for i in idx])
+
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        # scipy warns when BCa is degenerate; we detect that from the NaN bounds and report it
+        # in the result instead of a warning nobody reads in a batch job.
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        warnings.simplefilter(
+            "ignore", category=getattr(stats, "DegenerateDataWarning", RuntimeWarning)
+        )
+        res = stats.bootstrap(
+            (np.arange(len(rs)),),
+            statistic,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method=method,
+            vectorized=False,
+            rng=rng,
+        )
+    dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+    finite = dist[np.isfinite(dist)]
+    n_failed = int(dist.size - finite.size)
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if math.isfinite(low) and math.isfinite(high):
+        return ConfidenceInterval(estimate, low, high, method, confidence, n_resamples, n_failed)
+
+    if finite.size == 0:
+        return ConfidenceInterval(
+            estimate,
+            float("nan"),
+            float("nan"),
+            "none",
+            confidence,
+            n_resamples,
+            n_failed,
+            "metric undefined on every resample",
+        )
+    alpha = (1.0 - confidence) / 2.0
+    low, high = (float(v) for v in np.quantile(finite, [alpha, 1.0 - alpha]))
+    if np.all(finite == finite[0]):
+        why = "the bootstrap distribution is constant"
+    elif n_failed:
+        why = f"the metric was undefined on {n_failed} of {dist.size} resamples"
+    else:
+        why = "the jackknife acceleration is undefined"
+    note = f"{method} undefined ({why}); percentile interval over the defined resamples"
+    return ConfidenceInterval(
+        estimate, low, high, "percentile", confidence, n_resamples, n_failed, note
+    )
