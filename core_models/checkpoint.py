@@ -25,23 +25,47 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 __all__ = [
     "FORMAT",
+    "CheckpointError",
     "checkpoint_digest",
     "checkpoint_paths",
     "load_checkpoint",
-    "load_model",
     "resolve_device",
     "save_checkpoint",
-    "save_model",
     "to_jsonable",
 ]
 
 #: Written into every config; bump when the layout changes incompatibly.
 FORMAT = "tevid-hpo-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be used (truncated, corrupt, wrong format).
+
+    Attributes:
+        path: the offending file.
+        problem: what is wrong with it.
+        hint: how to get a good checkpoint (callers that know better pass their own).
+
+    Example:
+        >>> str(CheckpointError("m.json", "not valid JSON"))[:23]
+        'm.json: not valid JSON.'
+    """
+
+    #: What to do about a bad file when the caller has nothing more specific to say.
+    DEFAULT_HINT = ("Re-copy or re-download the checkpoint, or write it again (save_checkpoint, "
+                    "`make pipeline`); saves are atomic, so a partial file comes from a copy or "
+                    "download that was cut off")
+
+    def __init__(self, path: str | os.PathLike[str], problem: str, hint: str | None = None
+                 ) -> None:
+        self.path, self.problem = Path(path), problem
+        self.hint = self.DEFAULT_HINT if hint is None else hint
+        super().__init__(f"{self.path}: {problem}. {self.hint}")
 
 
 def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -132,70 +156,85 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
 
     Raises:
         FileNotFoundError: naming the missing file.
-        ValueError: on a config/weights mismatch or an unknown format.
+        CheckpointError: a truncated or corrupt file (naming it), a config/weights mismatch or
+            an unknown format.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> _ = open(f"{d}/cut.safetensors", "wb").write(b"\x10")   # a truncated download
+        >>> _ = open(f"{d}/cut.json", "w").write('{"format": "%s"}' % FORMAT)
+        >>> try:
+        ...     load_checkpoint(f"{d}/cut")
+        ... except CheckpointError as err:
+        ...     print(str(err).split(":")[0].endswith("cut.safetensors"))
+        True
     """
     weights, cfg_path = checkpoint_paths(path)
     for f in (weights, cfg_path):
         if not f.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {f}")
-    text = cfg_path.read_text(encoding="utf-8").rstrip("\n")
-    config = json.loads(text)
+    text = cfg_path.read_text(encoding="utf-8", errors="replace").rstrip("\n")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(cfg_path, f"not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(cfg_path, f"holds a JSON {type(config).__name__}, not an object")
     if config.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: unsupported checkpoint format {config.get('format')!r}")
-    with safe_open(str(weights), framework="pt", device=str(resolve_device(device))) as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+        raise CheckpointError(cfg_path, f"unsupported checkpoint format "
+                                        f"{config.get('format')!r} (expected {FORMAT!r})")
+    target = str(resolve_device(device))
+    try:
+        with safe_open(str(weights), framework="pt", device=target) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(weights, f"truncated or corrupt safetensors file ({err})") from None
     recorded = meta.get("config_sha256")
     if strict_hash and recorded and recorded != hashlib.sha256(text.encode()).hexdigest():
-        raise ValueError(f"{cfg_path} does not match {weights.name} (edited or mixed up); "
-                         "pass strict_hash=False to load anyway")
+        raise CheckpointError(cfg_path, f"does not match {weights.name} (edited or mixed up); "
+                                        "pass strict_hash=False to load anyway")
     return tensors, config
 
 
-def save_model(model: torch.nn.Module, path: str | os.PathLike[str],
-               extra: Mapping[str, Any] | None = None) -> Path:
-    """Save a :class:`~core_models.mae.DynamicsMAE` or :class:`~core_models.tevid.TEViD`:
-    its weights plus ``model.config()`` (architecture, normalisation) and ``extra`` metadata."""
-    return save_checkpoint(path, model.state_dict(), {**model.config(), **(extra or {})})
-
-
-def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu"
-               ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes (by its ``"kind"``) and load its weights.
-
-    Returns ``(model in eval mode on device, config)``.
-
-    Example:
-        >>> import tempfile
-        >>> from core_models.tevid import TEViD
-        >>> d = tempfile.mkdtemp()
-        >>> _ = save_model(TEViD("tiny"), f"{d}/m", {"note": "demo"})
-        >>> model, cfg = load_model(f"{d}/m")
-        >>> type(model).__name__, cfg["note"]
-        ('TEViD', 'demo')
-    """
-    # Imported here: the model modules import this one (TEViD.load_mae_encoder).
-    from core_models.mae import DynamicsMAE
-    from core_models.tevid import TEViD
-
-    tensors, config = load_checkpoint(path)
-    kinds = {"tevid": TEViD, "dynamics-mae": DynamicsMAE}
-    if config.get("kind") not in kinds:
-        raise ValueError(f"{path}: not a model checkpoint (kind={config.get('kind')!r})")
-    model = kinds[config["kind"]].from_config(config)
-    model.load_state_dict(tensors, strict=True)
-    return model.to(resolve_device(device)).eval(), config
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``.
+    """``"auto"`` → CUDA when available, else CPU; otherwise the named device, which must exist.
+
+    Raises:
+        TypeError: ``device`` is neither a string nor a ``torch.device``.
+        ValueError: an unknown device string, or an accelerator this machine does not have
+            (the message suggests ``device="auto"``).
 
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
+        >>> try:
+        ...     resolve_device("gpu")
+        ... except ValueError as err:
+        ...     print(str(err)[:44])
+        device: unknown device string 'gpu'; use 'au
     """
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', or a "
+                        f"torch.device; got {type(device).__name__}")
+    if isinstance(device, str):
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device: unknown device string {device!r}; use 'auto', 'cpu', "
+                             "'cuda', 'cuda:N' or 'mps'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r} but CUDA is not available on this machine "
+                             "(no GPU, or a CPU-only torch build); pass device='auto' to use CUDA "
+                             "when present and the CPU otherwise, or device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={str(device)!r} but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s); pass device='auto'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={str(device)!r} but MPS is not available on this machine; "
+                         "pass device='auto' or device='cpu'")
+    return device

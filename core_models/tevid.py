@@ -37,6 +37,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.layers.attention import Attention
 from torch import nn
 
+from core_models.checkpoint import load_checkpoint
 from core_models.edl import EvidentialOutput, evidential_output
 from core_models.layers import (
     InputNorm,
@@ -181,7 +182,6 @@ class TEViD(nn.Module):
             True
         """
         if isinstance(state, (str, Path)):
-            from core_models.checkpoint import load_checkpoint
             state, _ = load_checkpoint(state)
         elif isinstance(state, nn.Module):
             state = state.state_dict()

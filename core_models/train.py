@@ -42,9 +42,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from core_models.checkpoint import load_checkpoint, resolve_device, save_checkpoint, save_model
+from core_models.checkpoint import load_checkpoint, resolve_device, save_checkpoint
 from core_models.edl import edl_loss
 from core_models.mae import DynamicsMAE
+from core_models.model_io import save_model
 from core_models.tevid import TEViD
 
 __all__ = [

@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from core_models.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from core_models.checkpoint import load_checkpoint, save_checkpoint
 from core_models.edl import edl_loss, evidential_output, kl_annealing, kl_to_uniform_dirichlet
 from core_models.mae import DynamicsMAE, tube_masking
+from core_models.model_io import load_model, save_model
 from core_models.profiles import PROFILES, Profile, get_profile
 from core_models.tevid import TEViD
 from core_models.train import FinetuneConfig, PretrainConfig, cosine_lr, finetune, predict, pretrain

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections import deque
@@ -45,6 +46,7 @@ import torch
 
 from core_models.calibration import Calibration, ConsecutiveAlert
 from core_models.checkpoint import (
+    CheckpointError,
     checkpoint_paths,
     load_checkpoint,
     resolve_device,
@@ -60,6 +62,10 @@ __all__ = ["DEFAULT_CHECKPOINT", "LABELS", "Diagnosis", "Diagnostician"]
 
 #: Stem of the checkpoint shipped with the package (``default.safetensors`` + ``default.json``).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
+
+_GET_A_CHECKPOINT = ("Re-copy or re-download it, or make a good one with `make pipeline` (or "
+                     "Diagnostician.save_pretrained); Diagnostician.from_pretrained() without a "
+                     "path loads the shipped default")
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,25 @@ class Diagnosis:
         return asdict(self)
 
 
+def _check_calibration(cal: Calibration) -> None:
+    """Raise ``ValueError`` naming the first calibration field outside its allowed range."""
+    if not (math.isfinite(cal.temperature) and cal.temperature > 0):
+        raise ValueError(f"calibration.temperature must be a finite number > 0, "
+                         f"got {cal.temperature!r}")
+    if not 0.0 < cal.tau_u <= 1.0:
+        raise ValueError(f"calibration.tau_u (the vacuity above which a diagnosis abstains) must "
+                         f"be in (0, 1], got {cal.tau_u!r}")
+    for label, tau in cal.tau_c.items():
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"calibration.tau_c[{label!r}] must be a probability in [0, 1], "
+                             f"got {tau!r}")
+    if cal.consecutive < 1:
+        raise ValueError(f"calibration.consecutive must be >= 1, got {cal.consecutive!r}")
+    if cal.memory < 0:
+        raise ValueError(f"calibration.memory must be >= 0 (0: no run memory), "
+                         f"got {cal.memory!r}")
+
+
 class Diagnostician:
     """Causal, streaming TEViD diagnostician for one run at a time.
 
@@ -113,11 +138,21 @@ class Diagnostician:
     def __init__(self, model: TEViD, calibration: Calibration | None = None,
                  labels: Sequence[str] = KNOWN_LABELS, metadata: Mapping[str, Any] | None = None,
                  device: str | torch.device = "auto") -> None:
+        if not isinstance(model, TEViD):
+            raise TypeError(f"model must be a core_models.tevid.TEViD, got {type(model).__name__}"
+                            " (use Diagnostician.from_pretrained to load a checkpoint)")
+        if isinstance(labels, str) or not all(isinstance(c, str) and c for c in labels) \
+                or len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be distinct non-empty class names, got {labels!r}")
         if len(labels) != model.num_classes:
             raise ValueError(f"{len(labels)} labels for a head with {model.num_classes} outputs")
+        if calibration is not None and not isinstance(calibration, Calibration):
+            raise TypeError(f"calibration must be a core_models.calibration.Calibration or None, "
+                            f"got {type(calibration).__name__}")
+        self.calibration = calibration or Calibration()
+        _check_calibration(self.calibration)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.calibration = calibration or Calibration()
         self.model.temperature = float(self.calibration.temperature)
         self.known_labels: tuple[str, ...] = tuple(labels)
         self.metadata: dict[str, Any] = dict(metadata or {})
@@ -236,7 +271,13 @@ class Diagnostician:
 
         Raises:
             FileNotFoundError: no checkpoint where expected (the message says how to make one).
+            CheckpointError: a truncated, corrupt or foreign checkpoint (a ``ValueError`` naming
+                the file and how to get a good one).
+            ValueError: ``device`` names an unknown device or one this machine lacks.
         """
+        if name_or_path is not None and not isinstance(name_or_path, (str, os.PathLike)):
+            raise TypeError(f"name_or_path must be None, a path or a profile name, got "
+                            f"{type(name_or_path).__name__}")
         if name_or_path is None:
             weights, cfg = checkpoint_paths(DEFAULT_CHECKPOINT)
             if not (weights.is_file() and cfg.is_file()):
@@ -263,11 +304,26 @@ class Diagnostician:
 
     @classmethod
     def _load(cls, path: str | os.PathLike[str], device: str | torch.device) -> Diagnostician:
-        tensors, config = load_checkpoint(path)
-        if config.get("kind") != "tevid":
-            raise ValueError(f"{path} is a {config.get('kind')!r} checkpoint, not a TEViD one")
-        model = TEViD.from_config(config)
-        model.load_state_dict(tensors, strict=True)
+        resolve_device(device)   # a bad device fails before any file is read
+        try:
+            tensors, config = load_checkpoint(path)
+            if config.get("kind") != "tevid":
+                raise CheckpointError(checkpoint_paths(path)[1],
+                                      f"a {config.get('kind')!r} checkpoint, not a TEViD one")
+            model = TEViD.from_config(config)
+            model.load_state_dict(tensors, strict=True)
+        except CheckpointError as err:
+            raise CheckpointError(err.path, err.problem, _GET_A_CHECKPOINT) from None
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}. {_GET_A_CHECKPOINT}; a profile name "
+                                    f"({', '.join(sorted(PROFILES))}) builds an untrained model"
+                                    ) from None
+        except (KeyError, TypeError, RuntimeError) as err:
+            # A config that parses but does not describe these weights (hand-edited, or from
+            # another version): name the file instead of surfacing torch's key listing.
+            raise CheckpointError(checkpoint_paths(path)[1], f"does not describe a loadable "
+                                  f"TEViD ({type(err).__name__}: {str(err)[:200]})",
+                                  _GET_A_CHECKPOINT) from None
         # Calibration keys come from Calibration itself, so a new field (``memory``) can never
         # slip into the metadata and override a later calibration on save.
         skip = {"format", "kind", "profile", "num_classes", "channels", "normalization", "labels",
