@@ -2,7 +2,7 @@
 
 No test may assume the shipped default checkpoint (``tevid_hpo/checkpoints/default.*``) exists:
 tests that need a trained diagnostician use :func:`toy_checkpoint` / :func:`toy_diagnostician`,
-trained once per session in ~15 s by :func:`tevid_hpo.toy_diagnostician.train_toy_diagnostician`
+trained once per session in ~15 s by :func:`tevid_hpo.testing.train_toy_diagnostician`
 (digits runs captured with StateCapture at the ``tiny`` profile, Healthy vs Instability clips,
 ``core_models.train.finetune``, minimal calibration, ``save_pretrained`` →
 ``Diagnostician.from_pretrained``).
@@ -18,7 +18,7 @@ import pytest
 
 from data_factory.datasets import TensorData, digits
 from tevid_hpo.diagnostician import Diagnostician
-from tevid_hpo.toy_diagnostician import QUICK_CORPUS, train_toy_diagnostician
+from tevid_hpo.testing import QUICK_CORPUS, train_toy_diagnostician
 
 
 @pytest.fixture(scope="session")

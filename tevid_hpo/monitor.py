@@ -48,7 +48,7 @@ itself off, and ``tevid_error`` tells the pruner to fall back to its wrapped pru
 Example:
     >>> import tempfile, torch, optuna
     >>> from data_factory.architectures import small_cnn
-    >>> from tevid_hpo.toy_diagnostician import train_toy_diagnostician
+    >>> from tevid_hpo.testing import train_toy_diagnostician
     >>> diag = Diagnostician.from_pretrained(train_toy_diagnostician(tempfile.mkdtemp()),
     ...                                      device="cpu")              # doctest: +SKIP
     >>> def objective(trial):

@@ -21,7 +21,7 @@ studies: the table compares each configuration under both pruners. The TEViD stu
 :class:`~tevid_hpo.monitor.TrialMonitor` in every trial; its wall time includes that overhead.
 
 Without a shipped default checkpoint the demo trains the toy diagnostician of
-:mod:`tevid_hpo.toy_diagnostician` (Healthy vs Instability only, ~30 s) into
+:mod:`tevid_hpo.testing` (Healthy vs Instability only, ~30 s) into
 ``OUT/toy-diagnostician`` and says so; its numbers then describe that toy, not the real model.
 
 Example:
@@ -75,7 +75,7 @@ def _resolve_diagnostician(diagnostician: Diagnostician | str | os.PathLike[str]
         return Diagnostician.from_pretrained(device="cpu")
     except FileNotFoundError:
         pass
-    from tevid_hpo.toy_diagnostician import DEMO_CORPUS, train_toy_diagnostician
+    from tevid_hpo.testing import DEMO_CORPUS, train_toy_diagnostician
 
     toy = out / "toy-diagnostician"
     if (toy / "model.safetensors").is_file():

@@ -1,8 +1,11 @@
-"""A small but real diagnostician trained in seconds: Healthy vs Instability on digits runs.
+"""Testing and demo fixture: a small but real diagnostician trained in seconds (Healthy vs
+Instability on digits runs).
 
-It stands in where the shipped default checkpoint (``tevid_hpo/checkpoints/default.*``, produced by
-the full factory pipeline) is not available: the test suite and, until that checkpoint exists,
-the ``tevid-hpo demo`` study. It is trained on the same recipe as
+Not a diagnostician to use on real runs. It lives in the package rather than under ``tests/``
+because a user-facing command needs it: ``tevid-hpo demo`` (:mod:`tevid_hpo.optuna_demo`) trains
+it when the shipped default checkpoint (``tevid_hpo/checkpoints/default.*``, produced by the full
+factory pipeline) is not installed, and the runnable examples in ``docs/`` use it for the same
+reason. The test suite uses it through ``tests/conftest.py``. It is trained on the same recipe as
 :mod:`tevid_hpo.capture_demo` — :func:`~data_factory.architectures.small_cnn` on
 :func:`~data_factory.datasets.digits` — with healthy runs (Adam, AdamW and SGD at sane learning
 rates, with and without weight decay; :data:`DEMO_CORPUS` adds full-length runs on small,
@@ -229,7 +232,7 @@ def train_toy_diagnostician(out_dir: str | Path, corpus: Sequence[ToyRun] = QUIC
         "train_clip_accuracy": round(acc, 4)}, corpus={
         "runs": [vars(r) for r in corpus], "clips": len(dataset),
         "batch_size": batch_size, "finetune_epochs": result.epochs, "seed": seed,
-        "recipe": "tevid_hpo.toy_diagnostician"})
+        "recipe": "tevid_hpo.testing"})
     if not quiet:
         n_bad = sum(label != KNOWN_LABELS.index(HEALTHY) for label in all_labels)
         print(f"toy diagnostician: {len(dataset)} clips ({n_bad} Instability) from "
