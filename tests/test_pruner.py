@@ -9,8 +9,13 @@ import pickle
 
 import optuna
 import pytest
-from optuna.pruners import (BasePruner, HyperbandPruner, MedianPruner, SuccessiveHalvingPruner,
-                            _filter_study)
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    SuccessiveHalvingPruner,
+    _filter_study,
+)
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -315,3 +320,76 @@ def test_trials_tevid_stops_keep_their_rung_places(halving):
     # trials still count at the rungs their (constant) value would have reached.
     assert any(alone[n] is not None for n in learning)   # Hyperband does prune some
     assert {n: tevid[n] for n in learning} == {n: alone[n] for n in learning}
+
+
+# ---------------------------------------------------------------------- Optuna internals
+# tevid_hpo/_optuna_private.py holds every private Optuna attribute the pruner reads. An Optuna
+# release that drops one must fail loudly, naming the attribute and the version, never prune or
+# sample differently in silence. Each test removes one attribute and checks that error.
+
+def test_every_private_optuna_hook_exists_in_the_installed_optuna():
+    from tevid_hpo import _optuna_private as private
+
+    private.check_bracket_hooks()
+    for name in private.BRACKET_METHODS:
+        assert callable(getattr(HyperbandPruner, name))
+
+
+@pytest.mark.parametrize("name", ["_get_bracket_id", "_create_bracket_study"])
+def test_a_missing_bracket_method_fails_at_construction(monkeypatch, name):
+    from tevid_hpo._optuna_private import OptunaInternalsError
+
+    monkeypatch.delattr(HyperbandPruner, name)
+    with pytest.raises(OptunaInternalsError, match=rf"HyperbandPruner\.{name}.*optuna "
+                       rf"{optuna.__version__} does not have"):
+        TEViDPruner()
+    TEViDPruner(wrapped=None)   # without Hyperband nothing private is needed
+
+
+def test_a_filter_study_that_stops_calling_the_bracket_methods_fails(monkeypatch):
+    from tevid_hpo._optuna_private import OptunaInternalsError
+
+    monkeypatch.setattr(optuna.pruners, "_filter_study", lambda study, trial: study)
+    with pytest.raises(OptunaInternalsError, match=r"_filter_study\.calling _get_bracket_id"):
+        TEViDPruner()
+
+
+def test_a_storage_without_the_private_handle_fails_the_reason_write_loudly(monkeypatch):
+    from tevid_hpo._optuna_private import OptunaInternalsError
+    from tevid_hpo.pruners import record_prune_reason
+
+    study = optuna.create_study()
+    trial = study.ask()
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    monkeypatch.delattr(type(frozen), "_trial_id", raising=False)
+    monkeypatch.delattr(frozen, "_trial_id")
+    with pytest.raises(OptunaInternalsError, match=r"FrozenTrial\._trial_id.*pip install"):
+        record_prune_reason(study, frozen, {"pruner": "x", "rule": "y"})
+
+
+def test_a_hyperband_without_its_bracket_list_fails_keep_rung_places_loudly(monkeypatch):
+    from tevid_hpo._optuna_private import OptunaInternalsError
+    from tevid_hpo.pruners import keep_rung_places
+
+    hb = HyperbandPruner(min_resource=1, max_resource=9)
+    study = optuna.create_study(study_name="demo", pruner=hb)
+    t = study.ask()
+    t.report(0.5, 0)
+    monkeypatch.delattr(hb, "_pruners")
+    with pytest.raises(OptunaInternalsError, match=r"HyperbandPruner\._pruners"):
+        keep_rung_places(hb, study, study.get_trials(deepcopy=False)[t.number])
+
+
+# ---------------------------------------------------------------------- multi-objective
+@pytest.mark.parametrize("wrapped", ["hyperband", None, MedianPruner()])
+def test_a_multi_objective_study_is_refused_with_the_reason(wrapped):
+    study = optuna.create_study(directions=["minimize", "maximize"],
+                                pruner=TEViDPruner(wrapped=wrapped))
+    message = r"multi-objective study \(2 directions\): Optuna cannot report intermediate values"
+    if wrapped == "hyperband":
+        # Optuna shows a Hyperband pruner the study as each trial starts: refused at once.
+        with pytest.raises(ValueError, match=message):
+            study.ask()
+    frozen = optuna.trial.create_trial(values=[1.0, 2.0])
+    with pytest.raises(ValueError, match=message):
+        study.pruner.prune(study, frozen)

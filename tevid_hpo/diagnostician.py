@@ -322,7 +322,7 @@ class Diagnostician:
             # A config that parses but does not describe these weights (hand-edited, or from
             # another version): name the file instead of surfacing torch's key listing.
             raise CheckpointError(checkpoint_paths(path)[1], f"does not describe a loadable "
-                                  f"TEViD ({type(err).__name__}: {str(err)[:200]})",
+                                  f"TEViD ({type(err).__name__}: {' '.join(str(err).split())[:200]})",
                                   _GET_A_CHECKPOINT) from None
         # Calibration keys come from Calibration itself, so a new field (``memory``) can never
         # slip into the metadata and override a later calibration on save.

@@ -185,6 +185,16 @@ class TrialMonitor:
                  diagnostician: Diagnostician | None = None, device: str | torch.device = "auto",
                  *, layers: Sequence[str] | None = None, history_size: int = 16,
                  nan_patience: int = 3, sync_every: int = 10, asynchronous: bool = True) -> None:
+        # A pruner that cannot serve this trial's study (TEViDPruner in a multi-objective study)
+        # says so now, not after a run that no pruner will ever be asked about.
+        check_study = getattr(getattr(getattr(trial, "study", None), "pruner", None),
+                              "check_study", None)
+        if callable(check_study):
+            check_study(trial.study)  # type: ignore[union-attr]
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int)
+                                  or every < 1):
+            raise ValueError(f"every must be None (the diagnostician's cadence) or an int >= 1, "
+                             f"got {every!r}")
         for name, value in (("history_size", history_size), ("nan_patience", nan_patience),
                             ("sync_every", sync_every)):
             if value < 1:

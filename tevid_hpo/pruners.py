@@ -87,6 +87,15 @@ from optuna.pruners import BasePruner, HyperbandPruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial
 
 from data_factory.labels import INSTABILITY, OVERFITTING
+from tevid_hpo._optuna_private import (
+    BracketDelegation,
+    OptunaInternalsError,
+    check_bracket_hooks,
+    hyperband_bracket,
+    hyperband_max_resource,
+    set_trial_system_attr,
+    set_trial_user_attr,
+)
 from tevid_hpo.cost import CostModel
 from tevid_hpo.decision import TEVID, alert_reason, check_options, check_prune_on, cost_reason
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
@@ -115,16 +124,16 @@ def record_prune_reason(study: optuna.study.Study, trial: FrozenTrial, reason: d
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
         >>> study = optuna.create_study()
         >>> trial = study.ask()
-        >>> record_prune_reason(study, study._storage.get_trial(trial._trial_id),
-        ...                     {"pruner": "MyPruner", "rule": "nan"})
-        >>> prune_reason(study._storage.get_trial(trial._trial_id))["rule"]
+        >>> running = study.get_trials(deepcopy=False)[trial.number]
+        >>> record_prune_reason(study, running, {"pruner": "MyPruner", "rule": "nan"})
+        >>> prune_reason(study.trials[trial.number])["rule"]
         'nan'
     """
-    # No public system-attribute setter in Optuna: write through the storage, as the built-in
-    # pruners do (optuna/pruners/_successive_halving.py).
     try:
-        study._storage.set_trial_system_attr(trial._trial_id, REASON_SYSTEM_ATTR, reason)
-        study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+        set_trial_system_attr(study, trial, REASON_SYSTEM_ATTR, reason)
+        set_trial_user_attr(study, trial, REASON_ATTR, reason)
+    except OptunaInternalsError:
+        raise   # an Optuna that changed under us: loud, not a quietly missing reason
     except Exception as err:
         logger.debug("could not record the prune reason of trial %d: %s", trial.number, err)
 
@@ -172,8 +181,8 @@ def keep_rung_places(halving: BasePruner | None, study: optuna.study.Study, tria
         ...         t.report(value, step); _ = t.should_prune()
         ...     _ = study.tell(t, value)
         >>> t = study.ask(); t.report(0.95, 0); t.report(0.95, 1)   # the best so far, stopped
-        >>> keep_rung_places(hb, study, study._storage.get_trial(t._trial_id))
-        >>> sorted(study._storage.get_trial(t._trial_id).system_attrs)[:2]
+        >>> keep_rung_places(hb, study, study.get_trials(deepcopy=False)[t.number])
+        >>> sorted(study.trials[t.number].system_attrs)[:2]
         ['completed_rung_0', 'completed_rung_1']
     """
     step = trial.last_step
@@ -182,12 +191,10 @@ def keep_rung_places(halving: BasePruner | None, study: optuna.study.Study, tria
         return
     try:
         if isinstance(halving, HyperbandPruner):
-            if not halving._pruners or not isinstance(halving._max_resource, int):
+            bracket = hyperband_bracket(halving, study, trial)
+            if bracket is None:
                 return   # not initialised yet: no trial has been compared at a rung
-            bracket = halving._get_bracket_id(study, trial)
-            rule: BasePruner = halving._pruners[bracket]
-            view = halving._create_bracket_study(study, bracket)
-            last_step = halving._max_resource - 1
+            rule, view, last_step = bracket[0], bracket[1], bracket[2] - 1
         elif isinstance(halving, SuccessiveHalvingPruner) and max_resource is not None:
             rule, view, last_step = halving, study, max_resource - 1
         else:
@@ -197,6 +204,8 @@ def keep_rung_places(halving: BasePruner | None, study: optuna.study.Study, tria
         held = copy.copy(trial)
         held.intermediate_values = {**trial.intermediate_values, last_step: value}
         rule.prune(view, held)
+    except OptunaInternalsError:
+        raise   # an Optuna that changed under us: loud, not silently different rungs
     except Exception as err:   # bookkeeping for the other trials; never fail this one
         logger.debug("could not keep the rung places of trial %d: %s", trial.number, err)
 
@@ -254,8 +263,11 @@ class TEViDPruner(BasePruner):
             raise TypeError("wrapping a TEViDPruner in a TEViDPruner checks every alert twice")
         labels = check_prune_on(prune_on)
         min_confidence = check_options(cost, min_confidence)
-        if max_resource is not None and max_resource < 1:
-            raise ValueError(f"max_resource must be >= 1, got {max_resource}")
+        if max_resource is not None and (isinstance(max_resource, bool) or not isinstance(
+                max_resource, int) or max_resource < 1):
+            raise ValueError(f"max_resource must be None or an int >= 1, got {max_resource!r}")
+        if isinstance(self, HyperbandPruner):
+            check_bracket_hooks()   # fail here, not with a silently different sampler view
         self._wrapped = wrapped
         self._prune_on = labels
         self._cost = cost
@@ -282,8 +294,33 @@ class TEViDPruner(BasePruner):
         """Alert labels that prune."""
         return self._prune_on
 
+    def check_study(self, study: optuna.study.Study) -> None:
+        """Raise ``ValueError`` if this pruner cannot serve ``study``: a multi-objective one.
+
+        Called on the study's first trial when Optuna lets the pruner see it (around Hyperband,
+        the sampler asks the pruner for the trial's bracket as the trial starts), by
+        :class:`~tevid_hpo.monitor.TrialMonitor` when it is given such a trial, and by
+        :meth:`prune`.
+
+        Example:
+            >>> import optuna
+            >>> study = optuna.create_study(directions=["minimize", "minimize"])
+            >>> TEViDPruner(wrapped=None).check_study(study)
+            Traceback (most recent call last):
+            ...
+            ValueError: TEViDPruner cannot serve a multi-objective study (2 directions): Optuna cannot report intermediate values there (Trial.report and Trial.should_prune raise), so no pruner is ever asked. Use a single-objective study, or drop the pruner and stop runs from the objective with TrialMonitor.alert.
+        """
+        n = len(study.directions)
+        if n > 1:
+            raise ValueError(
+                f"TEViDPruner cannot serve a multi-objective study ({n} directions): Optuna "
+                "cannot report intermediate values there (Trial.report and Trial.should_prune "
+                "raise), so no pruner is ever asked. Use a single-objective study, or drop the "
+                "pruner and stop runs from the objective with TrialMonitor.alert.")
+
     def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
         """Decide for ``trial`` from its stored diagnosis, else ask the wrapped pruner."""
+        self.check_study(study)
         reason = self._tevid_reason(study, trial)
         if reason is not None:
             self._record(study, trial, reason)
@@ -336,9 +373,7 @@ class TEViDPruner(BasePruner):
     def _budget(self) -> int | None:
         if self._max_resource is not None:
             return self._max_resource
-        # HyperbandPruner keeps max_resource privately; it becomes an int once known ("auto").
-        hb_max = getattr(self._wrapped, "_max_resource", None)
-        return hb_max if isinstance(hb_max, int) else None
+        return hyperband_max_resource(self._wrapped)
 
     @staticmethod
     def _record(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]) -> None:
@@ -349,21 +384,19 @@ class TEViDPruner(BasePruner):
                         reason["reason"], reason["confidence"])
 
 
-class _TEViDHyperbandPruner(TEViDPruner, HyperbandPruner):
+class _TEViDHyperbandPruner(TEViDPruner, BracketDelegation, HyperbandPruner):
     """A :class:`TEViDPruner` around a :class:`~optuna.pruners.HyperbandPruner`, itself one.
 
-    Optuna reaches a Hyperband pruner's brackets through exactly two methods,
-    ``_get_bracket_id`` and ``_create_bracket_study`` (``optuna.pruners._filter_study``); both are
-    delegated to the wrapped instance, which owns every piece of bracket state.
-    ``HyperbandPruner.__init__`` is deliberately not called: no second, unused copy of that
-    state exists. ``prune`` is :meth:`TEViDPruner.prune` (first in the MRO).
+    Optuna reaches a Hyperband pruner's brackets through two methods only; both are delegated to
+    the wrapped instance, which owns every piece of bracket state
+    (:class:`~tevid_hpo._optuna_private.BracketDelegation`, checked against the installed Optuna
+    at construction). ``HyperbandPruner.__init__`` is deliberately not called: no second, unused
+    copy of that state exists. ``prune`` is :meth:`TEViDPruner.prune` (first in the MRO).
     """
 
     _wrapped: HyperbandPruner
 
-    def _get_bracket_id(self, study: optuna.study.Study, trial: FrozenTrial) -> int:
-        return self._wrapped._get_bracket_id(study, trial)
-
-    def _create_bracket_study(self, study: optuna.study.Study, bracket_id: int
-                              ) -> optuna.study.Study:
-        return self._wrapped._create_bracket_study(study, bracket_id)
+    @property
+    def bracket_owner(self) -> HyperbandPruner:
+        """The wrapped Hyperband, which keeps the brackets."""
+        return self._wrapped
