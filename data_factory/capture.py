@@ -35,12 +35,15 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from data_factory.frames import Frame, FrameEncoder, Summary, summarise
+
+if TYPE_CHECKING:
+    from data_factory.privacy import DPTelemetry
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +185,9 @@ class StateCapture:
         start_step: value of the step counter at entry (for resumed runs).
         stats: also record raw per-layer summaries (:data:`~data_factory.frames.STAT_NAMES`) in
             ``Frame.stats``, for scalar baselines; off by default since only the factory needs them.
+        privacy: a :class:`~data_factory.privacy.DPTelemetry`: hooks keep only its clipped,
+            noised maps and it accounts ε per capture step (``docs/privacy.md``); needs
+            ``stats=False`` and a model without BatchNorm.
 
     Attributes:
         layers: the three hooked module names, shallow to deep (empty until the first forward
@@ -201,7 +207,8 @@ class StateCapture:
     def __init__(self, model: nn.Module, every: int = 10, frame_size: int = 32,
                  layers: Sequence[str] | None = None, encoder: FrameEncoder | None = None,
                  adapters: Mapping[type[nn.Module], Callable[[nn.Module], tuple[str, bool]]] | None = None,
-                 start_step: int = 0, stats: bool = False) -> None:
+                 start_step: int = 0, stats: bool = False,
+                 privacy: DPTelemetry | None = None) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if layers is not None and len(layers) != 3:
@@ -211,6 +218,12 @@ class StateCapture:
         self.encoder = encoder or FrameEncoder(frame_size=frame_size)
         self.step_count = start_step
         self.stats = stats
+        if privacy is not None:
+            if stats:
+                raise ValueError("stats=True records un-noised per-layer statistics; "
+                                 "it cannot be combined with privacy")
+            privacy.check_model(model)
+        self.privacy = privacy
         self._explicit = list(layers) if layers is not None else None
         self._adapters = adapters
         self._points: list[HookPoint] = []
@@ -289,6 +302,13 @@ class StateCapture:
             if tensor is None:
                 return
             try:
+                if self.privacy is not None:  # only noised maps leave the hook
+                    dp = self.privacy
+                    self._acts[index] = dp.release(tensor, batch_first, ("act", id(module)))
+                    if tensor.requires_grad:
+                        tensor.register_hook(lambda g: self._grads.__setitem__(
+                            index, dp.release(g, batch_first, ("grad", id(module)), gradient=True)))
+                    return
                 self._acts[index] = summarise(tensor, batch_first, self.stats)
                 if tensor.requires_grad:
                     tensor.register_hook(
@@ -328,6 +348,8 @@ class StateCapture:
         frame = None
         if self.armed:
             frame = self._emit(epoch)
+            if self.privacy is not None:
+                self.privacy.end_step(released=frame is not None, step=self.step_count)
         self.step_count += 1
         self._acts.clear()
         self._grads.clear()
@@ -352,8 +374,11 @@ class StateCapture:
     # -- resumption --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state (step counter, chosen layers, normalisation statistics)."""
-        return {"step_count": self.step_count, "layers": list(self.layers),
-                "encoder": self.encoder.state_dict()}
+        state = {"step_count": self.step_count, "layers": list(self.layers),
+                 "encoder": self.encoder.state_dict()}
+        if self.privacy is not None:
+            state["privacy"] = self.privacy.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output; call before entering the context."""
@@ -363,3 +388,5 @@ class StateCapture:
         if state.get("layers"):
             self._explicit = list(state["layers"])
         self.encoder.load_state_dict(state["encoder"])
+        if self.privacy is not None and "privacy" in state:
+            self.privacy.load_state_dict(state["privacy"])

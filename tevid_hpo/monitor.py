@@ -86,6 +86,7 @@ from torch import nn
 
 from data_factory.capture import StateCapture
 from data_factory.labels import INSTABILITY
+from data_factory.privacy import DPTelemetry
 from tevid_hpo.diagnostician import Diagnosis, Diagnostician
 
 __all__ = ["ERROR_ATTR", "FORMAT_VERSION", "NONFINITE_LOSS", "USER_ATTR", "TrialMonitor"]
@@ -164,6 +165,10 @@ class TrialMonitor:
         device: where the default diagnostician runs; ``"auto"`` = the model's device (the
             trial's own). Ignored when ``diagnostician`` is given (it keeps its device).
         layers: three module names to capture instead of the automatic 25/50/75 % choice.
+        privacy: a :class:`~data_factory.privacy.DPTelemetry` (one per trial): capture keeps only
+            clipped, noised maps (``docs/privacy.md``), and ε at its δ is published as
+            ``"privacy"`` in the trial attribute, ``"epsilon"`` in every history entry and
+            ``tevid_epsilon`` in :meth:`metrics`.
         history_size: diagnoses kept in the trial attribute (the in-process :attr:`history`
             keeps all of them).
         nan_patience: consecutive non-finite losses that confirm Instability. The default 3
@@ -183,7 +188,8 @@ class TrialMonitor:
 
     def __init__(self, model: nn.Module, trial: TrialLike | None = None, every: int | None = None,
                  diagnostician: Diagnostician | None = None, device: str | torch.device = "auto",
-                 *, layers: Sequence[str] | None = None, history_size: int = 16,
+                 *, layers: Sequence[str] | None = None, privacy: DPTelemetry | None = None,
+                 history_size: int = 16,
                  nan_patience: int = 3, sync_every: int = 10, asynchronous: bool = True) -> None:
         # A pruner that cannot serve this trial's study (TEViDPruner in a multi-objective study)
         # says so now, not after a run that no pruner will ever be asked about.
@@ -215,8 +221,9 @@ class TrialMonitor:
         self.sync_every = int(sync_every)
         profile = diagnostician.profile
         self.every = int(every if every is not None else profile.every)
+        self.privacy = privacy
         self._capture = StateCapture(model, every=self.every, frame_size=profile.frame_size,
-                                     layers=layers)
+                                     layers=layers, privacy=privacy)
         self._history: list[dict[str, Any]] = []
         self._alerts: dict[str, dict[str, Any]] = {}   # insertion order = time order
         self._latest: Diagnosis | None = None
@@ -345,7 +352,8 @@ class TrialMonitor:
         ``tevid_label``, ``tevid_alert`` (``""`` for none), ``tevid_alerted`` (0/1),
         ``tevid_vacuity``, ``tevid_p_<label>`` per known class, ``tevid_error`` (``""``). Before
         the first diagnosis the probabilities are the uniform prior and the vacuity is 1 (no
-        evidence), so the key set never changes.
+        evidence), so the key set never changes. With ``privacy``, ``tevid_epsilon`` (ε spent so
+        far at the mechanism's δ; ``inf`` for a noiseless mechanism) is added.
 
         Example:
             >>> import warnings, torch
@@ -371,6 +379,8 @@ class TrialMonitor:
             "tevid_vacuity": float(d.vacuity) if d is not None else 1.0,
         }
         out.update({f"tevid_p_{c}": float(probs.get(c, 0.0)) for c in known})
+        if self.privacy is not None:
+            out["tevid_epsilon"] = float(self.privacy.epsilon)
         out["tevid_error"] = self._error or ""
         return out
 
@@ -444,6 +454,8 @@ class TrialMonitor:
     def _record(self, d: Diagnosis) -> None:
         self._latest = d
         self._history.append(history_entry(d))
+        if self.privacy is not None:   # ε spent up to the frame this diagnosis read
+            self._history[-1]["epsilon"] = _num(self.privacy.epsilon_at(d.step))
         if d.alert is not None and d.alert not in self._alerts:
             self._add_alert(alert_entry(d))
             return
@@ -463,7 +475,8 @@ class TrialMonitor:
                 "step": self._capture.step_count - 1, "epoch": self._epoch,
                 "epochs_done": self._epochs_done, "n_diagnoses": len(self._history),
                 "alert": self.alert, "alerts": self.alerts, "latest": latest,
-                "history": self._history[-self.history_size:]}
+                "history": self._history[-self.history_size:],
+                **({"privacy": self.privacy.report().to_dict()} if self.privacy is not None else {})}
 
     def _sync(self) -> None:
         self._since_sync = 0
