@@ -206,3 +206,107 @@ def test_monitor_cadence_is_validated(untrained, every):
     with pytest.raises(ValueError, match=rf"every must be None \(the diagnostician's cadence\) "
                                          rf"or an int >= 1, got {every!r}"):
         TrialMonitor(small_cnn(in_channels=1), every=every, diagnostician=untrained)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"c_fa": -1.0}, ValueError, "c_fa must be >= 0, got -1.0"),
+    ({"c_md": float("nan")}, ValueError, "c_md"),
+    ({"c_lead": 0.5}, ValueError, r"c_lead must be <= 0 \(a positive value would reward late"),
+])
+def test_cost_model_arguments_are_validated(kwargs, error, message):
+    from tevid_hpo.cost import CostModel
+
+    with pytest.raises(error, match=message):
+        CostModel(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"frame_size": 1}, ValueError, (r"frame_size must be an int >= 2 \(a diagnostician's "
+                                    r"profile.frame_size\), got 1")),
+    ({"frame_size": 16.0}, ValueError, "frame_size must be an int >= 2"),
+    ({"layout": "spiral"}, ValueError, "layout must be 'grid' or 'pad', got 'spiral'"),
+    ({"clip": 0}, ValueError, "clip must be a finite number > 0, got 0"),
+])
+def test_feature_importance_frames_arguments_are_validated(kwargs, error, message):
+    from tevid_hpo.lightgbm import FeatureImportanceFrames
+
+    with pytest.raises(error, match=message):
+        FeatureImportanceFrames(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"diagnostician": 3}, TypeError, ("diagnostician must be a Diagnostician or a checkpoint "
+                                      "path, got int")),
+    ({"every": 0}, ValueError, "every must be an int >= 1, got 0"),
+    ({"history_size": 1.5}, ValueError, "history_size must be an int >= 1, got 1.5"),
+    ({"prune_on": ("Healthy",)}, ValueError, "prune_on must name labels"),
+])
+def test_lightgbm_callback_arguments_are_validated(untrained, kwargs, error, message):
+    from tevid_hpo.lightgbm import TEViDLightGBMCallback
+
+    kwargs = {"diagnostician": untrained, **kwargs}
+    with pytest.raises(error, match=message):
+        TEViDLightGBMCallback(**kwargs)
+
+
+def _smac_function(config, seed=0, budget=1, *, tevid):
+    return 0.0
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"worst_cost": float("inf")}, ValueError, "worst_cost must be a finite number, got inf"),
+    ({"diagnostician": 3}, TypeError, ("diagnostician must be a Diagnostician, a checkpoint path "
+                                      "or None, got int")),
+    ({"max_budget": 0}, ValueError, "max_budget must be None or a finite number > 0, got 0"),
+    ({"monitor_kwargs": ["every"]}, TypeError, ("monitor_kwargs must be a mapping of "
+                                               "TrialMonitor arguments, got list")),
+    ({"monitor_kwargs": {"evry": 5}}, TypeError, (r"monitor_kwargs has unknown TrialMonitor "
+                                                 r"arguments \['evry'\]; allowed: .*'every'")),
+    ({"prune_on": "Healthy"}, ValueError, "prune_on must name labels"),
+    ({"min_confidence": -0.5}, ValueError, r"min_confidence must lie in \[0, 1\]"),
+])
+def test_smac_target_arguments_are_validated(untrained, kwargs, error, message):
+    from tevid_hpo.smac import TEViDTarget
+
+    kwargs = {"worst_cost": 1.0, "diagnostician": untrained, **kwargs}
+    with pytest.raises(error, match=message):
+        TEViDTarget(_smac_function, **kwargs)
+    with pytest.raises(TypeError, match="the target function must accept a keyword argument "
+                                        "'tevid'"):
+        TEViDTarget(lambda config: 0.0, worst_cost=1.0, diagnostician=untrained)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"mode": "maximize"}, "mode must be 'min', 'max' or None, got 'maximize'"),
+    ({"max_t": 0}, r"max_t must be an int >= 1 \(in time_attr units\), got 0"),
+    ({"max_t": 9.5}, "max_t must be an int >= 1"),
+    ({"reduction_factor": 1}, "reduction_factor must be a number > 1, got 1"),
+    ({"prune_on": ("Healthy",)}, "prune_on must name labels"),
+    ({"min_confidence": 3}, r"min_confidence must lie in \[0, 1\]"),
+])
+def test_ray_hyperband_arguments_are_validated(kwargs, message):
+    from tevid_hpo.ray import TEViDHyperband
+
+    with pytest.raises(ValueError, match=message):
+        TEViDHyperband(metric="acc", **{"mode": "max", **kwargs})
+
+
+def test_ray_scheduler_arguments_are_validated():
+    from tevid_hpo.cost import CostModel
+    from tevid_hpo.ray import TEViDScheduler
+
+    with pytest.raises(TypeError, match="base must be a ray.tune TrialScheduler"):
+        TEViDScheduler(base="asha")
+    with pytest.raises(ValueError, match="the cost rule needs the trial budget: pass max_t"):
+        TEViDScheduler(cost=CostModel())
+    with pytest.raises(ValueError, match="max_t must be None or a number > 0, got -3"):
+        TEViDScheduler(max_t=-3)
+
+
+def test_nas_hook_arguments_are_validated(untrained):
+    from tevid_hpo.nas import TEViDHook
+
+    with pytest.raises(ValueError, match="prune_on must name labels"):
+        TEViDHook(untrained, prune_on=("Healthy",))
+    with pytest.raises(TypeError, match="cost must be a CostModel or None"):
+        TEViDHook(untrained, cost=1.0)

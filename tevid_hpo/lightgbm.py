@@ -158,6 +158,11 @@ class FeatureImportanceFrames:
                  clip: float = 8.0) -> None:
         if layout not in ("grid", "pad"):
             raise ValueError(f"layout must be 'grid' or 'pad', got {layout!r}")
+        if isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 2:
+            raise ValueError(f"frame_size must be an int >= 2 (a diagnostician's "
+                             f"profile.frame_size), got {frame_size!r}")
+        if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
+            raise ValueError(f"clip must be a finite number > 0, got {clip!r}")
         self.frame_size = int(frame_size)
         self.layout = layout
         self.clip = float(clip)
@@ -351,10 +356,13 @@ class TEViDLightGBMCallback:
                  sync_every: int = 10) -> None:
         if isinstance(diagnostician, (str, os.PathLike)):
             diagnostician = Diagnostician.from_pretrained(diagnostician, device="cpu")
+        if not isinstance(diagnostician, Diagnostician):
+            raise TypeError(f"diagnostician must be a Diagnostician or a checkpoint path, got "
+                            f"{type(diagnostician).__name__}")
         for name, value in (("every", every), ("history_size", history_size),
                             ("sync_every", sync_every)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         # Instance attributes: lightgbm.train gives callbacks without an instance ``order`` one
         # from their list position. 25 runs after ``record_evaluation`` (20) and before
         # ``early_stopping`` (30), so both see the round in which this callback stops.

@@ -277,6 +277,8 @@ class _Rules:
         self.min_confidence = check_options(cost, min_confidence)
         if cost is not None and max_t is None:
             raise ValueError("the cost rule needs the trial budget: pass max_t")
+        if max_t is not None and not (isinstance(max_t, (int, float)) and max_t > 0):
+            raise ValueError(f"max_t must be None or a number > 0, got {max_t!r}")
         self.cost = cost
         self.max_t = max_t
         self.decisions: list[dict[str, Any]] = []
@@ -441,6 +443,14 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
                  stop_last_trials: bool = True, *,
                  prune_on: Collection[str] = DEFAULT_PRUNE_ON, cost: CostModel | None = None,
                  min_confidence: float = 0.0) -> None:
+        # Ray checks these with bare asserts (or not at all): say which argument and what is
+        # allowed instead.
+        if mode not in (None, "min", "max"):
+            raise ValueError(f"mode must be 'min', 'max' or None, got {mode!r}")
+        if isinstance(max_t, bool) or not isinstance(max_t, int) or max_t < 1:
+            raise ValueError(f"max_t must be an int >= 1 (in time_attr units), got {max_t!r}")
+        if not (isinstance(reduction_factor, (int, float)) and reduction_factor > 1):
+            raise ValueError(f"reduction_factor must be a number > 1, got {reduction_factor!r}")
         super().__init__(time_attr=time_attr, metric=metric, mode=mode, max_t=max_t,
                          reduction_factor=reduction_factor, stop_last_trials=stop_last_trials)
         self._tevid = _Rules(prune_on, cost, min_confidence, max_t)

@@ -297,6 +297,20 @@ class TEViDTarget:
             raise ValueError(f"worst_cost must be a finite number, got {worst_cost!r}")
         self.prune_on = check_prune_on(prune_on)
         self.min_confidence = check_options(cost, min_confidence)
+        if diagnostician is not None and not isinstance(diagnostician,
+                                                        (Diagnostician, str, os.PathLike)):
+            raise TypeError(f"diagnostician must be a Diagnostician, a checkpoint path or None, "
+                            f"got {type(diagnostician).__name__}")
+        if max_budget is not None and not (_finite(max_budget) or 0) > 0:
+            raise ValueError(f"max_budget must be None or a finite number > 0, got {max_budget!r}")
+        if monitor_kwargs is not None and not isinstance(monitor_kwargs, Mapping):
+            raise TypeError(f"monitor_kwargs must be a mapping of TrialMonitor arguments, got "
+                            f"{type(monitor_kwargs).__name__}")
+        allowed = set(inspect.signature(TrialMonitor).parameters) - {"model", "diagnostician"}
+        unknown = sorted(set(monitor_kwargs or {}) - allowed)
+        if unknown:
+            raise TypeError(f"monitor_kwargs has unknown TrialMonitor arguments {unknown}; "
+                            f"allowed: {sorted(allowed)}")
         if diagnostician is None and not checkpoint_paths(DEFAULT_CHECKPOINT)[0].is_file():
             # Fail here, once, rather than crash every trial SMAC runs (as TrialMonitor does).
             raise FileNotFoundError(
