@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             measure(monitor_watcher(args.every), **kw),
         "TrialMonitor(asynchronous=False)": measure(monitor_watcher(args.every, asynchronous=False), **kw),
     }
+    from experiments.bench_privacy import privacy_watcher   # DP mode (docs/privacy.md)
+
+    results["StateCapture(privacy=DPTelemetry(z=1, C=8)) (DP mode)"] = measure(
+        privacy_watcher(args.every, args.frame_size), **kw)
     latency = inference_latency(threads=args.threads, seed=args.seed)
     params = next(iter(results.values()))["params"]
     body = "\n".join([
