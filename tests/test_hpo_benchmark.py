@@ -1,4 +1,4 @@
-"""The Appendix M HPO benchmark (experiments/hpo_benchmark.py): the quick path end to end (real
+"""The Appendix M HPO benchmark (experiments/hpo_benchmark/): the quick path end to end (real
 Optuna studies and real Ray Tune runs), a live study against its replay, and the pieces whose
 mistakes would silently change the table: epoch and wall-time accounting, TEViD / Curve-TCN stops
 in the replay, false stops, Curve-TCN causality, the quick profile and the CLI.
@@ -32,6 +32,8 @@ from optuna.pruners import BasePruner
 
 from data_factory.labels import INSTABILITY
 from experiments import hpo_benchmark as hb
+from experiments.hpo_benchmark import driver, record
+from experiments.hpo_benchmark.problem import _one_thread, _quiet_optuna, _sampler
 from experiments.report import RESULTS
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import USER_ATTR
@@ -119,7 +121,7 @@ def _recordings(cfg) -> dict[int, list[hb.TrialRecording]]:
 def test_a_second_run_replays_the_stored_recordings(quick, monkeypatch):
     cfg, summary, _, _ = quick
     # Resumable: nothing is trained again (training would fail here).
-    monkeypatch.setattr(hb, "train_trial", lambda *a, **k: pytest.fail("re-recorded a trial"))
+    monkeypatch.setattr(record, "train_trial", lambda *a, **k: pytest.fail("re-recorded a trial"))
     again = hb.run_benchmark(hb.load_config(
         [f"recordings={cfg.recordings}", f"diagnostician={cfg.diagnostician}",
          "ray.enabled=false", "progress=false"], quick=True))
@@ -170,9 +172,9 @@ def _live_study(strategy: hb.Strategy, seed: int, recs: list[hb.TrialRecording],
         rec = hb.train_trial(problem, config, data, diag, trial=trial, on_epoch=on_epoch)
         return max(e.val_acc for e in rec.epochs)
 
-    with hb._one_thread(), hb._quiet_optuna():   # one thread, as recorded: the same floats
+    with _one_thread(), _quiet_optuna():   # one thread, as recorded: the same floats
         live = optuna.create_study(study_name=f"hpo-benchmark-seed{seed}",
-                                   direction="maximize", sampler=hb._sampler(seed),
+                                   direction="maximize", sampler=_sampler(seed),
                                    pruner=strategy.make())
         for r in recs:
             live.enqueue_trial(r.config.params)
@@ -346,7 +348,7 @@ def test_quick_profile_yields_to_explicit_overrides():
 
 def test_cli_accepts_quick_and_hydra_overrides(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(hb, "run_benchmark", lambda cfg, command: seen.update(
+    monkeypatch.setattr(driver, "run_benchmark", lambda cfg, command: seen.update(
         cfg=cfg, command=command))
     monkeypatch.setattr(sys, "argv", ["hpo_benchmark"])
     hb.main(["--quick", "n_trials=3", f"cache={tmp_path}"])

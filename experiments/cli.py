@@ -1,0 +1,47 @@
+"""The Hydra command line the experiments share: their configuration folder and a ``--quick``
+shorthand for ``quick=true``.
+
+Example:
+    >>> command, args = hydra_args(["--quick", "seed=1"], "python -m experiments.x")
+    >>> command, args
+    ('python -m experiments.x --quick seed=1', ['quick=true', 'seed=1'])
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+#: The experiments' Hydra configurations (``conf/<name>.yaml``).
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+def hydra_args(argv: Sequence[str] | None, command: str) -> tuple[str, list[str]]:
+    """``(the command line as typed, Hydra's arguments)`` for ``argv`` (``None``: ``sys.argv``);
+    ``--quick`` becomes ``quick=true``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    line = " ".join([command, *args])
+    return line, ["quick=true" if a == "--quick" else a for a in args]
+
+
+def run_hydra(config_name: str, command: str, argv: Sequence[str] | None,
+              run: Callable[[DictConfig, str, list[str]], None]) -> None:
+    """Run ``run(cfg, command line, Hydra arguments)`` under ``hydra.main`` with
+    ``conf/<config_name>.yaml`` and the arguments of :func:`hydra_args`.
+
+    The configuration names its Hydra job (``hydra.job.name``): Hydra would otherwise name it
+    after this file.
+    """
+    import hydra
+
+    line, args = hydra_args(argv, command)
+    sys.argv = [sys.argv[0], *args]
+
+    @hydra.main(config_path=str(CONF), config_name=config_name, version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        run(cfg, line, args)
+
+    _main()

@@ -1,0 +1,73 @@
+"""Why TEViD saved what it saved: what the recordings say each trial did (diverged, overfitted,
+alerted) against what Hyperband and Hyperband + TEViD did with it (:func:`diagnose`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from experiments.hpo_benchmark.arms import HYPERBAND, TEVID
+from experiments.hpo_benchmark.record import TrialRecording, _nan
+from experiments.hpo_benchmark.replay import TrialOutcome
+
+
+def _trial_facts(rec: TrialRecording, chance: float) -> dict[str, Any]:
+    """What the recording says a trial did (for the note's reasons).
+
+    * *failed*: a non-finite training loss, or validation accuracy within 2 points of chance at
+      the end with the training loss no lower than 95 % of its first epoch's (never learned);
+    * *overfit*: not failed, and the validation loss at the end 25 % above its minimum while the
+      training loss kept falling after that minimum;
+    * TEViD's first confirmed alert (label, epoch), from the attribute after the last epoch.
+    """
+    eps = rec.epochs
+    nonfinite = any(v is None for v in rec.steps.get("loss", []))
+    first_loss, last_loss = _nan(eps[0].train_loss), _nan(eps[-1].train_loss)
+    stuck = eps[-1].val_acc <= chance + 0.02 and not last_loss < 0.95 * first_loss
+    failed = nonfinite or stuck
+    vl = np.array([_nan(e.val_loss) for e in eps])
+    overfit = False
+    if not failed and np.isfinite(vl).any() and math.isfinite(vl[-1]):
+        best = int(np.nanargmin(vl))
+        overfit = bool(vl[-1] > 1.25 * vl[best] and last_loss < _nan(eps[best].train_loss))
+    alerts = (eps[-1].tevid or {}).get("alerts") or {}
+    first = min(alerts.values(), key=lambda a: a["step"]) if alerts else None
+    return {"failed": failed, "overfit": overfit,
+            "alert": first["label"] if first else None,
+            "alert_epoch": first["epoch"] if first else None}
+
+
+def diagnose(recordings: Mapping[int, Sequence[TrialRecording]],
+             outcomes: Sequence[TrialOutcome], prune_on: Sequence[str]) -> dict[str, Any]:
+    """Why TEViD saved what it saved (or not): counts over the recordings, for the note."""
+    recs = [r for rs in recordings.values() for r in rs]
+    n_classes = 10
+    facts = {(r.config.seed, r.config.number): _trial_facts(r, 1.0 / n_classes) for r in recs}
+    vals = np.array([r.full_value for r in recs])
+    top = float(np.quantile(vals, 0.75)) if len(vals) else math.nan
+    hb = {(o.seed, o.number): o for o in outcomes if o.strategy == HYPERBAND}
+    tv = {(o.seed, o.number): o for o in outcomes if o.strategy == "Hyperband + TEViD"}
+    alerted = [k for k, f in facts.items() if f["alert"] in prune_on]
+    div = [k for k, f in facts.items() if f["failed"]]
+    ovf = [k for k, f in facts.items() if f["overfit"]]
+    good = {(r.config.seed, r.config.number) for r in recs if r.full_value >= top}
+    saved_on = [k for k in tv if tv[k].stopped_by == TEVID and k in hb]
+    return {
+        "trials": len(recs),
+        "failed": len(div), "failed_alerted": sum(k in alerted for k in div),
+        "overfit": len(ovf), "overfit_alerted": sum(k in alerted for k in ovf),
+        "alerted": len(alerted),
+        "alerted_top_quartile": sum(k in good for k in alerted),
+        "median_alert_epoch": float(np.median([facts[k]["alert_epoch"] for k in alerted]))
+        if alerted else None,
+        "tevid_stops": len(saved_on),
+        "epochs_hyperband_on_tevid_stops": int(sum(hb[k].epochs for k in saved_on)),
+        "epochs_tevid_on_tevid_stops": int(sum(tv[k].epochs for k in saved_on)),
+        "hyperband_already_stopped_by_rung_1": sum(
+            hb[k].epochs <= 2 for k in saved_on),
+        "top_quartile_val_acc": top,
+    }
