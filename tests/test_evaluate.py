@@ -26,6 +26,7 @@ from core_models.metrics import RunPrediction
 from data_factory.runner import RunSpec, execute_run
 from data_factory.store import RunStore
 from experiments import evaluate, pipeline
+from experiments.evaluate import driver, methods
 from experiments.factory import corpus_index
 from experiments.label import label_corpus
 from tevid_hpo.cost import CostModel
@@ -97,11 +98,11 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamesp
         mp.setattr(pipeline, "ClipDataset", TappedClips)
         for cls in BASELINES.values():
             mp.setattr(cls, "fit", tapped_fit(cls.fit))
-        mp.setattr(evaluate, "threshold_at_far",
-                   tapped("threshold_at_far", evaluate.threshold_at_far))
-        mp.setattr(evaluate, "abstention_quantile",
-                   tapped("abstention_quantile", evaluate.abstention_quantile))
-        mp.setattr(evaluate, "_memory_runs", tapped("run memory", evaluate._memory_runs))
+        mp.setattr(methods, "threshold_at_far",
+                   tapped("threshold_at_far", methods.threshold_at_far))
+        mp.setattr(methods, "abstention_quantile",
+                   tapped("abstention_quantile", methods.abstention_quantile))
+        mp.setattr(methods, "_memory_runs", tapped("run memory", methods._memory_runs))
         mp.setattr(CostModel, "best_threshold", best_threshold)
 
         conf = OmegaConf.load(pipeline.CONF / "pipeline.yaml")
@@ -195,7 +196,7 @@ def test_no_test_run_or_factor_reaches_training_calibration_or_thresholds(
 
 def test_evaluation_refuses_a_test_run_in_validation(evaluated: SimpleNamespace,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    real = evaluate.split_runs
+    real = driver.split_runs
 
     def leaky(store: Any, labels: Any, split: str) -> Any:
         runs, events = real(store, labels, split)
@@ -204,7 +205,7 @@ def test_evaluation_refuses_a_test_run_in_validation(evaluated: SimpleNamespace,
             return runs + extra[:1], events + extra_ev[:1]
         return runs, events
 
-    monkeypatch.setattr(evaluate, "split_runs", leaky)
+    monkeypatch.setattr(driver, "split_runs", leaky)
     cfg = evaluated.cfg.copy()
     cfg.results = str(evaluated.tmp / "leaky.md")
     with pytest.raises(evaluate.LeakageError, match="test runs"):
