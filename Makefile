@@ -14,7 +14,7 @@ endif
 export RAY_AUTH_MODE := disabled
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench corpus labels pipeline evaluate hpo-benchmark clean-venv
+.PHONY: venv demo test bench corpus labels pipeline evaluate hpo-benchmark external clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ evaluate: venv
 # Appendix M: Hyperband vs + Curve-TCN vs + TEViD (Optuna and Ray Tune) → docs/results.md.
 hpo-benchmark: venv
 	$(PY) -m experiments.hpo_benchmark write_results=true
+
+# Issue 23's external suite: user-written runs through TrialMonitor (cached, resumable under
+# ~/.cache/tevid-hpo/external), every method scored → docs/results.md "External suite" sections.
+external: venv
+	$(PY) -m experiments.external
 
 clean-venv:
 	rm -rf $(VENV)

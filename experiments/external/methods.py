@@ -1,0 +1,207 @@
+"""Score every method on the recorded external runs, on TEViD's capture grid.
+
+Methods (all read only what a run exposes causally; the truth of :mod:`.truth` is attached
+afterwards):
+
+* ``tevid`` — the shipped checkpoint **as deployed**: the diagnoses the ``TrialMonitor`` made
+  live (run memory included) and its own confirmed alert (TEViD's 3-consecutive rule or the
+  non-finite-loss rule). ``tevid_far`` — the same scores with the 5 %-FAR threshold of the
+  baselines (chosen on external-dev).
+* the Table 3 baselines of :mod:`core_models.baselines`, built, seeded and fitted as
+  ``experiments.evaluate`` does (its config's keyword arguments; fit on factory *train* runs, tuned
+  / early-stopped on factory *val* runs — never on external runs; Embedding-CPD embeds with the
+  shipped checkpoint's TEViD), scored with :func:`experiments.evaluate.predictions`;
+* the users' rules of :mod:`.rules` (their own stopping step; score 1 from then on).
+
+Score-based methods alert with the 3-consecutive rule at the threshold whose false-alarm rate on
+the healthy references of **external-dev** is ≤ 5 %; that choice, and every fit, goes through a
+:class:`~experiments.evaluate.LeakageGuard` built on the external-test runs, which raises if any
+external-test run (``split="external-test"``) would reach it.
+
+Example:
+    >>> sorted(SCORED)[:3]
+    ['bocpd', 'curve_tcn', 'cusum']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from core_models.baselines import BASELINES, make_baseline, run_id_of
+from core_models.baselines.base import RunScores
+from core_models.metrics import RunPrediction, evaluate_alerts, threshold_at_far
+from data_factory.labels import HEALTHY, KNOWN_LABELS
+from data_factory.store import Run
+from experiments.evaluate import LeakageGuard, predictions
+from experiments.external.rules import USER_RULES
+from experiments.external.suite import DEV_HALF, TEST_HALF
+from experiments.external.truth import ExternalTruth
+
+__all__ = ["SCORED", "MethodScores", "score_methods", "tevid_live_scores"]
+
+_HEALTHY = KNOWN_LABELS.index(HEALTHY)
+#: Baselines scored (``core_models.baselines`` names) and how the tables call them.
+SCORED: dict[str, str] = {
+    "bocpd": "BOCPD (loss residuals)", "cusum": "CUSUM (loss residuals)",
+    "nan_rule": "NaN rule (ThresholdPruner-style)", "rules": "AUTOTRAINER-style rules",
+    "curve_tcn": "Curve-TCN", "stats_gbdt": "Stats-GBDT",
+    "stats_gbdt_curves": "Stats-GBDT + scalar curves",
+    "embedding_cpd": "Embedding-CPD (frozen shipped TEViD)",
+}
+_CONF = Path(__file__).resolve().parents[1] / "conf" / "evaluate.yaml"
+
+
+@dataclass
+class MethodScores:
+    """One method on both halves.
+
+    Attributes:
+        name, display: key and table name.
+        kind: ``"TEViD"``, ``"baseline"`` or ``"user rule"``.
+        preds: ``{half: [RunPrediction]}`` over the counted runs.
+        alert_steps: ``{half: {run_id: first alert step or None}}``.
+        threshold: the score threshold chosen on external-dev (``None``: the method's own rule).
+        notes: caveats.
+    """
+
+    name: str
+    display: str
+    kind: str
+    preds: dict[str, list[RunPrediction]] = field(default_factory=dict)
+    alert_steps: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    threshold: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def tevid_live_scores(run: Run) -> RunScores:
+    """The shipped TEViD's live diagnoses of ``run`` as :class:`RunScores` (vacuity in
+    ``extras``)."""
+    probs = np.clip(np.asarray(run.arrays["tevid_probs"], np.float64), 0.0, 1.0)
+    steps = np.asarray(run.arrays["tevid_steps"], np.int64)
+    fr = run.frames
+    epochs = np.where(fr.epochs >= 0, fr.epochs, fr.steps // int(run.meta["steps_per_epoch"]))
+    if len(steps) != len(fr.steps) or not np.array_equal(steps, fr.steps):
+        raise ValueError(f"{run.run_id}: live diagnoses do not match the recorded frames")
+    return RunScores("tevid", run.run_id, steps, epochs, 1.0 - probs[:, _HEALTHY],
+                     probs / probs.sum(1, keepdims=True).clip(1e-12),
+                     extras={"vacuity": np.clip(run.arrays["tevid_vacuity"], 0.0, 1.0)})
+
+
+def _live_alert(run: Run) -> int | None:
+    alerts = run.meta.get("tevid_alerts") or {}
+    steps = [int(a["step"]) for a in alerts.values() if a.get("step") is not None]
+    return min(steps) if steps else None
+
+
+def _latched(run: Run, name: str, step: int | None) -> RunScores:
+    grid = run.frames.steps
+    epochs = grid // int(run.meta["steps_per_epoch"])
+    score = np.zeros(len(grid)) if step is None else (grid >= step).astype(float)
+    return RunScores(name, run.run_id, grid, epochs, score)
+
+
+def _with_alert(preds: Sequence[RunPrediction], runs: Sequence[Run],
+                alert: Mapping[str, int | None]) -> list[RunPrediction]:
+    spe = {r.run_id: float(r.meta["steps_per_epoch"]) for r in runs}
+    return [dataclasses.replace(p, alert_step=alert[p.run_id],
+                                alert_epoch=None if alert[p.run_id] is None
+                                else alert[p.run_id] / spe[p.run_id]) for p in preds]
+
+
+def _baseline_kwargs(name: str) -> dict[str, Any]:
+    cfg = OmegaConf.load(_CONF)
+    kw = cfg.baselines.get(name) if cfg.get("baselines") else None
+    return dict(OmegaConf.to_container(kw, resolve=True) or {}) if kw else {}
+
+
+def score_methods(runs: Mapping[str, Sequence[Run]], truths: Mapping[str, ExternalTruth],
+                  factory: tuple[Sequence[Any], Sequence[Any], Mapping[str, Any]] | None,
+                  guard: LeakageGuard, diag_model: Any = None, seed: int = 0,
+                  far: float = 0.05, consecutive: int = 3, baselines: Sequence[str] | None = None,
+                  log: Any = print) -> dict[str, MethodScores]:
+    """Every method on ``runs`` (``{half: counted runs}``).
+
+    Args:
+        runs: the counted recordings of each half.
+        truths: ground truth by run id.
+        factory: ``(train runs, val runs, {run_id: RunLabel})`` of the factory corpus the
+            baselines learn from (``None``: skip the baselines).
+        guard: built on the external-test runs; every fit and threshold choice is admitted.
+        diag_model: the shipped TEViD module (Embedding-CPD embeds with it).
+        baselines: which baselines (default: all of :data:`SCORED`).
+    """
+    labels = {rid: t.label for rid, t in truths.items()}
+    halves = [h for h in (DEV_HALF, TEST_HALF) if runs.get(h)]
+    out: dict[str, MethodScores] = {}
+
+    def finish(m: MethodScores, native: Mapping[str, int | None] | None) -> None:
+        if native is not None:    # the method's own stopping rule
+            for h in halves:
+                m.preds[h] = _with_alert(m.preds[h], runs[h], native)
+                m.alert_steps[h] = dict(evaluate_alerts(m.preds[h], None).alert_steps)
+            return
+        dev = guard.admit(f"alert threshold ({far:.0%} FAR)", m.name, m.preds.get(DEV_HALF, []))
+        try:
+            m.threshold = threshold_at_far(list(dev), far, consecutive=consecutive)
+        except ValueError as err:
+            m.notes.append(f"no threshold: {err}")
+            m.threshold = float("inf")
+        for h in halves:
+            m.alert_steps[h] = dict(evaluate_alerts(m.preds[h], m.threshold,
+                                                    consecutive=consecutive).alert_steps)
+
+    # --- TEViD, as shipped
+    live = MethodScores("tevid", "TEViD shipped (as deployed: its own alert)", "TEViD")
+    thr = MethodScores("tevid_far", "TEViD shipped @ 5 % FAR (dev threshold)", "TEViD")
+    for h in halves:
+        preds, _ = predictions(tevid_live_scores, runs[h], labels, evidential=True)
+        live.preds[h] = preds
+        thr.preds[h] = [dataclasses.replace(p) for p in preds]
+    finish(live, {r.run_id: _live_alert(r) for h in halves for r in runs[h]})
+    finish(thr, None)
+    out["tevid"], out["tevid_far"] = live, thr
+    log("[external] TEViD scored")
+
+    # --- baselines, fitted on the factory corpus only
+    if factory is not None:
+        train, val, flabels = factory
+        for name in (baselines if baselines is not None else list(SCORED)):
+            kw = _baseline_kwargs(name)
+            if name == "embedding_cpd":
+                if diag_model is None:
+                    continue
+                kw.update(model=diag_model, device="cpu")
+            cls = BASELINES[name]
+            if "seed" in inspect.signature(cls).parameters:
+                kw.setdefault("seed", seed)
+            b = make_baseline(name, **kw)
+            fit = guard.admit("fit", name, train)
+            tune = guard.admit("tuning / early stopping", name, val)
+            b.fit(fit, [flabels[run_id_of(r)] for r in fit], tune,
+                  [flabels[run_id_of(r)] for r in tune])
+            m = MethodScores(name, SCORED[name], "baseline")
+            for h in halves:
+                m.preds[h], _ = predictions(b.score_run, runs[h], labels)
+            finish(m, None)
+            out[name] = m
+            log(f"[external] {name} fitted on {len(fit)} factory runs and scored")
+
+    # --- users' rules
+    for name, (display, rule) in USER_RULES.items():
+        stops = {r.run_id: rule(r) for h in halves for r in runs[h]}
+        m = MethodScores(name, display, "user rule")
+        for h in halves:
+            m.preds[h], _ = predictions(
+                lambda r, n=name, s=stops: _latched(r, n, s[r.run_id]), runs[h], labels)
+        finish(m, stops)
+        out[name] = m
+    log("[external] user rules scored")
+    return out

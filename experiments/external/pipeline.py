@@ -1,0 +1,146 @@
+"""The external suite end to end: record → truth → methods → tables (``run_external``).
+
+Example:
+    >>> from experiments.external.suite import SUITE
+    >>> composition(SUITE).shape[0] > 10
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from data_factory.store import Run
+from experiments.evaluate import LeakageGuard
+from experiments.external.methods import score_methods
+from experiments.external.record import CACHE, record_suite, recording_id
+from experiments.external.report import external_tables, plot_runs
+from experiments.external.suite import DEV_HALF, SMOKE, SUITE, TEST_HALF, RunSpec
+from experiments.external.truth import ExternalTruth, truth_of
+from experiments.report import RESULTS, write_section
+
+__all__ = ["COMMAND", "composition", "run_external"]
+
+COMMAND = "python -m experiments.external"
+
+
+def composition(specs: Sequence[RunSpec]) -> pd.DataFrame:
+    """Runs per half × family × scenario kind, with the family's data and optimizers."""
+    rows = [{"half": s.half, "family": s.family, "data": s.data, "optimizer": s.recipe.optimizer,
+             "kind": s.scenario.kind} for s in specs]
+    df = pd.DataFrame(rows)
+    table = df.pivot_table(index=["half", "family"], columns="kind", values="data",
+                           aggfunc="count", fill_value=0)
+    facts = df.groupby(["half", "family"]).agg(
+        data=("data", lambda x: ", ".join(sorted(set(x)))),
+        optimizers=("optimizer", lambda x: ", ".join(sorted(set(x)))))
+    return facts.join(table).reset_index()
+
+
+def _truth_table(runs: dict[str, list[Run]], truths: dict[str, ExternalTruth]) -> str:
+    rows = []
+    for half, rs in runs.items():
+        df = pd.DataFrame([{"kind": truths[r.run_id].kind, "positive": truths[r.run_id].positive,
+                            "reference": truths[r.run_id].reference} for r in rs])
+        for kind, g in df.groupby("kind", sort=False):
+            rows.append({"half": half, "scenario": kind, "runs": len(g),
+                         "anomaly happened": int(g.positive.sum()),
+                         "healthy reference": int(g.reference.sum()),
+                         "not counted (no visible effect / below floor)":
+                             int((~g.positive & ~g.reference).sum())})
+    return pd.DataFrame(rows).to_markdown(index=False) if rows else "_none_"
+
+
+def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000, seed: int = 0,
+                 baselines: bool = True, results: Path | None = None, figures: Path | None = None,
+                 root: Path | None = None, log: Any = print) -> dict[str, Any]:
+    """Record (cached), label, score and report the suite (``smoke``: the short runs only; then
+    nothing is written to ``docs/`` unless ``results`` is given)."""
+    t0 = time.time()
+    specs = SMOKE if smoke else SUITE
+    store, errors = record_suite(specs, workers=workers, root=root)
+    t_rec = time.time() - t0
+    for rid, err in errors.items():
+        log(f"[external] run {rid} failed: {err}")
+    all_runs: dict[str, list[Run]] = {DEV_HALF: [], TEST_HALF: []}
+    for s in specs:
+        if recording_id(s) in store:
+            all_runs[s.half].append(store.load(recording_id(s)))
+    truths = {r.run_id: truth_of(r) for rs in all_runs.values() for r in rs}
+    counted = {h: [r for r in rs if truths[r.run_id].counted] for h, rs in all_runs.items()}
+    # built on every external-test recording: none may reach a fit or a threshold choice
+    guard = LeakageGuard(all_runs[TEST_HALF], factors=())
+
+    factory, corpus_kind, diag_model = None, "none", None
+    if baselines:
+        from data_factory.store import RunStore
+        from experiments.external.corpus import factory_corpus
+        from experiments.pipeline import load_labels, split_runs
+        from tevid_hpo import Diagnostician
+
+        croot, corpus_kind = factory_corpus()
+        cstore, clabels = RunStore(croot), load_labels(croot)
+        train, _ = split_runs(cstore, clabels, "train")
+        val, _ = split_runs(cstore, clabels, "val")
+        factory = (train, val, clabels)
+        diag_model = Diagnostician.from_pretrained(device="cpu").model
+    t_score = time.time()
+    methods = score_methods(counted, truths, factory, guard, diag_model=diag_model, seed=seed,
+                            log=log)
+    guard.check()
+    t_score = time.time() - t_score
+
+    summary: dict[str, Any] = {
+        "runs": {h: len(rs) for h, rs in all_runs.items()},
+        "counted": {h: len(rs) for h, rs in counted.items()}, "errors": errors,
+        "corpus": corpus_kind, "cache": str(store.root), "seed": seed,
+        "n_resamples": n_resamples, "leakage": {"uses": len(guard.uses),
+                                                "test_runs": len(guard.test_ids)},
+        "truth": {rid: {"label": t.label.label, "onset": t.label.onset, "kind": t.kind,
+                        "positive": t.positive, "reference": t.reference, "why": t.why,
+                        "appendix_a": t.appendix_a} for rid, t in truths.items()},
+        "halves": {}}
+    tables = {}
+    for h in (DEV_HALF, TEST_HALF):
+        if counted[h]:
+            tables[h], summary["halves"][h] = external_tables(methods, h, counted[h], truths,
+                                                             n_resamples, seed)
+    summary["seconds"] = {"record": round(t_rec, 1), "score": round(t_score, 1),
+                          "total": round(time.time() - t0, 1)}
+    out = (root or CACHE) / ("summary-smoke.json" if smoke else "summary.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1, default=str))
+
+    if results is None and smoke:
+        return summary
+    results = results or RESULTS
+    figures = figures or results.parent / "figures"
+    half_of = {r.run_id: h for h, rs in counted.items() for r in rs}
+    pick = [r for rs in counted.values() for r in rs]
+    shown = []
+    for want in ("healthy", "lr_jump", "lr_high", "overfit", "stall"):
+        cand = [r for r in pick if truths[r.run_id].kind == want and r not in shown
+                and (truths[r.run_id].positive or want == "healthy")]
+        if cand:
+            shown.append(cand[0])
+    fig = plot_runs(shown, truths, methods, half_of, figures / "external_runs.png")
+    cfg = {"seed": seed, "n_resamples": n_resamples, "factory corpus": corpus_kind,
+           "recordings": store.root.name}
+    write_section("external-suite", "## External suite: composition and ground truth\n\n"
+                  + composition(specs).to_markdown(index=False) + "\n\n"
+                  + _truth_table(all_runs, truths) + "\n\n"
+                  + f"![runs with their diagnoses](figures/{fig.name})", COMMAND, results,
+                  **cfg)
+    for h, t in tables.items():
+        body = (f"## External suite, {h}\n\n### Every method\n\n{t['headline']}\n\n"
+                f"### Per scenario\n\n{t['scenario']}\n\n### Per model family "
+                f"(false alarms on healthy references · recall)\n\n{t['family']}\n\n"
+                + guard.summary().replace("test split", "external-test half"))
+        write_section(h, body, COMMAND, results, **cfg)
+    return summary

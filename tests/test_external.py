@@ -1,0 +1,187 @@
+"""The external suite (issue 23): its pre-registered halves, the guard that keeps external-test
+out of every fit and threshold choice, and the whole pipeline end to end on a few short runs.
+
+The end-to-end fixture trains the five ``SMOKE`` runs (short MLP / Conv1d runs on digits, breast
+cancer and sines) under the shipped diagnostician through the public ``TrialMonitor`` into a
+temporary cache, labels them, scores TEViD, two baselines fitted on synthetic factory-like runs
+(``core_models.baselines.toy``; the real suite fits them on the factory corpus) and the users'
+rules, and writes the tables into a temporary results file — while every run list that reaches a
+fit or a threshold choice is wiretapped independently of the guard.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from core_models.baselines.toy import toy_run
+from data_factory.labelers.rules import RunLabel
+from experiments import evaluate
+from experiments.evaluate import LeakageError, LeakageGuard
+from experiments.external import methods as ext_methods
+from experiments.external.data import load_data
+from experiments.external.models import FAMILIES, build_model
+from experiments.external.record import record_suite, recording_id
+from experiments.external.report import external_tables, run_outcome
+from experiments.external.scenarios import Injector, Scenario
+from experiments.external.suite import DEV, SMOKE, SUITE, TEST, check_disjoint
+from experiments.external.truth import truth_of
+
+
+def test_halves_are_disjoint_and_cover_ten_families() -> None:
+    check_disjoint(DEV, TEST)
+    assert len({s.family for s in SUITE}) >= 10
+    for half in (DEV, TEST):
+        kinds = {s.scenario.kind for s in half}
+        assert kinds == {"healthy", "lr_jump", "lr_high", "overfit", "label_noise", "freeze",
+                         "stall"}
+    with pytest.raises(ValueError, match="external halves share family"):
+        check_disjoint(DEV, DEV[:1])
+
+
+def test_no_family_comes_from_the_factory() -> None:
+    import data_factory.architectures as arch
+
+    d = load_data("markov")
+    for family in ("lstm", "mlp"):
+        m = build_model(family, d if family == "lstm" else load_data("wine"))
+        assert not type(m).__module__.startswith(arch.__name__)
+    assert "mlp" in FAMILIES and "transformer" in FAMILIES
+
+
+def test_scenarios_inject_what_they_say() -> None:
+    inj = Injector(Scenario("lr_jump", fault_epoch=2, factor=12), n_train=64, batch_size=16,
+                   seed=0)
+    assert [inj.lr_scale(e) for e in range(4)] == [1.0, 1.0, 12.0, 12.0]
+    noisy = Injector(Scenario("label_noise", fault_epoch=1, fraction=0.6), 200, 16, 0)
+    y = torch.zeros(200, dtype=torch.long)
+    assert noisy.labels(0, y, 4).eq(0).all()
+    assert 0.3 < float(noisy.labels(1, y, 4).ne(0).float().mean()) < 0.6
+    with pytest.raises(ValueError, match="needs fault_epoch"):
+        Scenario("stall")
+
+
+def test_outcomes_separate_detections_from_premature_alerts() -> None:
+    assert run_outcome(5, 20, 10, positive=True).premature
+    assert not run_outcome(5, 20, 10, positive=True).detected
+    fa = run_outcome(3, None, 10, positive=False)
+    assert fa.false_alarm and fa.first_epoch
+
+
+def test_guard_refuses_external_test_for_fitting_and_thresholds() -> None:
+    test_run = SimpleNamespace(run_id="t0", meta={"split": "external-test", "arch": "gru"})
+    other = SimpleNamespace(run_id="t1", meta={"split": "external-test", "arch": "gru"})
+    guard = LeakageGuard([test_run], factors=())
+    for purpose in ("fit", "tuning / early stopping", "alert threshold (5% FAR)",
+                    "calibration (pipeline)"):
+        # also a run the guard was not built on: the split alone refuses it
+        with pytest.raises(LeakageError, match="split=external-test"):
+            guard.admit(purpose, "any", [other])
+    dev = SimpleNamespace(run_id="d0", meta={"split": "external-dev", "arch": "gru"})
+    assert guard.admit("fit", "any", [dev]) == [dev]
+    # the factory evaluation's own guard refuses external-test runs the same way
+    with pytest.raises(LeakageError, match="split=external-test"):
+        LeakageGuard([]).admit("training (pipeline)", "tevid", [other])
+
+
+def _toy_factory() -> tuple[list[Any], list[Any], dict[str, RunLabel]]:
+    runs, labels = [], {}
+    for i in range(8):
+        boom = 150 if i % 2 else None
+        r = toy_run(n_steps=300, explode_at=boom, seed=i, run_id=f"toy-{i}")
+        r.meta["split"] = "train" if i < 6 else "val"
+        runs.append(r)
+        labels[r.run_id] = (RunLabel("Instability", boom, boom) if boom
+                            else RunLabel("Healthy", None, None))
+    return runs[:6], runs[6:], labels
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("external")
+    store, errors = record_suite(SMOKE, workers=1, root=root, progress=False)
+    assert errors == {}
+    runs = {h: [store.load(recording_id(s)) for s in SMOKE if s.half == h]
+            for h in ("external-dev", "external-test")}
+    truths = {r.run_id: truth_of(r) for rs in runs.values() for r in rs}
+    counted = {h: [r for r in rs if truths[r.run_id].counted] for h, rs in runs.items()}
+    guard = LeakageGuard(runs["external-test"], factors=())
+    seen: list[tuple[str, str]] = []
+    real_admit = guard.admit
+
+    def tapped(purpose: str, method: str, rs: Any) -> Any:
+        seen.extend((purpose, str(dict(getattr(r, "meta", {}) or {}).get("split"))) for r in rs)
+        return real_admit(purpose, method, rs)
+
+    guard.admit = tapped  # type: ignore[method-assign]
+    thresholds: list[set[str]] = []
+    real_thr = ext_methods.threshold_at_far
+
+    def tapped_thr(rs: Any, *a: Any, **k: Any) -> float:
+        thresholds.append({str(r.meta.get("split")) for r in rs})
+        return real_thr(rs, *a, **k)
+
+    ext_methods.threshold_at_far = tapped_thr
+    try:
+        methods = ext_methods.score_methods(counted, truths, _toy_factory(), guard,
+                                            baselines=["cusum", "stats_gbdt"], log=lambda *_: 0)
+    finally:
+        ext_methods.threshold_at_far = real_thr
+    return SimpleNamespace(store=store, runs=runs, counted=counted, truths=truths,
+                           methods=methods, seen=seen, thresholds=thresholds, guard=guard)
+
+
+def test_recordings_come_from_the_public_monitor(smoke: SimpleNamespace) -> None:
+    run = smoke.runs["external-dev"][0]
+    assert run.meta["split"] == "external-dev" and len(run.frames) > 0
+    assert np.array_equal(run.arrays["tevid_steps"], run.frames.steps)
+    assert set(run.epochs.columns) >= {"train_loss", "val_loss", "val_acc"}
+    # resumable: recording again trains nothing and returns the same store
+    store, errors = record_suite(SMOKE, workers=1, root=smoke.store.root.parent, progress=False)
+    assert errors == {} and len(store) == len(SMOKE)
+
+
+def test_truth_follows_what_happened(smoke: SimpleNamespace) -> None:
+    by_kind = {t.kind: t for t in smoke.truths.values()}
+    assert by_kind["lr_high"].positive and by_kind["lr_high"].label.label == "Instability"
+    jump = by_kind["lr_jump"]
+    assert jump.positive and jump.label.onset == 2 * smoke.runs["external-dev"][1].meta[
+        "steps_per_epoch"]
+    assert any(t.reference for t in smoke.truths.values() if t.kind == "healthy")
+
+
+def test_external_test_never_reaches_fitting_or_selection(smoke: SimpleNamespace) -> None:
+    assert smoke.seen, "nothing was admitted: the wiretap is not on the path"
+    assert {split for _, split in smoke.seen} <= {"train", "val", "external-dev"}
+    assert all(s <= {"external-dev"} for s in smoke.thresholds) and smoke.thresholds
+    smoke.guard.check()
+    # a test run slipped into the dev half is refused at the threshold choice
+    leaky = dict(smoke.counted, **{"external-dev": smoke.counted["external-test"]})
+    with pytest.raises(LeakageError, match="external-test"):
+        ext_methods.score_methods(leaky, smoke.truths, None, LeakageGuard(
+            smoke.runs["external-test"], factors=()), log=lambda *_: 0)
+
+
+def test_tables_end_to_end(smoke: SimpleNamespace) -> None:
+    names = set(smoke.methods)
+    assert {"tevid", "tevid_far", "cusum", "stats_gbdt", "lightning_es", "optuna_nan",
+            "sm_overfit"} <= names
+    tables, summary = external_tables(smoke.methods, "external-test",
+                                      smoke.counted["external-test"], smoke.truths,
+                                      n_resamples=20)
+    assert "TEViD shipped" in tables["headline"] and "lr_high: recall" in tables["scenario"]
+    tevid = summary["tevid"]
+    assert tevid["recall"][1] >= 1 and tevid["false_alarms"][1] >= 1
+    # the non-finite loss of the lr-too-high run is caught by the NaN-aware rules
+    assert summary["optuna_nan"]["recall"][0] == summary["optuna_nan"]["recall"][1]
+    assert re.search(r"\d\.\d{3}", tables["headline"])
+
+
+def test_evaluate_guard_is_the_one_extended() -> None:
+    assert "external-test" in evaluate.leakage.REPORT_ONLY_SPLITS
