@@ -88,6 +88,7 @@ from data_factory.capture import StateCapture
 from data_factory.labels import INSTABILITY
 from data_factory.privacy import DPTelemetry
 from tevid_hpo.diagnostician import Diagnosis, Diagnostician
+from tevid_hpo.loggers import DiagnosisLogger
 
 __all__ = ["ERROR_ATTR", "FORMAT_VERSION", "NONFINITE_LOSS", "USER_ATTR", "TrialMonitor"]
 
@@ -180,6 +181,9 @@ class TrialMonitor:
             never call :meth:`epoch_end`).
         asynchronous: diagnose on a background thread (see the module docstring); ``False``
             diagnoses inside :meth:`step`, which then returns the step's own diagnosis.
+        loggers: objects with ``log(diagnosis, step)`` (:mod:`tevid_hpo.loggers`: TensorBoard,
+            MLflow), called with every recorded diagnosis on the training thread. One that
+            raises is dropped with a warning; monitoring goes on.
 
     Raises:
         FileNotFoundError: ``diagnostician=None`` and no default checkpoint is installed. That
@@ -190,7 +194,8 @@ class TrialMonitor:
                  diagnostician: Diagnostician | None = None, device: str | torch.device = "auto",
                  *, layers: Sequence[str] | None = None, privacy: DPTelemetry | None = None,
                  history_size: int = 16,
-                 nan_patience: int = 3, sync_every: int = 10, asynchronous: bool = True) -> None:
+                 nan_patience: int = 3, sync_every: int = 10, asynchronous: bool = True,
+                 loggers: Sequence[DiagnosisLogger] = ()) -> None:
         # A pruner that cannot serve this trial's study (TEViDPruner in a multi-objective study)
         # says so now, not after a run that no pruner will ever be asked about.
         check_study = getattr(getattr(getattr(trial, "study", None), "pruner", None),
@@ -238,6 +243,11 @@ class TrialMonitor:
         self.asynchronous = bool(asynchronous)
         self._worker: ThreadPoolExecutor | None = None
         self._pending: Future[Diagnosis] | None = None   # at most one diagnosis in flight
+        for sink in loggers:
+            if not callable(getattr(sink, "log", None)):
+                raise TypeError(f"a logger needs a log(diagnosis, step) method, got "
+                                f"{type(sink).__name__}")
+        self.loggers: list[DiagnosisLogger] = list(loggers)
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> TrialMonitor:
@@ -454,6 +464,7 @@ class TrialMonitor:
     def _record(self, d: Diagnosis) -> None:
         self._latest = d
         self._history.append(history_entry(d))
+        self._publish(d)
         if self.privacy is not None:   # ε spent up to the frame this diagnosis read
             self._history[-1]["epsilon"] = _num(self.privacy.epsilon_at(d.step))
         if d.alert is not None and d.alert not in self._alerts:
@@ -462,6 +473,15 @@ class TrialMonitor:
         self._since_sync += 1
         if self._since_sync >= self.sync_every:
             self._sync()
+
+    def _publish(self, d: Diagnosis) -> None:
+        for sink in list(self.loggers):
+            try:
+                sink.log(d, d.step)
+            except Exception as err:   # a tracker's failure must not end the monitoring
+                self.loggers.remove(sink)
+                logger.warning("TEViD logger %s dropped%s: %r", type(sink).__name__,
+                               self._trial_suffix(), err, exc_info=err)
 
     def _add_alert(self, record: dict[str, Any]) -> None:
         self._alerts[record["label"]] = record
