@@ -1,8 +1,9 @@
 """Blocks shared by DYNAMICS-MAE and TEViD: input normalisation, tubelet embedding, pos-embed.
 
 Both models read clips ``B×T×6×S×S`` through the same three modules with the same parameter
-names, which is what lets :meth:`core_models.tevid.TEViD.load_mae_encoder` copy a pretrained
-encoder by name.
+names (built by :class:`ClipStem`), which is what lets
+:meth:`core_models.tevid.TEViD.load_mae_encoder` copy a pretrained encoder by name; they also
+share :data:`LayerNorm`, :func:`init_vit_weights` and :func:`drop_path_rates`.
 
 Example:
     >>> import torch
@@ -18,14 +19,21 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
 from timm.layers import build_sincos2d_pos_embed, trunc_normal_
 from torch import nn
 
+if TYPE_CHECKING:
+    from core_models.profiles import Profile
+
 __all__ = [
+    "ClipStem",
     "InputNorm",
+    "LayerNorm",
     "SpaceTimePosEmbed",
     "TubeletEmbed",
     "check_clip_shape",
@@ -33,6 +41,9 @@ __all__ = [
     "init_vit_weights",
     "sincos_1d",
 ]
+
+#: LayerNorm as timm's ViTs build it (eps 1e-6), in both models.
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 class InputNorm(nn.Module):
@@ -165,3 +176,43 @@ def check_clip_shape(clips: torch.Tensor, window: int, in_chans: int, frame_size
         raise ValueError(f"expected clips of shape (B, {window}, {in_chans}, {frame_size}, "
                          f"{frame_size}), got {tuple(clips.shape)}")
 
+
+class ClipStem:
+    """Mixin for an ``nn.Module`` that reads clips: the stem both models build identically.
+
+    :meth:`_build_stem` adds ``input_norm``, ``patch_embed``, ``pos_embed`` and ``cls_token``
+    under exactly these names (the checkpoint keys :meth:`core_models.tevid.TEViD.load_mae_encoder`
+    copies by), in the same order in both models, so equal seeds give equal stems.
+
+    Example:
+        >>> import torch
+        >>> from core_models.profiles import get_profile
+        >>> class Stem(ClipStem, nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.profile = get_profile("tiny")
+        ...         self._build_stem(self.profile)
+        >>> sorted(n.split(".")[0] for n, _ in Stem().named_parameters())[:2]
+        ['cls_token', 'patch_embed']
+        >>> Stem()._check_clips(torch.zeros(1, 3, 6, 16, 16))
+        Traceback (most recent call last):
+        ...
+        ValueError: expected clips of shape (B, 4, 6, 16, 16), got (1, 3, 6, 16, 16)
+    """
+
+    profile: Profile
+    input_norm: InputNorm
+    patch_embed: TubeletEmbed
+    pos_embed: SpaceTimePosEmbed
+    cls_token: nn.Parameter
+
+    def _build_stem(self, p: Profile) -> None:
+        self.input_norm = InputNorm(p.in_chans, p.input_clip)
+        self.patch_embed = TubeletEmbed(p.in_chans, p.embed_dim, p.patch_size, p.tubelet_t)
+        self.pos_embed = SpaceTimePosEmbed(p.num_slots, p.grid_size, p.embed_dim,
+                                           p.pos_embed == "learned")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, p.embed_dim))
+
+    def _check_clips(self, clips: torch.Tensor) -> None:
+        p = self.profile
+        check_clip_shape(clips, p.window, p.in_chans, p.frame_size)

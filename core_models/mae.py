@@ -26,18 +26,15 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from core_models.layers import (
-    InputNorm,
+    ClipStem,
+    LayerNorm,
     SpaceTimePosEmbed,
-    TubeletEmbed,
-    check_clip_shape,
     drop_path_rates,
     init_vit_weights,
 )
 from core_models.profiles import Profile, get_profile
 
 __all__ = ["DynamicsMAE", "tube_masking"]
-
-LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 def tube_masking(batch: int, num_slots: int, num_patches: int, mask_ratio: float,
@@ -70,7 +67,7 @@ def tube_masking(batch: int, num_slots: int, num_patches: int, mask_ratio: float
     return mask, ids_keep, ids_restore
 
 
-class DynamicsMAE(nn.Module):
+class DynamicsMAE(ClipStem, nn.Module):
     """Masked autoencoder with a ViT encoder on visible tubelets and a light decoder.
 
     Args:
@@ -87,10 +84,7 @@ class DynamicsMAE(nn.Module):
         block = partial(Block, mlp_ratio=p.mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
 
         # Encoder (names shared with TEViD, see TEViD.load_mae_encoder).
-        self.input_norm = InputNorm(p.in_chans, p.input_clip)
-        self.patch_embed = TubeletEmbed(p.in_chans, dim, p.patch_size, p.tubelet_t)
-        self.pos_embed = SpaceTimePosEmbed(p.num_slots, p.grid_size, dim, p.pos_embed == "learned")
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self._build_stem(p)
         self.blocks = nn.ModuleList([block(dim, p.num_heads, drop_path=r)
                                      for r in drop_path_rates(p.drop_path, p.depth)])
         self.norm = LayerNorm(dim)
@@ -168,7 +162,7 @@ class DynamicsMAE(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``clips`` ``B×W×6×S×S`` → ``(loss, pred, mask)``; ``mask_ratio`` defaults to the profile's."""
         p = self.profile
-        check_clip_shape(clips, p.window, p.in_chans, p.frame_size)
+        self._check_clips(clips)
         ratio = p.mask_ratio if mask_ratio is None else mask_ratio
         clips = self.input_norm(clips)
         latent, mask, ids_restore = self.forward_encoder(clips, ratio)

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +38,11 @@ from torch import nn
 
 from core_models.checkpoint import load_checkpoint
 from core_models.edl import EvidentialOutput, evidential_output
-from core_models.layers import (
-    InputNorm,
-    SpaceTimePosEmbed,
-    TubeletEmbed,
-    check_clip_shape,
-    drop_path_rates,
-    init_vit_weights,
-)
+from core_models.layers import ClipStem, LayerNorm, drop_path_rates, init_vit_weights
 from core_models.profiles import Profile, get_profile
 from data_factory.labels import KNOWN_LABELS
 
 __all__ = ["CHANNEL_SETS", "DividedSpaceTimeBlock", "TEViD"]
-
-LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 #: Which frame channels each ``channels`` option keeps (Table 12 ablation): activations are
 #: channels 0–2, gradients 3–5 (``data_factory.frames.CHANNELS``).
@@ -97,7 +87,7 @@ class DividedSpaceTimeBlock(nn.Module):
         return tokens[:, :1], tokens[:, 1:].view_as(x)
 
 
-class TEViD(nn.Module):
+class TEViD(ClipStem, nn.Module):
     """Temporal Vision Diagnostician: clips of ``W`` frames → evidential class prediction.
 
     Args:
@@ -121,10 +111,7 @@ class TEViD(nn.Module):
         keep[list(CHANNEL_SETS[channels])] = 1.0
         self.register_buffer("channel_mask", keep.view(1, 1, -1, 1, 1), persistent=False)
 
-        self.input_norm = InputNorm(p.in_chans, p.input_clip)
-        self.patch_embed = TubeletEmbed(p.in_chans, dim, p.patch_size, p.tubelet_t)
-        self.pos_embed = SpaceTimePosEmbed(p.num_slots, p.grid_size, dim, p.pos_embed == "learned")
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self._build_stem(p)
         self.blocks = nn.ModuleList([
             DividedSpaceTimeBlock(dim, p.num_heads, p.mlp_ratio, drop_path=r)
             for r in drop_path_rates(p.drop_path, p.depth)])
@@ -147,8 +134,7 @@ class TEViD(nn.Module):
             >>> TEViD("tiny").embed(torch.zeros(1, 4, 6, 16, 16)).shape
             torch.Size([1, 32])
         """
-        p = self.profile
-        check_clip_shape(clips, p.window, p.in_chans, p.frame_size)
+        self._check_clips(clips)
         x = self.input_norm(clips) * self.channel_mask
         x = self.pos_embed(self.patch_embed(x))
         cls = self.cls_token.expand(x.shape[0], -1, -1)

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
-from core_models.baselines.base import BaselineRun, RunScores, TunableBaseline, run_id_of
-from core_models.baselines.features import hold_max, loss_residuals, to_grid
+from core_models.baselines.base import BaselineRun, RunScores, run_id_of
+from core_models.baselines.features import hold_max, to_grid
+from core_models.baselines.residuals import LossResidualDetector
 
 __all__ = ["BOCPD", "bocpd_short_run_mass"]
 
@@ -106,7 +107,7 @@ def bocpd_short_run_mass(x: np.ndarray, hazard: float, short_run: int = 10,
     return np.clip(out, 0.0, 1.0)
 
 
-class BOCPD(TunableBaseline):
+class BOCPD(LossResidualDetector):
     """Bayesian online change-point detection on standardized loss residuals.
 
     Args:
@@ -143,16 +144,11 @@ class BOCPD(TunableBaseline):
         if hold < 1:
             raise ValueError(f"hold must be >= 1, got {hold!r}")
         self.hold = int(hold)
-        self.span, self.trend_span = float(span), trend_span
-        self.warmup, self.clip = int(warmup), float(clip)
-        self.grid = dict(self.DEFAULT_GRID if grid is None else grid)
-        #: ``[(params, validation AUPRC), ...]`` after a tuned :meth:`fit`.
-        self.validation_: list[tuple[dict[str, Any], float]] = []
+        self._init_residuals(span, trend_span, warmup, clip, grid)
 
     def score_run(self, run: BaselineRun) -> RunScores:
         """``P(run length <= short_run)``, maximum over the last ``hold`` capture intervals."""
-        series, grid, z = loss_residuals(run, self.span, self.trend_span, self.warmup,
-                                         clip=self.clip)
+        series, grid, z = self.residuals(run)
         mass = np.zeros(z.shape[0])
         start = min(self.warmup, z.shape[0])
         if z.shape[0] > start:

@@ -39,18 +39,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core_models.baselines.base import (
-    BaselineBase,
-    BaselineRun,
-    LabelLike,
-    NotFittedError,
-    RunScores,
-    event_labels_for,
-    label_indices,
-    run_id_of,
-)
-from core_models.baselines.features import CURVE_FEATURES, capture_grid, curve_features
-from data_factory.labels import HEALTHY, KNOWN_LABELS
+from core_models.baselines.base import BaselineRun, LabelLike, NotFittedError
+from core_models.baselines.classifier import CaptureClassifier, labelled_captures
+from core_models.baselines.features import CURVE_FEATURES, curve_features
+from data_factory.labels import KNOWN_LABELS
 
 __all__ = ["CausalTCN", "CurveTCN"]
 
@@ -116,7 +108,7 @@ class CausalTCN(nn.Module):
         return self.head(self.blocks(x))
 
 
-class CurveTCN(BaselineBase):
+class CurveTCN(CaptureClassifier):
     """Causal TCN over scalar curves, trained on per-frame event labels.
 
     Args:
@@ -137,7 +129,6 @@ class CurveTCN(BaselineBase):
     """
 
     name = "curve_tcn"
-    supervised = True
 
     def __init__(self, channels: int = 32, kernel_size: int = 5,
                  dilations: Sequence[int] = (1, 2, 4, 8), dropout: float = 0.1,
@@ -158,16 +149,8 @@ class CurveTCN(BaselineBase):
     # ------------------------------------------------------------------ data
     def _sequences(self, runs: Sequence[BaselineRun], labels: Sequence[LabelLike]
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        if len(runs) != len(labels):
-            raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
-        out = []
-        for run, lab in zip(runs, labels):
-            grid = capture_grid(run)
-            x = curve_features(run, grid)
-            y = label_indices(event_labels_for(lab, grid.steps), ignore=_IGNORE)
-            if len(y):
-                out.append((x, y))
-        return out
+        return [(curve_features(run, grid), y)
+                for run, grid, y in labelled_captures(runs, labels, ignore=_IGNORE) if len(y)]
 
     def _batch(self, seqs: Sequence[tuple[np.ndarray, np.ndarray]]
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,10 +251,3 @@ class CurveTCN(BaselineBase):
         with torch.inference_mode():
             logits = self.model_(xt[None].to(self.device))[0]
         return torch.softmax(logits.double(), dim=0).T.cpu().numpy()
-
-    def score_run(self, run: BaselineRun) -> RunScores:
-        """Class probabilities; the anomaly score is ``1 - p_Healthy``."""
-        grid = capture_grid(run)
-        p = np.clip(self.predict_proba(run), 0.0, 1.0)
-        score = np.clip(1.0 - p[:, KNOWN_LABELS.index(HEALTHY)], 0.0, 1.0)
-        return RunScores(self.name, run_id_of(run), grid.steps, grid.epochs, score, p)

@@ -20,9 +20,10 @@ grid, the maximum over each capture interval.
 
 Example:
     >>> from core_models.baselines.toy import toy_run
-    >>> s = CUSUM().score_run(toy_run(n_steps=200, explode_at=120))
-    >>> bool(s.score[:12].max() < 0.5 < s.score[13:].max())
-    True
+    >>> run = toy_run(n_steps=200, explode_at=120)       # the loss explodes at step 120
+    >>> scores = CUSUM().score_run(run)
+    >>> int(scores.steps[np.argmax(scores.score >= 0.5)])  # first capture past the alarm
+    120
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core_models.baselines.base import BaselineRun, RunScores, TunableBaseline, run_id_of
-from core_models.baselines.features import loss_residuals, to_grid
+from core_models.baselines.base import BaselineRun, RunScores, run_id_of
+from core_models.baselines.features import to_grid
+from core_models.baselines.residuals import LossResidualDetector
 
 __all__ = ["CUSUM", "cusum_statistic"]
 
@@ -59,7 +61,7 @@ def cusum_statistic(z: np.ndarray, drift: float = 0.5,
     return out
 
 
-class CUSUM(TunableBaseline):
+class CUSUM(LossResidualDetector):
     """Two-sided CUSUM on standardized loss residuals.
 
     Args:
@@ -87,16 +89,14 @@ class CUSUM(TunableBaseline):
                  grid: Mapping[str, Sequence[Any]] | None = None) -> None:
         if h <= 0:
             raise ValueError(f"h must be > 0, got {h!r}")
+        if sides not in ("both", "up", "down"):
+            raise ValueError(f"sides must be 'both', 'up' or 'down', got {sides!r}")
         self.drift, self.h, self.sides = float(drift), float(h), sides
-        self.span, self.trend_span = float(span), trend_span
-        self.warmup, self.clip = int(warmup), float(clip)
-        self.grid = dict(self.DEFAULT_GRID if grid is None else grid)
-        self.validation_: list[tuple[dict[str, Any], float]] = []
+        self._init_residuals(span, trend_span, warmup, clip, grid)
 
     def score_run(self, run: BaselineRun) -> RunScores:
         """``S / (S + h)`` of the CUSUM statistic, maximum over each capture interval."""
-        series, grid, z = loss_residuals(run, self.span, self.trend_span, self.warmup,
-                                         clip=self.clip)
+        series, grid, z = self.residuals(run)
         stat = cusum_statistic(z, self.drift, self.sides)
         raw = to_grid(stat, series, grid, "max") if len(grid) else np.zeros(0)
         return RunScores(self.name, run_id_of(run), grid.steps, grid.epochs,

@@ -39,17 +39,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core_models.baselines.base import (
-    BaselineBase,
-    BaselineRun,
-    LabelLike,
-    NotFittedError,
-    RunScores,
-    event_labels_for,
-    label_indices,
-    predict_runs,
-    run_id_of,
-)
+from core_models.baselines.base import BaselineRun, LabelLike, NotFittedError, predict_runs
+from core_models.baselines.classifier import CaptureClassifier, labelled_captures
 from core_models.baselines.features import (
     CURVE_FEATURES,
     capture_grid,
@@ -60,7 +51,7 @@ from core_models.baselines.features import (
     window_features,
 )
 from core_models.metrics import event_time_auprc
-from data_factory.labels import HEALTHY, KNOWN_LABELS
+from data_factory.labels import KNOWN_LABELS
 
 __all__ = ["StatsCurvesGBDT", "StatsGBDT", "stats_features"]
 
@@ -95,7 +86,7 @@ def _balanced_weights(y: np.ndarray) -> np.ndarray:
     return np.array([per_class[c] for c in y], dtype=np.float64)
 
 
-class StatsGBDT(BaselineBase):
+class StatsGBDT(CaptureClassifier):
     """LightGBM multiclass over :data:`KNOWN_LABELS` on windowed per-layer frame statistics.
 
     Args:
@@ -122,7 +113,6 @@ class StatsGBDT(BaselineBase):
     """
 
     name = "stats_gbdt"
-    supervised = True
     #: Whether the scalar-curve features are read too (:class:`StatsCurvesGBDT`).
     curves = False
 
@@ -168,12 +158,9 @@ class StatsGBDT(BaselineBase):
 
     def _dataset(self, runs: Sequence[BaselineRun], labels: Sequence[LabelLike]
                  ) -> tuple[np.ndarray, np.ndarray]:
-        if len(runs) != len(labels):
-            raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
         xs, ys = [], []
-        for run, lab in zip(runs, labels):
+        for run, _, y in labelled_captures(runs, labels):
             x = self.features(run)
-            y = label_indices(event_labels_for(lab, capture_grid(run).steps))
             keep = y >= 0
             xs.append(x[keep])
             ys.append(y[keep])
@@ -249,13 +236,6 @@ class StatsGBDT(BaselineBase):
         p = np.asarray(self.booster_.predict(x, num_iteration=self.best_iteration_),
                        dtype=np.float64).reshape(x.shape[0], len(KNOWN_LABELS))
         return np.clip(p / p.sum(axis=1, keepdims=True), 0.0, 1.0)
-
-    def score_run(self, run: BaselineRun) -> RunScores:
-        """Class probabilities; the anomaly score is ``1 - p_Healthy``."""
-        grid = capture_grid(run)
-        p = self.predict_proba(run)
-        score = np.clip(1.0 - p[:, KNOWN_LABELS.index(HEALTHY)], 0.0, 1.0)
-        return RunScores(self.name, run_id_of(run), grid.steps, grid.epochs, score, p)
 
     def importance(self, kind: Literal["gain", "split"] = "gain", top: int | None = 20
                    ) -> dict[str, float]:
