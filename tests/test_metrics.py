@@ -542,6 +542,22 @@ def test_bootstrap_undefined_estimate_and_bad_arguments():
         bootstrap_ci(event_time_auprc, runs, method="studentized")  # type: ignore[arg-type]
 
 
+def test_bootstrap_metric_undefined_on_every_resample_gives_no_interval():
+    # Defined only on the full set of distinct runs: a resample with replacement of 10 runs
+    # repeats one (all distinct has probability 10!/10^10), so every resample is undefined.
+    runs = [make_run(HEALTHY, [0.1] * 3, run_id=f"h{i}") for i in range(10)]
+
+    def all_distinct(rs):
+        if len({r.run_id for r in rs}) < len(runs):
+            raise ValueError("a run is missing")
+        return 1.0
+
+    ci = bootstrap_ci(all_distinct, runs, n_resamples=20, seed=0)
+    assert ci.estimate == 1.0 and math.isnan(ci.low) and math.isnan(ci.high)
+    assert ci.method == "none" and ci.note == "metric undefined on every resample"
+    assert ci.n_resamples == 20 and ci.n_failed == 20
+
+
 def test_bootstrap_of_lead_at_fixed_far_threshold():
     runs = _mixed_runs(20, 5)
     t = threshold_at_far(runs, far=0.1)

@@ -73,6 +73,15 @@ def _safe_metric(
     return v
 
 
+def _no_interval(
+    estimate: float, confidence: float, n_resamples: int, n_failed: int, note: str
+) -> ConfidenceInterval:
+    """The result when no interval exists: NaN bounds, method ``"none"``, ``note`` says why."""
+    return ConfidenceInterval(
+        estimate, float("nan"), float("nan"), "none", confidence, n_resamples, n_failed, note
+    )
+
+
 def bootstrap_ci(
     metric_fn: Callable[[list[RunPrediction]], float],
     runs: Sequence[RunPrediction],
@@ -125,16 +134,7 @@ def bootstrap_ci(
 
     estimate = _safe_metric(metric_fn, rs)
     if not math.isfinite(estimate):
-        return ConfidenceInterval(
-            estimate,
-            float("nan"),
-            float("nan"),
-            "none",
-            confidence,
-            0,
-            0,
-            "metric undefined on the full set of runs",
-        )
+        return _no_interval(estimate, confidence, 0, 0, "metric undefined on the full set of runs")
 
     def statistic(idx: np.ndarray) -> float:
         return _safe_metric(metric_fn, [rs[int(i)] for i in idx])
@@ -164,15 +164,8 @@ def bootstrap_ci(
         return ConfidenceInterval(estimate, low, high, method, confidence, n_resamples, n_failed)
 
     if finite.size == 0:
-        return ConfidenceInterval(
-            estimate,
-            float("nan"),
-            float("nan"),
-            "none",
-            confidence,
-            n_resamples,
-            n_failed,
-            "metric undefined on every resample",
+        return _no_interval(
+            estimate, confidence, n_resamples, n_failed, "metric undefined on every resample"
         )
     alpha = (1.0 - confidence) / 2.0
     low, high = (float(v) for v in np.quantile(finite, [alpha, 1.0 - alpha]))
