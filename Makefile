@@ -34,6 +34,7 @@ test: venv
 
 bench: venv
 	$(PY) -m experiments.bench_overhead
+	$(PY) -m experiments.bench_storage
 
 # The data factory corpus (~1,000 runs, Ray on all cores; resumable) under ~/.cache/tevid-hpo.
 corpus: venv
