@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -103,13 +104,21 @@ def _residual_adapters() -> dict[type[nn.Module], Callable[[nn.Module], tuple[st
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a hook captures from a module's output: the output itself, else the first
+    tensor of a tuple/list (GRU/LSTM ``(output, h)``, MHA ``(out, weights)``, named tuples), of a
+    mapping's values (dicts, ``transformers`` ``ModelOutput``) or of a dataclass's fields, in
+    their order. ``None`` when there is none (the layer then gives no map)."""
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, (tuple, list)):  # e.g. GRU/LSTM (output, h), MHA (out, weights)
-        for item in output:
-            if isinstance(item, torch.Tensor):
-                return item
-    return None
+    if isinstance(output, Mapping):
+        items: Any = output.values()
+    elif isinstance(output, (tuple, list)):
+        items = output
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        items = (getattr(output, f.name) for f in dataclasses.fields(output))
+    else:
+        return None
+    return next((item for item in items if isinstance(item, torch.Tensor)), None)
 
 
 def candidate_layers(model: nn.Module,

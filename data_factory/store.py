@@ -3,7 +3,8 @@
 Layout of ``ROOT/RUN_ID/``::
 
     meta.json            run metadata (architecture, data set, optimizer, intervention, split, ...)
-    frames.safetensors   frames (N×6×S×S bfloat16), steps, epochs (−1 = none), finite, stats
+    frames.safetensors   frames (N×6×S×S bfloat16), steps, epochs (−1 = none), finite, stats,
+                         clipped (N×6 share of pixels at the clip)
     steps.csv            per-step scalars (step, epoch, loss, lr, ...)
     epochs.csv           per-epoch scalars (epoch, train_loss, val_loss, val_acc, ...)
     arrays.safetensors   extra arrays, e.g. per-sample probe correctness (optional)
@@ -14,7 +15,7 @@ pickled: tensors go to safetensors, the rest to JSON and CSV.
 
 Example:
     >>> import tempfile, torch
-    >>> from data_factory.frames import Frame
+    >>> from data_factory.frames import DEFAULT_CLIP, Frame, clipped_share
     >>> store = RunStore(tempfile.mkdtemp())
     >>> with store.create("run-0", {"arch": "mlp"}) as w:
     ...     w.add_frame(Frame(torch.zeros(6, 4, 4, dtype=torch.bfloat16), step=0, epoch=0))
@@ -42,7 +43,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from data_factory.frames import Frame
+from data_factory.frames import DEFAULT_CLIP, Frame, clipped_share
 
 META, FRAMES, STEPS, EPOCHS, ARRAYS = "meta.json", "frames.safetensors", "steps.csv", "epochs.csv", "arrays.safetensors"
 
@@ -62,6 +63,8 @@ class FrameSequence:
         finite: ``N`` bool.
         stats: ``N×K`` float32 per-layer summaries, columns named by ``stat_names``.
         layers: the three hooked module names.
+        clipped: ``N×6`` float32 share of each channel's pixels at the clip (for runs stored
+            before it was recorded: recomputed from ``tensor`` at the default clip, ±8).
     """
 
     tensor: torch.Tensor
@@ -71,6 +74,12 @@ class FrameSequence:
     stats: np.ndarray
     stat_names: list[str]
     layers: list[str]
+    clipped: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.clipped is None:
+            self.clipped = np.array([clipped_share(t) for t in self.tensor], dtype=np.float32
+                                    ).reshape(len(self), -1)
 
     def __len__(self) -> int:
         return int(self.tensor.shape[0])
@@ -79,7 +88,8 @@ class FrameSequence:
         epoch = int(self.epochs[i])
         return Frame(self.tensor[i], step=int(self.steps[i]), epoch=None if epoch < 0 else epoch,
                      layers=tuple(self.layers), finite=bool(self.finite[i]),
-                     stats=dict(zip(self.stat_names, map(float, self.stats[i]))))
+                     stats=dict(zip(self.stat_names, map(float, self.stats[i]))),
+                     clipped=tuple(map(float, self.clipped[i])))
 
     def __iter__(self) -> Iterator[Frame]:
         return (self[i] for i in range(len(self)))
@@ -133,7 +143,8 @@ def _read_frames(path: Path) -> FrameSequence:
             tensor=data["frames"], steps=data["steps"].numpy(), epochs=data["epochs"].numpy(),
             finite=data["finite"].numpy().astype(bool), stats=data["stats"].numpy(),
             stat_names=json.loads(header.get("stat_names", "[]")),
-            layers=json.loads(header.get("layers", "[]")))
+            layers=json.loads(header.get("layers", "[]")),
+            clipped=data["clipped"].numpy() if "clipped" in data else None)
     except (SafetensorError, KeyError, OSError, json.JSONDecodeError, ValueError) as err:
         raise RunStoreError(f"corrupt frames file {path}: {err}") from err
 
@@ -204,6 +215,9 @@ class RunWriter:
             "finite": torch.tensor([f.finite for f in self._frames], dtype=torch.uint8),
             "stats": torch.tensor([[f.stats.get(k, float("nan")) for k in stat_names] for f in self._frames],
                                   dtype=torch.float32).reshape(len(self._frames), len(stat_names)),
+            # A hand-built frame (no encoder) is measured at the default clip.
+            "clipped": torch.tensor([f.clipped or clipped_share(f.tensor, DEFAULT_CLIP)
+                                     for f in self._frames], dtype=torch.float32),
         }
         header = {"stat_names": json.dumps(stat_names), "layers": json.dumps(list(self._frames[0].layers))}
         save_file(tensors, str(self._tmp / FRAMES), metadata=header)

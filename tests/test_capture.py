@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -237,8 +238,125 @@ def test_encoder_normalisation_is_causal_and_frozen():
     maps = [torch.randn(4, 4) for _ in range(6)]
     enc.encode_maps(maps)
     enc.encode_maps([m + 1 for m in maps])
-    assert enc.frozen
-    probe, _ = enc.encode_maps(maps)
     enc2 = FrameEncoder(frame_size=4, warmup=2)
     enc2.load_state_dict(enc.state_dict())
+    probe, _ = enc.encode_maps(maps)
+    assert enc.frozen  # warm-up over and, with no lone jump at the next capture, nothing wakes
     assert torch.equal(enc2.encode_maps(maps)[0], probe)
+    assert torch.equal(enc.encode_maps(maps)[0], probe)
+
+
+# -- issue 22: the normalisation reference is never degenerate ------------------------------------
+
+def zero_layer_cnn() -> nn.Module:
+    """A CNN whose middle conv is all zeros at init (a LoRA-B / zero-init adapter stand-in).
+    GELU, not ReLU: ReLU'(0) = 0 would keep a zero layer dead for ever."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.GELU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.GELU(), nn.Flatten(),
+                          nn.Linear(8 * 16 * 16, 3))
+    nn.init.zeros_(model[2].weight)
+    nn.init.zeros_(model[2].bias)
+    return model
+
+
+ZERO_INIT_MODELS = {
+    # zero-initialised last BN of every block: dL/d(conv3) is exactly 0 on the first step
+    "regnetx_002": lambda: timm.create_model("regnetx_002", num_classes=3, pretrained=False),
+    # zero-initialised bn2: the hooked residual branch outputs exactly 0 on the first step
+    "resnet18_zero_init_residual": lambda: torchvision.models.resnet18(num_classes=3,
+                                                                       zero_init_residual=True),
+    # layer scale 1e-6: the hooked branch is 1e-6 of its later size
+    "convnext_atto": lambda: timm.create_model("convnext_atto", num_classes=3, pretrained=False),
+    "zero_layer_cnn": zero_layer_cnn,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_INIT_MODELS))
+def test_zero_init_models_do_not_saturate_against_their_reference(name):
+    torch.manual_seed(0)
+    model = ZERO_INIT_MODELS[name]()
+    side = 16 if name == "zero_layer_cnn" else 32
+    x, y = torch.randn(8, 3, side, side), torch.randint(0, 3, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    frames = []
+    with StateCapture(model, every=2, frame_size=8) as cap:
+        for _ in range(12):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            frame = cap.step()
+            opt.step()
+            if frame is not None:
+                frames.append(frame)
+    assert len(frames) == 6 and all(f.finite for f in frames)
+    tensor = torch.stack([f.tensor.float() for f in frames])
+    # Measured on the tensor itself, not on Frame.clipped, so the check means the same on any code.
+    at_clip = (tensor.abs() >= FrameEncoder().clip).flatten(2).float().mean(dim=2)  # frames × 6
+    assert at_clip[1:].max() <= 0.01, f"{name}: share at the clip per frame × channel {at_clip.tolist()}"
+    for c in range(3, 6):
+        assert (tensor[:, c] - tensor[0, c]).abs().max() > 0.1, f"{name}: grad channel {c} is constant"
+    assert [list(f.clipped) for f in frames] == pytest.approx(at_clip.tolist())
+
+
+def test_silent_channel_waits_for_information_and_healthy_frames_are_unchanged():
+    enc = FrameEncoder(frame_size=4)
+    torch.manual_seed(0)
+    maps = [torch.randn(4, 4) - 5 for _ in range(6)]
+    zero = torch.full((4, 4), 1.5 * math.log(1e-12))   # the map of an all-zero tensor
+    f0, _ = enc.encode_maps(maps[:3] + [zero] + maps[4:])
+    assert torch.equal(f0[3], torch.zeros(4, 4, dtype=torch.bfloat16))  # no reference yet: 0
+    assert enc.referenced == (True, True, True, False, True, True)
+    f1, _ = enc.encode_maps(maps[:3] + [maps[3] - 10] + maps[4:])        # wakes 1e-4 × smaller
+    assert enc.referenced == (True,) * 6
+    assert float(f1[3].float().median()) == pytest.approx(0.0, abs=0.3)   # centred on itself
+    # The channels that had a reference at the first capture read exactly as with a plain
+    # first-capture reference (median, IQR/1.349 floored at 0.5).
+    ref = torch.stack(maps)
+    q = torch.quantile(ref.flatten(1), torch.tensor([0.25, 0.5, 0.75]), dim=1)
+    expected = ((ref - q[1][:, None, None]) / ((q[2] - q[0]) / 1.349).clamp_min(0.5)[:, None, None])
+    keep = [0, 1, 2, 4, 5]
+    assert torch.equal(f1[keep], expected.clamp(-8, 8).to(torch.bfloat16)[keep])
+
+
+def test_lone_jump_rebases_but_joint_divergence_saturates():
+    torch.manual_seed(0)
+    maps = [torch.randn(4, 4) for _ in range(6)]
+    # Layer scale waking: act0 grows e^7 between the first two captures, grad0 stays.
+    enc = FrameEncoder(frame_size=4)
+    enc.encode_maps(maps)
+    woke, _ = enc.encode_maps([maps[0] + 7] + maps[1:])
+    assert woke.float().abs().max() < 8
+    climbing, _ = enc.encode_maps([maps[0] + 7.5] + maps[1:])   # still climbing: followed
+    assert climbing.float().abs().max() < 8 and not enc.frozen
+    enc.encode_maps([maps[0] + 7.6] + maps[1:])                 # slowed down: frozen at +7.5
+    assert enc.frozen
+    q = torch.quantile(maps[0].flatten(), torch.tensor([0.25, 0.5, 0.75]))
+    scale = max(0.5, float(q[2] - q[0]) / 1.349)
+    later, _ = enc.encode_maps([maps[0] + 9.5] + maps[1:])     # +2 nats over the frozen reference
+    assert torch.allclose(later[0].float(), ((maps[0] + 2 - q[1]) / scale).clamp(-8, 8), atol=0.05)
+    # Divergence: act0 and grad0 jump together, the first reference stays and the frame saturates.
+    enc = FrameEncoder(frame_size=4)
+    enc.encode_maps(maps)
+    diverged, _ = enc.encode_maps([maps[0] + 20] + maps[1:3] + [maps[3] + 20] + maps[4:])
+    assert bool((diverged[[0, 3]].float() == 8).all())
+
+
+def test_encoder_state_round_trips_and_reads_the_old_layout():
+    enc = FrameEncoder(frame_size=4)
+    zero = torch.full((4, 4), 1.5 * math.log(1e-12))
+    maps = [torch.randn(4, 4) for _ in range(6)]
+    enc.encode_maps(maps[:5] + [zero])
+    again = FrameEncoder(frame_size=4)
+    again.load_state_dict(json.loads(json.dumps(enc.state_dict())))
+    assert torch.equal(again.encode_maps(maps)[0], enc.encode_maps(maps)[0])
+    old = FrameEncoder(frame_size=4)
+    old.load_state_dict({"history": [], "center": [0.0] * 6, "scale": [1.0] * 6})  # version 1
+    assert old.frozen and torch.equal(old.encode_maps(maps)[0][0], maps[0].to(torch.bfloat16))
+
+
+def test_encoder_rejects_bad_arguments():
+    for kwargs, message in (({"clip": 0}, "clip must be > 0"), ({"min_scale": -1}, "min_scale"),
+                            ({"wake_nats": 0}, "wake_nats"), ({"warmup": 0}, "warmup")):
+        with pytest.raises(ValueError, match=message):
+            FrameEncoder(**kwargs)

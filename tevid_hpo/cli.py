@@ -14,8 +14,37 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
+#: Share of a channel's pixels at the clip above which a frame counts as saturated in that channel.
+SATURATED = 0.01
+
+
+def saturation_summary(clipped: np.ndarray, channels: Sequence[str]) -> str:
+    """One line per channel: how much of a run sits at the clip (``clipped`` is ``N×6``).
+
+    The first frame is left out of the count: it is the reference, so it is centred by design.
+
+    Example:
+        >>> import numpy as np
+        >>> c = np.zeros((4, 2)); c[1:, 1] = [1.0, 1.0, 0.005]
+        >>> print(saturation_summary(c, ["act0", "grad0"]))
+        saturation (share of pixels at the clip, frames after the first):
+          act0   max 0.000  frames >1%: 0/3
+          grad0  max 1.000  frames >1%: 2/3
+    """
+    later = np.asarray(clipped, dtype=float)[1:]
+    lines = ["saturation (share of pixels at the clip, frames after the first):"]
+    for k, name in enumerate(channels):
+        col = later[:, k] if later.size else np.zeros(0)
+        peak = float(col.max()) if col.size else 0.0
+        lines.append(f"  {name:<6} max {peak:.3f}  frames >{SATURATED:.0%}: "
+                     f"{int((col > SATURATED).sum())}/{len(col)}")
+    return "\n".join(lines)
+
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from data_factory.frames import CHANNELS
     from data_factory.store import RunStoreError, load_run
     from tevid_hpo.render import render_gif, render_strip
 
@@ -30,6 +59,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         render_gif(frames, out, max_frames=args.max_frames)
     else:
         render_strip(frames, out, max_frames=args.max_frames, title=run.run_id)
+    print(saturation_summary(run.frames.clipped, CHANNELS))
     print(out)
     return 0
 
