@@ -296,3 +296,17 @@ def test_run_store_keeps_the_privacy_report(tmp_path) -> None:
     meta = store.load("dp-run").meta["privacy"]
     assert meta["epsilon"] == pytest.approx(_opacus_epsilon(2.0, 16 / 320, 3, 1e-5))
     assert meta["compositions"] == 3 and meta["noise_multiplier"] == 2.0
+
+
+# ---------------------------------------------------------------------------------- experiment
+def test_privacy_experiment_smoke() -> None:
+    from experiments.privacy import main
+
+    out = main(["--smoke"])
+    rows = {r["setting"]: r for r in out["utility"]["rows"]}
+    assert set(rows) == {"plain", "z=1"}
+    assert math.isinf(rows["plain"]["epsilon"]) and 0 < rows["z=1"]["epsilon"] < math.inf
+    assert all(0.0 <= r["auprc"] <= 1.0 for r in rows.values())
+    mia = out["mia"]["rows"]
+    assert len(mia) == 6 and all(0.0 <= r["auc"] <= 1.0 for r in mia)
+    assert mia[-1]["epsilon_one_release"] == pytest.approx(rdp_epsilon(1.0, 1.0, 1, 1e-5))
