@@ -2,7 +2,8 @@
 
 Layout of ``ROOT/RUN_ID/``::
 
-    meta.json            run metadata (architecture, data set, optimizer, intervention, split, ...)
+    meta.json            run metadata (architecture, data set, optimizer, intervention, split, ...;
+                         ``privacy``: ``DPTelemetry.report().to_dict()`` of a DP-captured run)
     frames.safetensors   frames (N×6×S×S bfloat16), steps, epochs (−1 = none), finite, stats,
                          clipped (N×6 share of pixels at the clip)
     steps.csv            per-step scalars (step, epoch, loss, lr, ...)
