@@ -124,10 +124,16 @@ def test_a_learning_rate_jump_is_stopped_within_two_epochs_with_the_reason_logge
 
 def test_gradient_accumulation_steps_the_monitor_once_per_optimizer_step(toy_diagnostician,
                                                                           digits_data, tmp_path):
-    cb = TEViDTrainerCallback(diagnostician=toy_diagnostician, every=5)
+    seen = []
+
+    class Spy:                                   # loggers= goes through to the monitor
+        def log(self, diagnosis, step):
+            seen.append(step)
+
+    cb = TEViDTrainerCallback(diagnostician=toy_diagnostician, every=5, loggers=[Spy()])
     trainer = run(cb, digits_data, tmp_path, epochs=1, gradient_accumulation_steps=2)
     assert trainer.state.global_step == STEPS_PER_EPOCH // 2 == cb.optimizer_steps
-    assert [h["step"] for h in cb.history] == [0, 5, 10, 15]
+    assert [h["step"] for h in cb.history] == [0, 5, 10, 15] == seen
 
 
 def test_non_finite_losses_stop_the_run(toy_diagnostician, digits_data, tmp_path):
