@@ -310,3 +310,22 @@ def test_privacy_experiment_smoke() -> None:
     mia = out["mia"]["rows"]
     assert len(mia) == 6 and all(0.0 <= r["auc"] <= 1.0 for r in mia)
     assert mia[-1]["epsilon_one_release"] == pytest.approx(rdp_epsilon(1.0, 1.0, 1, 1e-5))
+
+
+def test_docs_example_runs_as_written(tmp_path, monkeypatch) -> None:
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).parents[1] / "docs" / "privacy.md"
+    code = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.DOTALL | re.MULTILINE)
+    assert len(code) == 2
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    namespace: dict = {"__name__": "docs_privacy"}
+    with contextlib.redirect_stdout(out):
+        for i, source in enumerate(code):
+            exec(compile(source, f"{page}:block{i}", "exec"), namespace)  # noqa: S102
+    eps4 = f"{rdp_epsilon(1.0, 32 / 1078, 4, 1e-5):.2f}"
+    assert out.getvalue().split("\n")[:2] == [f"4 {eps4}", f"{eps4} {eps4}"]
