@@ -27,8 +27,21 @@ def test_show_renders_png_and_gif(tmp_path, capsys):
             w.add_frame(Frame(torch.randn(6, 8, 8).to(torch.bfloat16), step=10 * i, layers=("a", "b", "c")))
     assert main(["show", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "video.png").stat().st_size > 1000
+    assert "saturation (share of pixels at the clip, frames after the first)" in capsys.readouterr().out
     assert main(["show", str(tmp_path / "r"), "--gif", "--out", str(tmp_path / "v.gif")]) == 0
     assert (tmp_path / "v.gif").read_bytes()[:3] == b"GIF"
+
+
+def test_show_prints_saturation_per_channel(tmp_path, capsys):
+    store = RunStore(tmp_path)
+    with store.create("r", {}) as w:
+        for i in range(3):
+            t = torch.zeros(6, 4, 4)
+            t[3] = 8.0 if i else 0.0       # grad0 saturated on every frame after the first
+            w.add_frame(Frame(t.to(torch.bfloat16), step=i, layers=("a", "b", "c")))
+    assert main(["show", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "grad0  max 1.000  frames >1%: 2/2" in out and "act0   max 0.000  frames >1%: 0/2" in out
 
 
 def test_show_reports_missing_run(tmp_path, capsys):

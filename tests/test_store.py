@@ -86,3 +86,23 @@ def test_bad_input(tmp_path):
             w.add_frame(Frame(torch.zeros(6, 4, 4, dtype=torch.bfloat16), step=1))
         with pytest.raises(ValueError, match="step"):
             w.log_step(loss=1.0)
+
+
+def test_clipped_share_round_trips_and_is_recomputed_for_old_runs(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensor = torch.zeros(6, 4, 4, dtype=torch.bfloat16)
+    tensor[3, :2] = 8.0                                   # half of grad0 at the clip
+    store = RunStore(tmp_path)
+    with store.create("r", {}) as w:
+        w.add_frame(Frame(tensor, step=0, clipped=(0.0, 0.0, 0.0, 0.5, 0.0, 0.0)))
+        w.add_frame(Frame(tensor, step=1))                # built by hand: measured at ±8
+    frames = store.load("r").frames
+    assert frames.clipped.tolist() == [[0.0, 0.0, 0.0, 0.5, 0.0, 0.0]] * 2
+    assert frames[1].clipped == (0.0, 0.0, 0.0, 0.5, 0.0, 0.0)
+    # A run written before `clipped` existed: read back, recomputed from the frames.
+    path = tmp_path / "r" / "frames.safetensors"
+    data = load_file(str(path))
+    del data["clipped"]
+    save_file(data, str(path), metadata={"stat_names": "[]", "layers": "[]"})
+    assert load_run(tmp_path / "r").frames.clipped.tolist() == [[0.0, 0.0, 0.0, 0.5, 0.0, 0.0]] * 2
