@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from data_factory.labels import INSTABILITY
-from tevid_hpo import nas
 from tevid_hpo.cost import CostModel
 from tevid_hpo.diagnostician import Diagnosis
 from tevid_hpo.monitor import NONFINITE_LOSS, USER_ATTR
@@ -29,6 +28,7 @@ from tevid_hpo.nas import (
     SearchSpace,
     TEViDHook,
     TrainSettings,
+    network,
 )
 from tevid_hpo.pruners import TEViDPruner, prune_reason
 
@@ -39,13 +39,7 @@ DIVERGENT_LR = 1e4
 SHORT = TrainSettings(epochs=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cell(*ops: str) -> Cell:
@@ -139,7 +133,7 @@ def test_optuna_params_round_trip():
 def test_cellnet_builds_only_live_edges_and_trains_a_step():
     c = cell("nor_conv_3x3", "none", "none", "skip_connect", "none", "none")   # 0->1 is dead
     net = CellNet(c, in_channels=1, num_classes=10)
-    cells = [m for m in net.modules() if isinstance(m, nas._CellModule)]
+    cells = [m for m in net.modules() if isinstance(m, network._CellModule)]
     assert len(cells) == 3 and all(list(m.edges) == ["0_3"] for m in cells)
     out = net(torch.randn(4, 1, 16, 16))
     assert out.shape == (4, 10)

@@ -1,0 +1,100 @@
+"""The pruning hook: :class:`TEViDHook` watches one candidate's training and says when to end it.
+
+It applies :mod:`tevid_hpo.decision`'s rules (TEViD's confirmed alerts, optionally the cost
+model), the same ones every integration shares, so a candidate stops here when a
+:class:`~tevid_hpo.pruners.TEViDPruner` would stop it as an Optuna trial.
+
+Example:
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")                       # untrained model
+    ...     hook = TEViDHook("tiny")
+    >>> hook.prune_on, hook.cost is None
+    (('Instability', 'Overfitting'), True)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from typing import Any
+
+import optuna
+from torch import nn
+
+from data_factory.labels import INSTABILITY, OVERFITTING
+from tevid_hpo.cost import CostModel
+from tevid_hpo.decision import alert_reason, check_options, check_prune_on, cost_reason
+from tevid_hpo.diagnostician import Diagnostician
+from tevid_hpo.monitor import TrialMonitor
+
+__all__ = ["TEViDHook"]
+
+
+class TEViDHook:
+    """Watches one candidate's training and says when to end it.
+
+    :meth:`monitor` wraps the model in a :class:`~tevid_hpo.monitor.TrialMonitor` (which also
+    writes the diagnosis to an Optuna trial when one is given); :meth:`check` returns a reason
+    to stop — the monitor's earliest confirmed alert among ``prune_on`` (TEViD's calibrated
+    3-consecutive rule, or the monitor's non-finite-loss rule) with confidence at least
+    ``min_confidence``, else, with ``cost``, a :meth:`CostModel.decide
+    <tevid_hpo.cost.CostModel.decide>` stop on the latest diagnosis — or ``None``. The rules are
+    :mod:`tevid_hpo.decision`'s, shared with every integration, so a candidate stops here when
+    a :class:`~tevid_hpo.pruners.TEViDPruner` would stop it as an Optuna trial (only sooner: at
+    the step, not at the epoch's ``should_prune()``).
+
+    Args:
+        diagnostician: a :class:`~tevid_hpo.diagnostician.Diagnostician`, a checkpoint path or
+            profile name for :meth:`Diagnostician.from_pretrained`, or ``None`` for the shipped
+            default (``FileNotFoundError`` if it is not installed).
+        prune_on: alert labels that end a candidate.
+        cost: also stop when the cost model says stopping is cheaper (off by default, as in
+            :class:`~tevid_hpo.pruners.TEViDPruner`).
+        min_confidence: ignore alerts less confident than this.
+        every: capture cadence in steps (``None``: the diagnostician's).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")                       # untrained model
+        ...     hook = TEViDHook("tiny", prune_on=("Instability",))
+        >>> hook.prune_on
+        ('Instability',)
+    """
+
+    def __init__(self, diagnostician: Diagnostician | str | os.PathLike[str] | None = None,
+                 prune_on: Collection[str] = (INSTABILITY, OVERFITTING),
+                 cost: CostModel | None = None, *, min_confidence: float = 0.0,
+                 every: int | None = None) -> None:
+        if diagnostician is None or isinstance(diagnostician, (str, os.PathLike)):
+            diagnostician = Diagnostician.from_pretrained(diagnostician, device="cpu")
+        self.diagnostician = diagnostician
+        self.prune_on = check_prune_on(prune_on)
+        self.min_confidence = check_options(cost, min_confidence)
+        self.cost = cost
+        self.every = every
+
+    def monitor(self, model: nn.Module, trial: optuna.Trial | None = None) -> TrialMonitor:
+        """A :class:`TrialMonitor` of ``model`` (use it as a context manager)."""
+        return TrialMonitor(model, trial, every=self.every, diagnostician=self.diagnostician)
+
+    def check(self, monitor: TrialMonitor, epochs_done: float, epochs_max: float,
+              *, use_cost: bool = True) -> dict[str, Any] | None:
+        """A reason to stop now, or ``None``.
+
+        Args:
+            monitor: the candidate's monitor.
+            epochs_done: budget used so far (fractional epochs).
+            epochs_max: the candidate's full budget.
+            use_cost: also consult the cost rule (pass ``False`` between diagnoses: it only
+                changes when a new diagnosis arrives).
+        """
+        reason = (alert_reason(monitor.alerts, self.prune_on, self.min_confidence)
+                  if monitor.alert is not None else None)
+        # A monitor that failed has no trustworthy latest diagnosis: alerts only.
+        if (reason is None and self.cost is not None and use_cost and monitor.error is None
+                and monitor.last is not None):
+            reason = cost_reason(self.cost, monitor.last.to_dict(), epochs_done, epochs_max,
+                                 self.prune_on)
+        return reason
