@@ -41,9 +41,11 @@ from tevid_hpo.monitor import USER_ATTR
 pytestmark = pytest.mark.timeout(300)
 
 RAY_TEMP_DIR = "/tmp/ray_hpo_bench_test"
-OPTUNA_NAMES = ["No pruning", "Median", "Successive halving", "Hyperband",
-                "Hyperband + Curve-TCN", "Hyperband + TEViD"]
-RAY_NAMES = ["Ray HyperBand", "Ray HyperBand + TEViD", "Ray ASHA"]
+SIGNALS = ["TEViD", "Cheap rule", "LC-PFN"]
+OPTUNA_NAMES = ["No pruning", *(f"{b}{s}" for b in ("Median", "Successive halving", "Hyperband")
+                                for s in ["", *(f" + {x}" for x in SIGNALS)]),
+                "Hyperband + Curve-TCN"]
+RAY_NAMES = ["Ray HyperBand", "Ray HyperBand + TEViD", "Ray ASHA", "Ray ASHA + TEViD"]
 
 
 def _digest(path: Path) -> str | None:
@@ -99,9 +101,12 @@ def test_quick_runs_every_strategy_and_never_touches_docs(quick):
     assert strategies["Hyperband + TEViD"]["epochs_saved_vs_reference"]["estimate"] is not None
     out = Path(summary["out"])
     assert out.is_relative_to(tmp)
-    for name in ("summary.json", "table.md", "outcomes.csv", hb.FIGURE):
+    for name in ("summary.json", "table.md", "outcomes.csv", hb.FIGURE, "hpo_pareto.png"):
         assert (out / name).is_file(), name
-    assert "| Hyperband + TEViD |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| Hyperband + TEViD |" in table
+    for base in ("Median", "Successive halving", "Hyperband"):   # issue 25's per-base targets
+        assert f"* **{base} + TEViD vs {base}:**" in table
     assert json.loads((out / "summary.json").read_text())["verdicts"]
     # Quick mode never writes docs/results.md or docs/figures, even with write_results=true.
     assert {p: _digest(p) for p in docs} == docs
@@ -249,7 +254,7 @@ def test_the_val_loss_metric_replays_trials_whose_loss_is_nan():
     for e in recs[0].epochs:
         e.val_loss = None                       # diverged: NaN validation loss throughout
     cfg = hb.load_config(["problem.max_epochs=5", "metric=val_loss"])
-    results = {s.name: hb.replay_optuna(s, 0, recs, cfg)[0]
+    results = {s.name: hb.replay_optuna(s, 0, recs, cfg, signals={})[0]
                for s in hb.optuna_strategies(cfg, None)}
     assert all(len(o) == 2 for o in results.values())   # no trial fails on a NaN objective
     # Successive halving prunes a NaN at its first rung (Optuna reports steps from 0).
@@ -357,3 +362,117 @@ def test_cli_accepts_quick_and_hydra_overrides(monkeypatch, tmp_path):
     assert cfg.recordings == str(tmp_path / "hpo_benchmark")
     assert seen["command"] == f"{hb.COMMAND} --quick n_trials=3 cache={tmp_path}"
 
+
+
+def test_the_cheap_rule_is_lightnings_check_finite_and_divergence_threshold():
+    from experiments.hpo_benchmark.stoppers import cheap_rule_stop
+
+    rec = _rec(0, [0.1] * 6)
+    assert cheap_rule_stop(rec) is None                     # a flat loss of 1.0: nothing fires
+    rec.epochs[3].train_loss = 3.5                          # above 3 x the first step's 1.0
+    stop = cheap_rule_stop(rec)
+    assert stop.epoch == 3 and stop.reason.startswith("divergence_threshold")
+    assert cheap_rule_stop(rec, divergence_factor=4.0) is None
+    rec.epochs[2].train_loss = None                         # NaN/inf: check_finite, earlier
+    assert cheap_rule_stop(rec).epoch == 2
+    assert cheap_rule_stop(rec).reason == "check_finite: training loss is not finite"
+    with pytest.raises(ValueError, match="divergence_factor must be > 0"):
+        cheap_rule_stop(rec, divergence_factor=0.0)
+
+
+def test_cusum_on_the_training_loss_fires_on_a_loss_that_climbs():
+    from core_models.baselines.cusum import CUSUM
+    from experiments.hpo_benchmark.stoppers import cheap_rule_stop
+
+    rec = _rec(0, [0.2] * 20)
+    n = len(rec.steps["loss"])
+    rng = np.random.default_rng(0)
+    # Decays, then climbs by 2 % a step from step 120 (epoch 12) — below 3x the start until late.
+    rec.steps["loss"] = [float(2 * math.exp(-s / 60) * (1.02 ** max(0, s - 120))
+                               * math.exp(0.02 * rng.standard_normal())) for s in range(n)]
+    for e in rec.epochs:
+        e.train_loss = float(np.mean(rec.steps["loss"][10 * e.epoch:10 * e.epoch + 10]))
+    assert cheap_rule_stop(rec, divergence_factor=100.0) is None
+    cusum = CUSUM(drift=1.0, sides="up")      # the benchmark's setting
+    stop = cheap_rule_stop(rec, divergence_factor=100.0, cusum=cusum)
+    assert stop is not None and 12 <= stop.epoch <= 16 and "CUSUM" in stop.reason
+    # The same decay without the climb: no alarm (drift 0.5 alarms here, at epoch 8).
+    rec.steps["loss"] = [float(2 * math.exp(-s / 60) * math.exp(0.02 * rng.standard_normal()))
+                         for s in range(n)]
+    assert cheap_rule_stop(rec, divergence_factor=100.0, cusum=cusum) is None
+
+
+@pytest.mark.parametrize("base", ["Median", "Successive halving", "Hyperband"])
+def test_a_signal_stops_the_trial_under_every_base_and_is_named_after_the_signal(base):
+    from experiments.hpo_benchmark.stoppers import SignalStop
+
+    recs = [_rec(0, [0.3 + 0.05 * e for e in range(9)]), _rec(1, [0.1] * 9),
+            _rec(2, [0.35 + 0.05 * e for e in range(9)])]
+    cfg = _cfg(9)
+    s = {x.name: x for x in hb.optuna_strategies(cfg, None)}[f"{base} + Cheap rule"]
+    signals = {0: None, 1: SignalStop(1, INSTABILITY, "check_finite: training loss is not "
+                                      "finite"), 2: None}
+    outcomes, _ = hb.replay_optuna(s, 0, recs, cfg, signals=signals)
+    assert outcomes[1].epochs == 2 and outcomes[1].stopped_by == "Cheap rule"
+    assert "check_finite" in outcomes[1].reason
+    assert all(o.stopped_by != "Cheap rule" for o in (outcomes[0], outcomes[2]))
+    with pytest.raises(ValueError, match="needs its signals"):
+        hb.replay_optuna(s, 0, recs, cfg)
+
+
+class _FixedPFN:
+    """A stand-in network: the final value is predicted at the last observed value ± 0.05."""
+
+    def predict(self, prefix, n_epochs):
+        probs = np.zeros(20)
+        probs[min(int(prefix[-1] * 20), 19)] = 1.0
+        return probs
+
+
+def test_the_lc_pfn_arm_stops_a_trial_that_cannot_beat_the_best_of_the_others():
+    from experiments.hpo_benchmark.stoppers import PFNStopper
+
+    recs = [_rec(0, [0.5 + 0.05 * e for e in range(9)]), _rec(1, [0.2] * 9),
+            _rec(2, [0.9] * 9)]
+    cfg = _cfg(9)
+    s = next(x for x in hb.optuna_strategies(cfg, None, pfn=True)
+             if x.name == "Median + LC-PFN")
+    pfn = PFNStopper(_FixedPFN(), threshold=0.05)   # type: ignore[arg-type]
+    outcomes, _ = hb.replay_optuna(s, 0, recs, cfg, pfn=pfn)
+    # Trial 0 has nobody to beat; trial 1 (predicted ~0.2 < 0.9 reached by trial 0) stops at
+    # its first report; trial 2 (predicted 0.9-0.95 > 0.9) may go on.
+    assert outcomes[0].stopped_by is None and outcomes[0].epochs == 9
+    assert outcomes[1].epochs == 1 and outcomes[1].stopped_by == "LC-PFN"
+    assert "P(final > 0.900)" in outcomes[1].reason
+    assert outcomes[2].stopped_by != "LC-PFN"
+
+
+def test_ray_asha_with_the_cheap_rule_stops_on_the_signal(local_ray, tmp_path):
+    from experiments.hpo_benchmark.stoppers import SignalStop
+
+    recs = [_rec(k, [0.3 + 0.01 * k + 0.05 * e for e in range(3)]) for k in range(2)]
+    recs.append(_rec(2, [0.1, 0.1, 0.1]))
+    cfg = hb.load_config(["problem.max_epochs=3", f"ray.temp_dir={RAY_TEMP_DIR}",
+                          "ray.bases=[Ray ASHA]", "ray.signals=[cheap]"])
+    s = next(s for s in hb.ray_strategies(cfg) if s.signal == "cheap")
+    signals = {0: None, 1: None, 2: SignalStop(0, INSTABILITY, "check_finite")}
+    outcomes, _ = hb.replay_ray(s, 0, recs, cfg, tmp_path, signals=signals)
+    assert outcomes[2].epochs == 1 and outcomes[2].stopped_by == "Cheap rule"
+    assert all(o.stopped_by != "Cheap rule" for o in outcomes[:2])
+
+
+def test_targets_are_checked_per_base_and_say_not_met():
+    from experiments.hpo_benchmark.targets import base_targets
+
+    recs = [_rec(k, [0.3 + 0.05 * e for e in range(9)]) for k in range(3)]
+    cfg = _cfg(9)
+    strategies = [x for x in hb.optuna_strategies(cfg, None) if x.base == "Median"]
+    outcomes = []
+    for x in strategies:
+        outcomes += hb.replay_optuna(x, 0, recs, cfg, signals={})[0]
+    summary = hb.summarize(outcomes, strategies, n_resamples=100)
+    lines = base_targets(summary, outcomes, strategies, 100)
+    assert lines[0].startswith("* **Median + TEViD vs Median:** epochs saved +0.0 %")
+    assert "(not met: ≥ 20 %)" in lines[0] and "false stops by TEViD 0 (met)" in lines[0]
+    assert "vs Cheap rule: Δ epochs/trial +0.00" in lines[0] and "the same epochs" in lines[0]
+    assert "Pareto front" in lines[-1]

@@ -16,6 +16,8 @@ COMMAND = "python -m experiments.hpo_benchmark"
 #: The section of docs/results.md this experiment owns.
 SECTION = "hpo-benchmark"
 FIGURE = "hpo_benchmark.png"
+#: Epochs per trial vs best validation accuracy, every arm (docs/figures/ with write_results).
+PARETO_FIGURE = "hpo_pareto.png"
 
 
 def _say(msg: str) -> None:

@@ -23,6 +23,7 @@ from experiments.hpo_benchmark.arms import optuna_strategies, ray_strategies
 from experiments.hpo_benchmark.config import (
     COMMAND,
     FIGURE,
+    PARETO_FIGURE,
     SECTION,
     _override_keys,
     _say,
@@ -47,6 +48,8 @@ from experiments.hpo_benchmark.report import (
     render_table,
 )
 from experiments.hpo_benchmark.stats import summarize
+from experiments.hpo_benchmark.stoppers import cheap_signals, load_pfn
+from experiments.hpo_benchmark.targets import base_targets, plot_pareto
 from experiments.report import RESULTS, write_section
 from tevid_hpo.diagnostician import Diagnostician
 
@@ -96,14 +99,17 @@ def _run_benchmark(cfg: DictConfig, command: str) -> dict[str, Any]:
         curve_alerts = {seed: {r.config.number: detector.alerts(r, prune_on) for r in recs}
                         for seed, recs in recordings.items()}
 
-    strategies = optuna_strategies(cfg, detector)
+    cheap = cheap_signals(cfg, recordings)
+    pfn = load_pfn(cfg)
+    strategies = optuna_strategies(cfg, detector, pfn=pfn is not None)
     outcomes: list[TrialOutcome] = []
     events: list[Event] = []
     jobs = [(s, seed) for s in strategies for seed in seeds]
     t2 = time.perf_counter()
     for s, seed in tqdm(jobs, desc="replay optuna", unit="study", disable=not progress,
                         dynamic_ncols=True):
-        o, e = replay_optuna(s, seed, recordings[seed], cfg, curve_alerts.get(seed))
+        o, e = replay_optuna(s, seed, recordings[seed], cfg, curve_alerts.get(seed),
+                             signals=cheap.get(seed), pfn=pfn)
         outcomes += o
         events += e
     optuna_s = time.perf_counter() - t2
@@ -116,7 +122,8 @@ def _run_benchmark(cfg: DictConfig, command: str) -> dict[str, Any]:
             for s, seed in tqdm([(s, seed) for s in rstrats for seed in rseeds],
                                 desc="replay ray tune", unit="run", disable=not progress,
                                 dynamic_ncols=True):
-                o, e = replay_ray(s, seed, recordings[seed], cfg, out / "ray")
+                o, e = replay_ray(s, seed, recordings[seed], cfg, out / "ray",
+                                  signals=cheap.get(seed))
                 outcomes += o
                 events += e
         ray_s = time.perf_counter() - t3
@@ -125,8 +132,14 @@ def _run_benchmark(cfg: DictConfig, command: str) -> dict[str, Any]:
     summary = summarize(outcomes, strategies, n_resamples=n_resamples)
     diagnosis = diagnose(recordings, outcomes, prune_on)
     verdicts = _verdicts(summary, outcomes, n_resamples, diagnosis)
+    targets = base_targets(summary, outcomes, strategies, n_resamples)
+    if targets:
+        verdicts += ["", ("Issue 25's targets, per base X (X + TEViD against X, the cheap "
+                          "rule and LC-PFN on the same base):"), "", *targets]
 
     fig_path = plot_curves(events, strategies, out / FIGURE)
+    pareto_path = plot_pareto(summary, strategies, out / PARETO_FIGURE,
+                              f"{problem.arch} / {problem.dataset} / {problem.optimizer}")
     table = render_table(summary)
     curve_source = detector.source if detector is not None else None
     section = render_section(cfg, summary, verdicts, problem, diag_source, curve_source,
@@ -151,6 +164,7 @@ def _run_benchmark(cfg: DictConfig, command: str) -> dict[str, Any]:
             results.parent / "figures"
         figures.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(fig_path, figures / FIGURE)
+        shutil.copyfile(pareto_path, figures / PARETO_FIGURE)
         rel = os.path.relpath(figures / FIGURE, results.parent)
         body = render_section(cfg, summary, verdicts, problem, diag_source, curve_source, rel)
         write_section(SECTION, body, command=command, path=results,

@@ -21,10 +21,17 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from experiments.hpo_benchmark.arms import _STOPPER_NAMES, Strategy, _metric
+from experiments.hpo_benchmark.arms import _STOPPER_NAMES, SIGNAL_NAMES, Strategy, _metric
 from experiments.hpo_benchmark.curve_tcn import CURVE_ATTR
 from experiments.hpo_benchmark.problem import Problem, _quiet_optuna, _sampler, suggest
 from experiments.hpo_benchmark.record import EpochRecord, TrialRecording, _nan
+from experiments.hpo_benchmark.stoppers import (
+    PFNStopper,
+    SignalStop,
+    as_ray_keys,
+    as_tevid_state,
+    best_of_others,
+)
 from tevid_hpo.decision import describe
 from tevid_hpo.monitor import ERROR_ATTR, USER_ATTR
 from tevid_hpo.pruners import prune_reason
@@ -88,16 +95,30 @@ def _replay_value(ep: EpochRecord, metric: str) -> float:
     return ep.val_acc if metric == "val_acc" else _nan(ep.val_loss)
 
 
+def _stopper_name(strategy: Strategy, pruner: str) -> str:
+    """Who stopped a trial: a signal fed through the TEViD wrapper is named after the signal."""
+    name = _STOPPER_NAMES.get(pruner, pruner)
+    if name == "TEViD" and strategy.signal is not None:
+        return SIGNAL_NAMES[strategy.signal]
+    return name
+
+
 def replay_optuna(strategy: Strategy, seed: int, recordings: Sequence[TrialRecording],
-                  cfg: DictConfig, curve_alerts: Mapping[int, dict[str, Any]] | None = None
-                  ) -> tuple[list[TrialOutcome], list[Event]]:
+                  cfg: DictConfig, curve_alerts: Mapping[int, dict[str, Any]] | None = None,
+                  signals: Mapping[int, SignalStop | None] | None = None,
+                  pfn: PFNStopper | None = None) -> tuple[list[TrialOutcome], list[Event]]:
     """Phase 2 for one Optuna strategy and seed: a real study whose objective replays.
 
     Every configuration is enqueued in trial order; the objective checks it drew the recorded
     configuration, then per recorded epoch publishes what a live trial would have published by
     then (TEViD's attribute for monitored strategies, the Curve-TCN's alerts for the Curve-TCN
-    one), reports, and asks ``should_prune()``.
+    one, the cheap rule's stop from ``signals`` or the LC-PFN's decision from ``pfn``, both in
+    TEViD's attribute form), reports, and asks ``should_prune()``.
     """
+    if strategy.signal == "cheap" and signals is None:
+        raise ValueError(f"{strategy.name}: the cheap-rule arm needs its signals")
+    if strategy.signal == "pfn" and pfn is None:
+        raise ValueError(f"{strategy.name}: the LC-PFN arm needs its PFNStopper")
     problem_cfg = Problem.from_cfg(cfg.problem)
     metric, mode = _metric(cfg)
     by_number = {r.config.number: r for r in recordings}
@@ -111,7 +132,17 @@ def replay_optuna(strategy: Strategy, seed: int, recordings: Sequence[TrialRecor
                                f"{rec.config.params}: the replay would not be exact")
         alerts = (curve_alerts or {}).get(trial.number, {})
         published: dict[str, Any] = {}
+        pfn_stop: SignalStop | None = None
         for ep in rec.epochs:
+            if strategy.signal == "cheap":
+                trial.set_user_attr(USER_ATTR, as_tevid_state((signals or {}).get(
+                    trial.number), ep.epoch))
+            if strategy.signal == "pfn" and pfn is not None and pfn_stop is None:
+                others = {t.number: list(t.intermediate_values.values())
+                          for t in trial.study.get_trials(deepcopy=False)}
+                prefix = [e.val_acc for e in rec.epochs[:ep.epoch + 1]]
+                pfn_stop = pfn.decide(prefix, rec.n_epochs, best_of_others(others, trial.number))
+                trial.set_user_attr(USER_ATTR, as_tevid_state(pfn_stop, ep.epoch))
             if strategy.monitored:
                 if ep.tevid is not None:
                     trial.set_user_attr(USER_ATTR, ep.tevid)
@@ -150,7 +181,7 @@ def replay_optuna(strategy: Strategy, seed: int, recordings: Sequence[TrialRecor
         if t.state == TrialState.PRUNED:
             reason = prune_reason(t)
             name = (reason or {}).get("pruner") or type(study.pruner).__name__
-            by = _STOPPER_NAMES.get(name, name)
+            by = _stopper_name(strategy, name)
             why = describe(reason) if reason is not None else f"pruned at step {t.last_step}"
         elif t.state != TrialState.COMPLETE:
             raise RuntimeError(f"{strategy.name}, seed {seed}: trial {t.number} ended {t.state}")
@@ -204,19 +235,24 @@ def _ray_trainable(config: dict[str, Any], rows: Mapping[int, list[dict[str, Any
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _ray_rows(rec: TrialRecording, monitored: bool) -> list[dict[str, Any]]:
+def _ray_rows(rec: TrialRecording, monitored: bool, signal: SignalStop | None = None,
+              signalled: bool = False) -> list[dict[str, Any]]:
     rows = []
     for ep in rec.epochs:
         row: dict[str, Any] = {"epoch": ep.epoch, "val_acc": ep.val_acc,
                                "val_loss": _nan(ep.val_loss)}
         if monitored:
             row.update(ep.ray)
+        elif signalled:
+            row.update(as_ray_keys(signal, ep.epoch))
         rows.append(row)
     return rows
 
 
 def replay_ray(strategy: Strategy, seed: int, recordings: Sequence[TrialRecording],
-               cfg: DictConfig, storage: Path) -> tuple[list[TrialOutcome], list[Event]]:
+               cfg: DictConfig, storage: Path,
+               signals: Mapping[int, SignalStop | None] | None = None
+               ) -> tuple[list[TrialOutcome], list[Event]]:
     """Phase 2 for one Ray Tune scheduler and seed: a real ``tune.Tuner`` replaying.
 
     The trials are ``tune.grid_search`` over the trial numbers (created in order, so Hyperband
@@ -226,19 +262,25 @@ def replay_ray(strategy: Strategy, seed: int, recordings: Sequence[TrialRecordin
     import ray
     from ray import cloudpickle, tune
 
-    from tevid_hpo.ray import TEViDHyperband
+    from tevid_hpo.ray import TEViDHyperband, TEViDScheduler
+
+    if strategy.signal == "cheap" and signals is None:
+        raise ValueError(f"{strategy.name}: the cheap-rule arm needs its signals")
 
     # Ship the trainable to Tune's workers by value (as cloudpickle ships a function of
     # ``__main__``): by reference, each worker would first import this package and with it torch,
     # Optuna and SciPy, seconds per worker start on a busy machine.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     scheduler = strategy.make()
-    pauses = type(scheduler).__name__ != "AsyncHyperBandScheduler"   # ASHA never pauses
-    rows = {r.config.number: _ray_rows(r, strategy.monitored) for r in recordings}
+    base = scheduler.base if isinstance(scheduler, TEViDScheduler) else scheduler
+    pauses = type(base).__name__ != "AsyncHyperBandScheduler"   # ASHA never pauses
+    rows = {r.config.number: _ray_rows(r, strategy.monitored, (signals or {}).get(
+        r.config.number), signalled=strategy.signal == "cheap") for r in recordings}
     name = f"{strategy.name.replace(' ', '_').replace('+', 'plus')}-seed{seed}"
     shutil.rmtree(storage / name, ignore_errors=True)
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    callbacks = [scheduler.callback()] if isinstance(scheduler, TEViDHyperband) else []
+    wrapped = isinstance(scheduler, (TEViDHyperband, TEViDScheduler))
+    callbacks = [scheduler.callback()] if wrapped else []
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_ray_trainable, rows=rows, checkpoint=pauses),
                             {"cpu": cpus}),
@@ -258,10 +300,9 @@ def replay_ray(strategy: Strategy, seed: int, recordings: Sequence[TrialRecordin
         epochs = int(res.metrics.get("training_iteration", 0))
         by, why = None, ""
         if epochs < rec.n_epochs:
-            reason = scheduler.stop_reason(res.metrics["trial_id"]) \
-                if isinstance(scheduler, TEViDHyperband) else None
-            name_ = (reason or {}).get("pruner") or type(scheduler).__name__
-            by = _STOPPER_NAMES.get(name_, name_)
+            reason = scheduler.stop_reason(res.metrics["trial_id"]) if wrapped else None
+            name_ = (reason or {}).get("pruner") or type(base).__name__
+            by = _stopper_name(strategy, name_)
             why = describe(reason) if reason else f"stopped at iteration {epochs}"
         outcomes.append(_outcome(strategy, rec, epochs, by, why))
         df = res.metrics_dataframe
