@@ -128,9 +128,16 @@ def hyperband_max_resource(pruner: BasePruner | None) -> int | None:
 def hyperband_bracket(pruner: HyperbandPruner, study: optuna.study.Study, trial: FrozenTrial
                       ) -> tuple[BasePruner, optuna.study.Study, int] | None:
     """``(the trial's bracket pruner, that bracket's view of the study, max_resource)``, or
-    ``None`` while Hyperband has not built its brackets yet (before its first ``prune``)."""
+    ``None`` while Hyperband cannot build its brackets yet (``max_resource="auto"`` before the
+    first finished trial)."""
     why = "to replay Hyperband's promotion rule for a trial TEViD stopped"
     brackets = _get(pruner, "_pruners", why)
+    if not brackets:
+        # Hyperband builds them at its own first prune(): a worker process whose first decision
+        # is a TEViD stop has not, while the others have. Build them now, or that worker alone
+        # would give its stopped trial no rung places (caught by tests/test_postgres.py).
+        _get(pruner, "_try_initialization", why)(study)
+        brackets = _get(pruner, "_pruners", why)
     max_resource = hyperband_max_resource(pruner)
     if not brackets or max_resource is None:
         return None

@@ -20,7 +20,8 @@ the last ``history_size`` (default 16) diagnoses with probabilities rounded to 4
 attribute stays under ~6 KB however long the run is (MySQL's TEXT column holds 64 KB; journal
 storages append every write, so size and write frequency both matter). It is written when an
 alert is first confirmed (at once, so a pruner sees it at the next ``trial.should_prune()``), at
-every :meth:`TrialMonitor.epoch_end`, every ``sync_every`` diagnoses, and when the ``with`` block
+every :meth:`TrialMonitor.epoch_end`, every ``sync_every`` diagnoses until the first
+``epoch_end`` (so at most one write per epoch after it), and when the ``with`` block
 ends. A monitoring failure is written as ``trial.user_attrs["tevid_error"]``.
 
 Two alert sources:
@@ -177,8 +178,8 @@ class TrialMonitor:
             transient that the loop survives (e.g. a skipped step under dynamic loss scaling),
             whereas without such protection one NaN poisons the weights and every later loss is
             NaN too, so waiting two more steps costs two steps.
-        sync_every: also write the trial attribute every this many diagnoses (for loops that
-            never call :meth:`epoch_end`).
+        sync_every: also write the trial attribute every this many diagnoses until the first
+            :meth:`epoch_end` (for loops that never call it; after it, one write per epoch).
         asynchronous: diagnose on a background thread (see the module docstring); ``False``
             diagnoses inside :meth:`step`, which then returns the step's own diagnosis.
         loggers: objects with ``log(diagnosis, step)`` (:mod:`tevid_hpo.loggers`: TensorBoard,
@@ -471,7 +472,9 @@ class TrialMonitor:
             self._add_alert(alert_entry(d))
             return
         self._since_sync += 1
-        if self._since_sync >= self.sync_every:
+        # Once the loop calls epoch_end, that write suffices: storage cost stays one write per
+        # epoch (plus alerts), however many steps an epoch has.
+        if self._since_sync >= self.sync_every and self._epochs_done is None:
             self._sync()
 
     def _publish(self, d: Diagnosis) -> None:
