@@ -1,0 +1,447 @@
+"""Optuna on a real PostgreSQL server: one study, several worker processes, faults survived.
+
+Issue 27's acceptance for Optuna. A module-scoped PostgreSQL server (``postgres_fixture``) holds
+the study; workers are separate processes (multiprocessing ``spawn``, each ``optuna.load_study``
+on an ``RDBStorage`` with a heartbeat) that train the digits CNN under a ``TrialMonitor`` with a
+``TEViDPruner``:
+
+* four workers run one study; every trial's diagnosis is read back here, from another process;
+  the pruner's decisions equal those of one in-memory study replaying the recorded trials;
+* a worker killed with SIGKILL mid-trial: the heartbeat fails its trial,
+  ``RetryHeartbeatStaleTrialCallback`` (``RetryFailedTrialCallback`` before Optuna 4.9) reruns it
+  and every other trial's diagnosis is intact;
+* the server restarted mid-study (``pg_ctl restart``): workers recover and no finished trial or
+  stored diagnosis is lost;
+* a monitor that fails never fails its trial.
+
+Why workers hold one lock around ``report`` + ``should_prune``: Hyperband compares a trial with
+whatever its rivals have recorded at that moment, so its decisions depend on how the workers'
+calls interleave. The lock fixes one interleaving and numbers it (a shared counter), which the
+replay follows; the pruner still reads everything from PostgreSQL. The same lock keeps two idle
+workers from both popping the last waiting trial (the loser would sample an unplanned trial).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import STEPS_PER_EPOCH, train_step, val_accuracy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from postgres_fixture import postgres  # noqa: F401  (the fixture)
+
+from data_factory.architectures import small_cnn
+from data_factory.datasets import digits
+from tevid_hpo.diagnostician import Diagnostician
+from tevid_hpo.monitor import ERROR_ATTR, USER_ATTR, TrialMonitor
+from tevid_hpo.pruners import TEViDPruner, prune_reason
+
+# Generous: on a loaded machine four fresh interpreters importing torch take minutes.
+pytestmark = pytest.mark.timeout(900)
+
+logger = logging.getLogger("tevid.test_postgres")
+
+EPOCHS = 3
+HEARTBEAT_S = 1
+GRACE_S = 4          # generous: workers share 2 loaded cores, a late heartbeat is not a death
+MAX_RECOVERIES = 20
+
+HEALTHY = [{"optimizer": "adam", "lr": lr, "monitor": "ok"}
+           for lr in (3e-3, 1e-3, 3e-4, 1e-4, 2e-3, 5e-4)] + [
+    {"optimizer": "sgd", "lr": lr, "monitor": "ok"} for lr in (1e-2, 3e-2)]
+DIVERGING = {"optimizer": "adam", "lr": 1.0, "monitor": "ok"}
+NAN = {"optimizer": "sgd", "lr": 1e6, "monitor": "ok"}
+BROKEN_MONITOR = {"optimizer": "adam", "lr": 1.0, "monitor": "broken"}
+
+
+def make_pruner() -> TEViDPruner:
+    """TEViD around Hyperband with a fixed budget: ``max_resource="auto"`` would make the first
+    decisions depend on when a rival's ``tell`` lands, outside the recorded order."""
+    return TEViDPruner(optuna.pruners.HyperbandPruner(min_resource=1, max_resource=EPOCHS,
+                                                      reduction_factor=3))
+
+
+def make_storage(url: str) -> RDBStorage:
+    """The recipe of docs/distributed.md: heartbeat, retry of stale trials, pre-ping."""
+    return RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
+                      heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                          max_retry=1))
+
+
+# ----------------------------------------------------------------------------- worker side
+def train_epoch(model, opt, data, mon: TrialMonitor, steps: int = STEPS_PER_EPOCH) -> None:
+    """``steps`` deterministic steps on the digits training split, watched by ``mon``."""
+    for k in range(steps):
+        train_step(model, opt, data, mon, k)
+
+
+class Objective:
+    """Train the digits CNN under a TrialMonitor; record every pruning decision."""
+
+    def __init__(self, lock, seq, events: Path, checkpoint: str, role: str) -> None:
+        self.lock, self.seq, self.role = lock, seq, role
+        self.holds_lock = False
+        self.events = open(events, "a", buffering=1)  # noqa: SIM115 (open for the process)
+        self.diag = Diagnostician.from_pretrained(checkpoint, device="cpu")
+        self.data = digits(image_size=16, seed=0)
+
+    def acquire(self) -> None:
+        self.lock.acquire()
+        self.holds_lock = True
+
+    def release(self) -> None:
+        if self.holds_lock:
+            self.holds_lock = False
+            self.lock.release()
+
+    def log(self, **event) -> None:
+        self.events.write(json.dumps(event) + "\n")
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.release()   # taken by the worker loop before study.ask(): the trial is ours now
+        name = trial.suggest_categorical("optimizer", ["adam", "sgd"])
+        lr = trial.suggest_float("lr", 1e-4, 1e6, log=True)
+        broken = trial.suggest_categorical("monitor", ["ok", "broken"]) == "broken"
+        trial.set_user_attr("pid", os.getpid())
+        diag = self.diag
+        if broken:
+            diag = Diagnostician(self.diag.model, self.diag.calibration, device="cpu")
+
+            def explode(*args, **kwargs):
+                raise RuntimeError("diagnostician exploded")
+
+            diag.update = explode
+        torch.manual_seed(0)
+        model = small_cnn(in_channels=1, num_classes=10)
+        opt = (torch.optim.Adam(model.parameters(), lr=lr) if name == "adam"
+               else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+        acc = 0.0
+        with TrialMonitor(model, trial, diagnostician=diag) as mon:
+            for epoch in range(EPOCHS):
+                train_epoch(model, opt, self.data, mon)
+                mon.epoch_end(epoch)
+                if self.role == "victim":   # the diagnosis is stored: die here, mid-trial
+                    self.log(kind="victim", number=trial.number)
+                    time.sleep(600)
+                acc = val_accuracy(model, self.data)
+                with self.lock:
+                    trial.report(acc, epoch)
+                    seen = trial.study._storage.get_trial(trial._trial_id).user_attrs
+                    pruned = trial.should_prune()
+                    self.seq.value += 1
+                    self.log(kind="prune", seq=self.seq.value, number=trial.number, step=epoch,
+                             value=acc, attrs={k: seen.get(k) for k in (USER_ATTR, ERROR_ATTR)},
+                             pruned=pruned, pid=os.getpid())
+                if pruned:
+                    raise optuna.TrialPruned()
+        return acc
+
+
+def run_until_done(study: optuna.Study, objective: Objective) -> int:
+    """Run waiting trials until none is waiting or running; return how often the worker
+    recovered from an error (a lost connection, a trial failed under it by the heartbeat)."""
+    recoveries = 0
+    while True:
+        try:
+            objective.acquire()
+            optuna.storages.fail_stale_trials(study)
+            states = {t.state for t in study.get_trials(deepcopy=False)}
+            if TrialState.WAITING in states:
+                study.optimize(objective, n_trials=1)
+            elif TrialState.RUNNING in states:
+                objective.release()
+                time.sleep(0.25)
+            else:
+                return recoveries
+        except Exception as err:
+            recoveries += 1
+            if recoveries > MAX_RECOVERIES:
+                raise RuntimeError(f"worker {os.getpid()} gives up after {MAX_RECOVERIES} "
+                                   f"recoveries; last error: {err!r}") from err
+            objective.log(kind="recovered", error=repr(err)[:300], pid=os.getpid())
+            time.sleep(0.5)
+        finally:
+            objective.release()
+
+
+def worker(url: str, study_name: str, checkpoint: str, events_dir: str, lock, seq, barrier,
+           role: str) -> None:
+    """Entry point of one worker process (spawned)."""
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=make_storage(url),
+                              pruner=make_pruner())
+    objective = Objective(lock, seq, Path(events_dir) / f"events-{os.getpid()}.jsonl",
+                          checkpoint, role)
+    barrier.wait(timeout=600)   # all workers loaded: they start together
+    recoveries = run_until_done(study, objective)
+    objective.log(kind="done", recoveries=recoveries, pid=os.getpid())
+
+
+# ----------------------------------------------------------------------------- test side
+class Workers:
+    """Spawned worker processes sharing one lock, counter and barrier."""
+
+    def __init__(self, url: str, study_name: str, checkpoint: Path, events_dir: Path,
+                 roles: list[str]) -> None:
+        ctx = mp.get_context("spawn")
+        # Kept on self: start() drops a Process's args, and a semaphore collected before a
+        # spawned child has opened it is gone (FileNotFoundError in the child).
+        self.lock, self.seq = ctx.Lock(), ctx.Value("i", 0, lock=False)
+        self.barrier = ctx.Barrier(len(roles))
+        lock, seq, barrier = self.lock, self.seq, self.barrier
+        env_threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            self.procs = [ctx.Process(target=worker, args=(url, study_name, str(checkpoint),
+                                                           str(events_dir), lock, seq, barrier,
+                                                           role), daemon=True)
+                          for role in roles]
+            for p in self.procs:
+                p.start()
+        finally:
+            if env_threads is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = env_threads
+        self.events_dir = events_dir
+
+    def join(self, timeout: float = 600) -> list[int | None]:
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        return [p.exitcode for p in self.procs]
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        out = [json.loads(line) for f in sorted(self.events_dir.glob("events-*.jsonl"))
+               for line in f.read_text().splitlines() if line.strip()]
+        return [e for e in out if kind is None or e["kind"] == kind]
+
+
+def new_study(url: str, name: str, plan: list[dict]) -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=make_storage(url),
+                                direction="maximize", pruner=make_pruner())
+    for params in plan:
+        study.enqueue_trial(params)
+    return study
+
+
+def reload(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials through a fresh storage object (a new engine, new connections)."""
+    storage = RDBStorage(url)
+    try:
+        return sorted(optuna.load_study(study_name=name, storage=storage).trials,
+                      key=lambda t: t.number)
+    finally:
+        storage.engine.dispose()
+
+
+def replay(events: list[dict], study_name: str) -> list[bool]:
+    """One process, in memory: the recorded trials fed to the same pruner in the recorded
+    order; returns its decisions. Same study name: Hyperband hashes it into each bracket."""
+    study = optuna.create_study(study_name=study_name, direction="maximize",
+                                pruner=make_pruner())
+    trials = [study.ask() for _ in range(max(e["number"] for e in events) + 1)]
+    decisions = []
+    for e in sorted(events, key=lambda e: e["seq"]):
+        t = trials[e["number"]]
+        for key, value in e["attrs"].items():
+            if value is not None:
+                t.set_user_attr(key, value)
+        t.report(e["value"], e["step"])
+        decisions.append(t.should_prune())
+    return decisions
+
+
+def assert_diagnoses_intact(trials, events) -> None:
+    """Every finished trial's stored diagnosis is the one its worker last saw before its last
+    pruning decision (the monitor's final write repeats it), and covers every reported epoch."""
+    last = {}
+    for e in sorted(events, key=lambda e: e["seq"]):
+        last[e["number"]] = e
+    for t in trials:
+        if not t.state.is_finished() or t.state == TrialState.FAIL:
+            continue
+        e = last[t.number]
+        assert t.user_attrs.get(USER_ATTR) == e["attrs"][USER_ATTR], t.number
+        assert t.user_attrs.get(ERROR_ATTR) == e["attrs"][ERROR_ATTR], t.number
+        if t.params["monitor"] == "ok":
+            stored = t.user_attrs[USER_ATTR]
+            assert stored["epochs_done"] == len(t.intermediate_values) and stored["n_diagnoses"]
+
+
+def finished_per_plan(trials, plan) -> list[optuna.trial.FrozenTrial]:
+    """For each plan entry, the one trial with its parameters that finished (not FAIL)."""
+    out = []
+    for params in plan:
+        done = [t for t in trials if t.params == params
+                and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(done) == 1, (params, [(t.number, t.state) for t in trials])
+        out.append(done[0])
+    return out
+
+
+# ----------------------------------------------------------------------------- four workers
+PLAN = [DIVERGING, HEALTHY[0], NAN, HEALTHY[1], BROKEN_MONITOR, HEALTHY[2], DIVERGING,
+        HEALTHY[3], HEALTHY[4], HEALTHY[5], HEALTHY[6], HEALTHY[7]]
+
+
+@dataclass
+class StudyRun:
+    """A finished multi-worker study: its trials (read back here) and the workers' events."""
+
+    name: str
+    trials: list[optuna.trial.FrozenTrial]
+    events: list[dict]
+
+
+@pytest.fixture(scope="module")
+def four_workers(postgres, toy_checkpoint, tmp_path_factory):  # noqa: F811
+    url = postgres.create_database("four_workers")
+    name = "tevid-four-workers"
+    new_study(url, name, PLAN)
+    events_dir = tmp_path_factory.mktemp("events")
+    workers = Workers(url, name, toy_checkpoint, events_dir, ["worker"] * 4)
+    codes = workers.join()
+    assert codes == [0, 0, 0, 0], workers.events("recovered")
+    return StudyRun(name, reload(url, name), workers.events("prune"))
+
+
+def test_four_workers_finish_one_study_and_every_diagnosis_is_stored(four_workers):
+    trials, events = four_workers.trials, four_workers.events
+    assert len(trials) == len(PLAN) and [t.params for t in trials] == PLAN
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 4          # really four processes
+    assert_diagnoses_intact(trials, events)
+    for t in trials:
+        if t.params["lr"] >= 1.0 and t.params["monitor"] == "ok":   # diverged: TEViD stops it
+            assert t.state == TrialState.PRUNED and prune_reason(t)["pruner"] == "TEViD"
+            assert t.user_attrs[USER_ATTR]["alert"] is not None
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_pruner_decisions_equal_a_single_process_replay(four_workers):
+    trials, events = four_workers.trials, four_workers.events
+    recorded = [e["pruned"] for e in sorted(events, key=lambda e: e["seq"])]
+    assert len(recorded) == sum(len(t.intermediate_values) for t in trials)
+    assert replay(events, four_workers.name) == recorded
+    # the replay is not trivially equal: both rules decided something
+    reasons = [prune_reason(t) for t in trials if t.state == TrialState.PRUNED]
+    assert {r["pruner"] for r in reasons} >= {"TEViD"} and not all(recorded)
+
+
+def test_a_monitor_failure_never_fails_its_trial(four_workers):
+    (broken,) = [t for t in four_workers.trials if t.params["monitor"] == "broken"]
+    assert broken.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert "diagnostician exploded" in broken.user_attrs[ERROR_ATTR]
+    # TEViD never saw the divergence; only the wrapped Hyperband may have stopped it
+    assert broken.state == TrialState.COMPLETE or prune_reason(broken)["pruner"] != "TEViD"
+
+
+# ----------------------------------------------------------------------------- faults
+def test_a_worker_killed_mid_trial_is_retried_and_nothing_else_is_lost(
+        postgres, toy_checkpoint, tmp_path):  # noqa: F811
+    url = postgres.create_database("sigkill")
+    name = "tevid-sigkill"
+    plan = [HEALTHY[0], DIVERGING, HEALTHY[1], HEALTHY[2], HEALTHY[6]]
+    new_study(url, name, plan)
+    workers = Workers(url, name, toy_checkpoint, tmp_path, ["victim", "worker", "worker"])
+    deadline = time.monotonic() + 600
+    while not workers.events("victim") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (victim_event,) = workers.events("victim")
+    victim = workers.procs[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    codes = workers.join()
+    assert codes[0] == -signal.SIGKILL and codes[1:] == [0, 0], workers.events("recovered")
+
+    trials = reload(url, name)
+    killed = trials[victim_event["number"]]
+    assert killed.state == TrialState.FAIL
+    # its diagnosis up to the kill was stored before it died, and stays
+    assert killed.user_attrs[USER_ATTR]["epochs_done"] == 1
+    (retry,) = [t for t in trials
+                if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
+    assert retry.params == killed.params
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry.user_attrs[USER_ATTR]["n_diagnoses"] > 0
+    finished = finished_per_plan(trials, plan)
+    assert len(trials) == len(plan) + 1 and retry in finished
+    events = workers.events("prune")
+    assert_diagnoses_intact(trials, events)
+    assert replay(events, name) == [e["pruned"] for e in sorted(events, key=lambda e: e["seq"])]
+
+
+def test_a_database_restart_mid_study_loses_nothing_finished(
+        postgres, toy_checkpoint, tmp_path):  # noqa: F811
+    url = postgres.create_database("restart")
+    name = "tevid-restart"
+    plan = [HEALTHY[0], DIVERGING, HEALTHY[1], HEALTHY[2], HEALTHY[3], HEALTHY[6], HEALTHY[7]]
+    new_study(url, name, plan)
+    workers = Workers(url, name, toy_checkpoint, tmp_path, ["worker"] * 3)
+    deadline = time.monotonic() + 600
+    before = []
+    while time.monotonic() < deadline:
+        before = [t for t in reload(url, name) if t.state.is_finished()]
+        if len(before) >= 2:
+            break
+        time.sleep(0.3)
+    assert len(before) >= 2
+    postgres.restart()
+    codes = workers.join()
+    assert codes == [0, 0, 0], "a worker stopped: see its events"
+
+    trials = reload(url, name)
+    by_number = {t.number: t for t in trials}
+    for old in before:   # every trial finished before the restart is unchanged
+        new = by_number[old.number]
+        assert (new.state, new.value, new.intermediate_values, new.user_attrs) == (
+            old.state, old.value, old.intermediate_values, old.user_attrs)
+    finished = finished_per_plan(trials, plan)
+    for t in trials:
+        if t.state == TrialState.FAIL:   # failed by the outage: retried, and the retry finished
+            assert any(RetryHeartbeatStaleTrialCallback.retried_trial_number(r) == t.number
+                       for r in finished), t.number
+    assert_diagnoses_intact(trials, workers.events("prune"))
+
+
+# ----------------------------------------------------------------------------- storage cost
+def test_the_monitor_writes_once_per_epoch_whatever_the_epoch_length(toy_diagnostician,
+                                                                     digits_data):
+    """Bounded by design: after the first epoch_end, one attribute write per epoch (sync_every
+    only serves loops that never call epoch_end), not one per step or per few diagnoses."""
+    class Recorder:
+        number = 0
+
+        def __init__(self):
+            self.writes = []
+
+        def set_user_attr(self, key, value):
+            self.writes.append(value["n_diagnoses"])
+
+    torch.manual_seed(0)
+    model = small_cnn(in_channels=1, num_classes=10)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rec = Recorder()
+    with TrialMonitor(model, rec, every=1, diagnostician=toy_diagnostician, sync_every=5,
+                      asynchronous=False) as mon:
+        for epoch in range(3):
+            train_epoch(model, opt, digits_data, mon, steps=12)
+            mon.epoch_end(epoch)
+    assert mon.alert is None
+    # epoch 0: every 5 diagnoses (the loop's use of epoch_end is not known yet), then per epoch
+    assert rec.writes == [5, 10, 12, 24, 36, 36]            # the last: the `with` block's exit
