@@ -36,12 +36,18 @@ def main(argv: list[str] | None = None) -> dict:
                     help="results file (default docs/results.md; --smoke writes nothing unless set)")
     ap.add_argument("--figures", type=Path, default=None, help="figure directory")
     ap.add_argument("--root", type=Path, default=None, help="recordings root (default the cache)")
+    ap.add_argument("--no-record", action="store_true",
+                    help="score only what is recorded already (train nothing)")
+    ap.add_argument("--key", default=None,
+                    help="use the recordings of this cache key (default: the current frame and "
+                         "capture code's and checkpoint's)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     t0 = time.time()
     summary = run_external(smoke=args.smoke, workers=args.workers, n_resamples=args.resamples,
                            seed=args.seed, baselines=not args.no_baselines,
-                           results=args.results, figures=args.figures, root=args.root)
+                           results=args.results, figures=args.figures, root=args.root,
+                           key=args.key, record=not args.no_record)
     print(json.dumps({"seconds": round(time.time() - t0, 1),
                       "runs": summary.get("runs")}, indent=1))
     return summary

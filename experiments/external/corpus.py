@@ -4,14 +4,14 @@ The baselines that need training (Curve-TCN, Stats-GBDT, Stats-GBDT + curves; th
 detectors' validation choices) learn from factory runs only, never from external runs. When
 ``make corpus labels`` has been run (``~/.cache/tevid-hpo/corpus/labels.csv``) that corpus is
 used. Otherwise a **quick corpus** is built once under ``~/.cache/tevid-hpo/external/factory-quick``:
-17 runs of the default factory plan (:data:`QUICK_MIX`: healthy, instability and overfitting runs
+12 runs of the default factory plan (:data:`QUICK_MIX`: healthy, instability and overfitting runs
 of distinct architectures, one forgetting and one concept-bias run), 12 epochs, no Lyapunov probe, labelled by ``experiments.label`` exactly as the
 full corpus is. It is smaller and shorter than the corpus the shipped checkpoint was trained on,
 so the trained baselines are weaker than in ``make evaluate`` — the tables say which was used.
 
 Example:
     >>> [s.split for s in quick_plan()][:1], len(quick_plan())
-    (['train'], 17)
+    (['train'], 12)
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ QUICK_CORPUS = _CACHE / "external" / "factory-quick"
 
 #: Runs per intervention kind in the quick corpus, by split (distinct architectures first).
 QUICK_MIX: dict[str, dict[str, int]] = {
-    "train": {"healthy": 3, "instability": 3, "overfitting": 3, "forgetting": 1,
+    "train": {"healthy": 2, "instability": 2, "overfitting": 3, "forgetting": 1,
               "concept_bias": 1},
-    "val": {"healthy": 2, "instability": 2, "overfitting": 2},
+    "val": {"healthy": 1, "instability": 1, "overfitting": 1},
 }
 
 

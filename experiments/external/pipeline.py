@@ -19,7 +19,7 @@ import pandas as pd
 from data_factory.store import Run
 from experiments.evaluate import LeakageGuard
 from experiments.external.methods import score_methods
-from experiments.external.record import CACHE, record_suite, recording_id
+from experiments.external.record import CACHE, record_suite, recording_id, store_for
 from experiments.external.report import external_tables, plot_runs
 from experiments.external.suite import DEV_HALF, SMOKE, SUITE, TEST_HALF, RunSpec
 from experiments.external.truth import ExternalTruth, truth_of
@@ -59,12 +59,17 @@ def _truth_table(runs: dict[str, list[Run]], truths: dict[str, ExternalTruth]) -
 
 def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000, seed: int = 0,
                  baselines: bool = True, results: Path | None = None, figures: Path | None = None,
-                 root: Path | None = None, log: Any = print) -> dict[str, Any]:
+                 root: Path | None = None, key: str | None = None, record: bool = True,
+                 log: Any = print) -> dict[str, Any]:
     """Record (cached), label, score and report the suite (``smoke``: the short runs only; then
-    nothing is written to ``docs/`` unless ``results`` is given)."""
+    nothing is written to ``docs/`` unless ``results`` is given; ``key``: score the recordings
+    of that cache key instead of the current code's)."""
     t0 = time.time()
     specs = SMOKE if smoke else SUITE
-    store, errors = record_suite(specs, workers=workers, root=root)
+    if record:
+        store, errors = record_suite(specs, workers=workers, root=root, key=key)
+    else:   # score what is recorded so far
+        store, errors = store_for(root=root, key=key), {}
     t_rec = time.time() - t0
     for rid, err in errors.items():
         log(f"[external] run {rid} failed: {err}")
@@ -72,6 +77,11 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
     for s in specs:
         if recording_id(s) in store:
             all_runs[s.half].append(store.load(recording_id(s)))
+    # a run the monitor could not watch (it turned itself off, e.g. a model with fewer than three
+    # capturable layers) has no frames: reported, not scored
+    unmonitored = {r.run_id: r.meta.get("monitor_error") or "no frames recorded"
+                   for rs in all_runs.values() for r in rs if not (r.path / "frames.safetensors").exists()}
+    all_runs = {h: [r for r in rs if r.run_id not in unmonitored] for h, rs in all_runs.items()}
     truths = {r.run_id: truth_of(r) for rs in all_runs.values() for r in rs}
     counted = {h: [r for r in rs if truths[r.run_id].counted] for h, rs in all_runs.items()}
     # built on every external-test recording: none may reach a fit or a threshold choice
@@ -99,6 +109,7 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
     summary: dict[str, Any] = {
         "runs": {h: len(rs) for h, rs in all_runs.items()},
         "counted": {h: len(rs) for h, rs in counted.items()}, "errors": errors,
+        "unmonitored": unmonitored,
         "corpus": corpus_kind, "cache": str(store.root), "seed": seed,
         "n_resamples": n_resamples, "leakage": {"uses": len(guard.uses),
                                                 "test_runs": len(guard.test_ids)},
@@ -135,6 +146,8 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
     write_section("external-suite", "## External suite: composition and ground truth\n\n"
                   + composition(specs).to_markdown(index=False) + "\n\n"
                   + _truth_table(all_runs, truths) + "\n\n"
+                  + "".join(f"Not scored — the monitor turned itself off on `{rid}`: {err}.\n\n"
+                            for rid, err in unmonitored.items())
                   + f"![runs with their diagnoses](figures/{fig.name})", COMMAND, results,
                   **cfg)
     for h, t in tables.items():

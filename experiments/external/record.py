@@ -183,14 +183,14 @@ def record_run(spec: RunSpec, store: RunStore, checkpoint: str | None = None,
             val_loss, val_acc = _evaluate(model, data.x_val, data.y_val)
             epochs.append({"epoch": epoch, "train_loss": tot / n, "train_acc": correct / n,
                            "val_loss": val_loss, "val_acc": val_acc})
-        history, alerts = mon.history, mon.alerts
+        history, alerts, error = mon.history, mon.alerts, mon.error
     meta = {**spec.to_dict(), "split": spec.half, "arch": spec.family, "dataset": spec.data,
             "optimizer": spec.recipe.optimizer, "steps_per_epoch": spe,
             "n_train": len(ytr), "n_classes": data.n_classes, "epochs": recipe.epochs,
             "intervention": {"kind": spec.scenario.kind, "novel": spec.scenario.novel,
                              "start_step": (spec.scenario.fault_epoch * spe
                                             if spec.scenario.fault_epoch is not None else None)},
-            "tevid_alerts": alerts, "frozen_layer": inj.frozen, "seconds": time.time() - t0,
+            "tevid_alerts": alerts, "monitor_error": error, "frozen_layer": inj.frozen, "seconds": time.time() - t0,
             "checkpoint": str(diag.source), "cache_key": cache_key(checkpoint)}
     with store.create(rid, meta, overwrite=True) as w:
         for f in diag.frames:
