@@ -154,13 +154,13 @@ def find_cycles(modules: dict[str, Path], edges: list[Edge]) -> list[list[str]]:
 def layer_violations(edges: list[Edge]) -> list[str]:
     """Arrows that run up the layers or into ``tests``."""
     rank = {top: i for i, top in enumerate(LAYERS)}
-    bad = []
+    bad: dict[str, None] = {}   # ordered, one line per statement and target
     for e in edges:
         src, dst = e.source.split(".")[0], e.target.split(".")[0]
         if dst == "tests" or rank[dst] > rank[src]:
-            bad.append(f"{e.source}:{e.line} imports {e.target} ({src} may import only "
-                       f"{', '.join(LAYERS[: rank[src] + 1])})")
-    return bad
+            bad[f"{e.source}:{e.line} imports {e.target} ({src} may import only "
+                f"{', '.join(LAYERS[: rank[src] + 1])})"] = None
+    return list(bad)
 
 
 MODULES = module_files()

@@ -8,14 +8,12 @@ quietly stops recording reasons or a sampler that quietly loses Hyperband's brac
 ``tests/test_pruner.py`` removes each attribute in turn and checks that error.
 
 Example:
-    >>> import optuna
-    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
-    >>> study = optuna.create_study()
-    >>> trial = study.ask()
-    >>> frozen = study.get_trials(deepcopy=False)[trial.number]
-    >>> set_trial_system_attr(study, frozen, "note", "hello")
-    >>> study.get_trials(deepcopy=False)[trial.number].system_attrs["note"]
-    'hello'
+    >>> check_bracket_hooks()          # the installed Optuna has what TEViDPruner relies on
+    >>> try:
+    ...     _get(object(), "_storage", "a demo")
+    ... except OptunaInternalsError as err:
+    ...     print(str(err).split(" (")[0])
+    tevid-hpo needs the Optuna internal object._storage
 """
 
 from __future__ import annotations
@@ -80,7 +78,14 @@ def set_trial_system_attr(study: optuna.study.Study, trial: FrozenTrial, key: st
                           value: Any) -> None:
     """Set a system attribute of a (running) trial, as Optuna's built-in pruners do.
 
-    Example: see the module docstring.
+    Example:
+        >>> import optuna
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study()
+        >>> number = study.ask().number
+        >>> set_trial_system_attr(study, study.get_trials(deepcopy=False)[number], "note", "hi")
+        >>> study.trials[number].system_attrs["note"]
+        'hi'
     """
     storage, trial_id = _storage_and_id(study, trial)
     _get(storage, "set_trial_system_attr", "the storage's system-attribute setter")(
@@ -93,10 +98,9 @@ def set_trial_user_attr(study: optuna.study.Study, trial: FrozenTrial, key: str,
 
     Example:
         >>> import optuna
-        >>> study = optuna.create_study()
-        >>> trial = study.ask()
-        >>> set_trial_user_attr(study, study.get_trials(deepcopy=False)[0], "why", "alert")
-        >>> study.trials[0].user_attrs
+        >>> study = optuna.create_study(); running = study.ask()
+        >>> frozen = study.get_trials(deepcopy=False)[running.number]
+        >>> set_trial_user_attr(study, frozen, "why", "alert"); study.trials[0].user_attrs
         {'why': 'alert'}
     """
     storage, trial_id = _storage_and_id(study, trial)

@@ -45,7 +45,8 @@ from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS, LABELS, OVER
 
 __all__ = ["CostModel", "OperatingPoint", "StopDecision"]
 
-#: Labels a diagnosis must point at for a cost-based stop, by default (DESIGN §7).
+#: Alert labels that stop a trial unless told otherwise (DESIGN §7); every integration's default
+#: (re-exported by :mod:`tevid_hpo.decision`).
 DEFAULT_PRUNE_ON: tuple[str, ...] = (INSTABILITY, OVERFITTING)
 
 

@@ -37,18 +37,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from data_factory.labels import HEALTHY, INSTABILITY, LABELS, OVERFITTING
-from tevid_hpo.cost import CostModel
+from data_factory.labels import HEALTHY, LABELS
+from tevid_hpo.cost import DEFAULT_PRUNE_ON, CostModel
 
-__all__ = ["DEFAULT_PRUNE_ON", "TEVID", "alert_reason", "check_options", "check_prune_on",
-           "cost_reason", "describe"]
+__all__ = ["DEFAULT_PRUNE_ON", "TEVID", "StopRules", "alert_reason", "check_options",
+           "check_prune_on", "cost_reason", "describe"]
 
 #: Name under which TEViD's own decisions are recorded (``reason["pruner"]``).
 TEVID = "TEViD"
-#: Alert labels that stop a trial unless told otherwise (DESIGN §7).
-DEFAULT_PRUNE_ON: tuple[str, ...] = (INSTABILITY, OVERFITTING)
 
 
 def check_prune_on(prune_on: Collection[str]) -> tuple[str, ...]:
@@ -175,3 +174,45 @@ def describe(reason: Mapping[str, Any]) -> str:
                f"confidence {conf:.4g}" if conf is not None else ""]
     shown = ", ".join(d for d in details if d)
     return f"{reason['label']}{where}" + (f" ({shown})" if shown else "")
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """An integration's stop settings, validated, and the two questions asked in order.
+
+    Args:
+        prune_on: alert labels that stop a trial (:func:`check_prune_on`).
+        cost: a :class:`~tevid_hpo.cost.CostModel` for the cost rule, or ``None`` (alerts only).
+        min_confidence: alerts whose probability for their label is below this are ignored.
+
+    Example:
+        >>> rules = StopRules(("Instability",), cost=CostModel())
+        >>> latest = {"step": 40, "epoch": 1, "vacuity": 0.0,
+        ...           "probs": {"Healthy": 0.2, "Instability": 0.8}}
+        >>> rules.reason({}, latest, done=2, budget=9)["rule"]
+        'cost'
+        >>> StopRules(("Instability",)).reason({}, latest, done=2, budget=9) is None
+        True
+    """
+
+    prune_on: tuple[str, ...] = DEFAULT_PRUNE_ON
+    cost: CostModel | None = None
+    min_confidence: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prune_on", check_prune_on(self.prune_on))
+        object.__setattr__(self, "min_confidence", check_options(self.cost, self.min_confidence))
+
+    def reason(self, alerts: Mapping[str, Mapping[str, Any]],
+               latest: Mapping[str, Any] | None = None, done: float = 0,
+               budget: float | None = None) -> dict[str, Any] | None:
+        """:func:`alert_reason`, then — with a cost model, a ``latest`` diagnosis and a
+        ``budget`` — :func:`cost_reason`; ``None`` when neither says stop.
+
+        Pass ``latest=None`` after a monitor failure: its last diagnosis is stale, so only
+        alerts confirmed before the failure count.
+        """
+        reason = alert_reason(alerts, self.prune_on, self.min_confidence)
+        if reason is None and self.cost is not None and latest is not None and budget:
+            reason = cost_reason(self.cost, latest, done, budget, self.prune_on)
+        return reason

@@ -275,6 +275,7 @@ class Diagnostician:
                 the file and how to get a good one).
             ValueError: ``device`` names an unknown device or one this machine lacks.
         """
+        resolve_device(device)   # a bad device fails first, before any file is looked for
         if name_or_path is not None and not isinstance(name_or_path, (str, os.PathLike)):
             raise TypeError(f"name_or_path must be None, a path or a profile name, got "
                             f"{type(name_or_path).__name__}")
@@ -304,7 +305,6 @@ class Diagnostician:
 
     @classmethod
     def _load(cls, path: str | os.PathLike[str], device: str | torch.device) -> Diagnostician:
-        resolve_device(device)   # a bad device fails before any file is read
         try:
             tensors, config = load_checkpoint(path)
             if config.get("kind") != "tevid":

@@ -95,7 +95,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from data_factory.frames import Frame, FrameEncoder
 from data_factory.labels import OVERFITTING
 from tevid_hpo.cost import CostModel
-from tevid_hpo.decision import alert_reason, check_options, check_prune_on, cost_reason
+from tevid_hpo.decision import StopRules
 from tevid_hpo.diagnostician import Diagnosis, Diagnostician
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR, alert_entry, history_entry
 from tevid_hpo.pruners import REASON_ATTR
@@ -372,8 +372,10 @@ class TEViDLightGBMCallback:
         self.trial = trial
         self.metric = metric
         self.valid_name = valid_name
-        self.prune_on = check_prune_on(prune_on)
-        self.min_confidence = check_options(cost, min_confidence)
+        #: The validated stop settings (:class:`~tevid_hpo.decision.StopRules`).
+        self.rules = StopRules(tuple(prune_on) if not isinstance(prune_on, str) else prune_on,
+                               cost, min_confidence)
+        self.prune_on, self.min_confidence = self.rules.prune_on, self.rules.min_confidence
         self.cost = cost
         self.every = int(every)
         self.history_size = int(history_size)
@@ -490,10 +492,8 @@ class TEViDLightGBMCallback:
             self._sync()
 
     def _reason(self, done: int, budget: int) -> dict[str, Any] | None:
-        reason = alert_reason(self.alerts, self.prune_on, self.min_confidence)
-        if reason is None and self.cost is not None and self.history:
-            reason = cost_reason(self.cost, self.history[-1], done, budget, self.prune_on)
-        return reason
+        return self.rules.reason(self.alerts, self.history[-1] if self.history else None, done,
+                                 budget)
 
     def _stop(self, env: CallbackEnv, reason: dict[str, Any]) -> None:
         self.stopped_at, self.reason = env.iteration, {**reason, "report_step": env.iteration}

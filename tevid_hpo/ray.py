@@ -311,6 +311,15 @@ class _Rules:
             reason["report_step"] = _plain(t)
         return reason
 
+    def stop_now(self, trial: Trial, result: Mapping[str, Any], time_attr: str) -> bool:
+        """Whether TEViD stops ``trial`` on this result (the decision is then recorded); the
+        first question of both schedulers' ``on_trial_result``."""
+        reason = self.judge(trial, result, time_attr)
+        if reason is None:
+            return False
+        self.record(trial, TrialScheduler.STOP, reason)
+        return True
+
     def record(self, trial: Trial, action: str, reason: Mapping[str, Any]) -> None:
         entry = {"trial_id": trial.trial_id, "action": action, **reason}
         self.decisions.append(entry)
@@ -462,9 +471,7 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,
                         result: dict[str, Any]) -> str:
-        reason = self._tevid.judge(trial, result, self._time_attr)
-        if reason is not None:
-            self._tevid.record(trial, TrialScheduler.STOP, reason)
+        if self._tevid.stop_now(trial, result, self._time_attr):
             return TrialScheduler.STOP
         action = super().on_trial_result(tune_controller, trial, result)
         t = result.get(self._time_attr)
@@ -625,9 +632,7 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,
                         result: dict[str, Any]) -> str:
-        reason = self._tevid.judge(trial, result, self._time_attr)
-        if reason is not None:
-            self._tevid.record(trial, TrialScheduler.STOP, reason)
+        if self._tevid.stop_now(trial, result, self._time_attr):
             return TrialScheduler.STOP
         action = self._base.on_trial_result(tune_controller, trial, result)
         t = result.get(self._time_attr)

@@ -80,15 +80,7 @@ from smac.runhistory import TrialInfo, TrialValue
 
 from core_models.checkpoint import checkpoint_paths
 from tevid_hpo.cost import CostModel
-from tevid_hpo.decision import (
-    DEFAULT_PRUNE_ON,
-    TEVID,
-    alert_reason,
-    check_options,
-    check_prune_on,
-    cost_reason,
-    describe,
-)
+from tevid_hpo.decision import DEFAULT_PRUNE_ON, TEVID, StopRules, describe
 from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
 from tevid_hpo.monitor import NONFINITE_LOSS, TrialMonitor
 
@@ -180,13 +172,11 @@ class TEViDTrial:
             return False
         t = self._target
         try:
-            reason = alert_reason(mon.alerts, t.prune_on, t.min_confidence)
             budget = self.budget if self.budget is not None else t.max_budget
             # After a monitor failure the latest diagnosis is stale: alerts only.
-            if (reason is None and t.cost is not None and budget and mon.error is None
-                    and mon.last is not None):
-                reason = cost_reason(t.cost, mon.last.to_dict(), self._epochs_done,
-                                     float(budget), t.prune_on)
+            latest = mon.last.to_dict() if mon.error is None and mon.last is not None else None
+            reason = t.rules.reason(mon.alerts, latest, self._epochs_done,
+                                    float(budget) if budget else None)
         except Exception as err:
             if not self._warned:
                 self._warned = True
@@ -295,8 +285,10 @@ class TEViDTarget:
         worst = _finite(worst_cost)
         if worst is None:
             raise ValueError(f"worst_cost must be a finite number, got {worst_cost!r}")
-        self.prune_on = check_prune_on(prune_on)
-        self.min_confidence = check_options(cost, min_confidence)
+        #: The validated stop settings (:class:`~tevid_hpo.decision.StopRules`).
+        self.rules = StopRules(tuple(prune_on) if not isinstance(prune_on, str) else prune_on,
+                               cost, min_confidence)
+        self.prune_on, self.min_confidence = self.rules.prune_on, self.rules.min_confidence
         if diagnostician is not None and not isinstance(diagnostician,
                                                         (Diagnostician, str, os.PathLike)):
             raise TypeError(f"diagnostician must be a Diagnostician, a checkpoint path or None, "
