@@ -38,7 +38,7 @@ from experiments.report import RESULTS
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import USER_ATTR
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)   # the toy checkpoint alone takes > 300 s on a loaded 2-core machine
 
 RAY_TEMP_DIR = "/tmp/ray_hpo_bench_test"
 SIGNALS = ["TEViD", "Cheap rule", "LC-PFN"]
@@ -476,3 +476,37 @@ def test_targets_are_checked_per_base_and_say_not_met():
     assert "(not met: ≥ 20 %)" in lines[0] and "false stops by TEViD 0 (met)" in lines[0]
     assert "vs Cheap rule: Δ epochs/trial +0.00" in lines[0] and "the same epochs" in lines[0]
     assert "Pareto front" in lines[-1]
+
+
+def test_an_out_of_distribution_task_records_with_its_schedule(toy_checkpoint_one_thread):
+    """``task=gn_cnn_gratings``: the external suite's GroupNorm CNN on gratings, SGD with a step
+    decay, recorded through the same TrialMonitor path (the lr column is the scheduled rate)."""
+    cfg = hb.load_config(["task=gn_cnn_gratings", "problem.max_epochs=2", "problem.step_epochs=1",
+                          "problem.train_sizes=[64]"], quick=True)
+    problem = hb.Problem.from_cfg(cfg.problem)
+    assert (problem.source, problem.arch, problem.schedule) == ("external", "gn_cnn", "step")
+    data = problem.load_data()
+    assert len(data.x_val) + len(data.x_test) == 256    # the suite's validation part, halved
+    diag = Diagnostician.from_pretrained(str(toy_checkpoint_one_thread), device="cpu")
+    config = hb.draw_configs(problem, 0, 1)[0]
+    with _one_thread():
+        rec = hb.train_trial(problem, config, data, diag)
+    spe = rec.steps_per_epoch
+    assert rec.steps["lr"][0] == pytest.approx(config.lr)
+    assert rec.steps["lr"][spe] == pytest.approx(0.1 * config.lr)     # decayed after epoch 0
+    assert rec.n_epochs == 2 and all(0.0 <= e.val_acc <= 1.0 for e in rec.epochs)
+
+
+def test_the_text_task_builds_the_external_gru_and_warms_up():
+    cfg = hb.load_config(["task=gru_text"], quick=True)
+    problem = hb.Problem.from_cfg(cfg.problem)
+    data = problem.load_data()
+    torch.manual_seed(0)
+    model = problem.build_model(data)
+    assert model(data.x_train[:4]).shape == (4, data.num_classes)
+    assert data.x_train.dtype == torch.int64                      # bytes of stdlib sources
+    spe = problem.steps_per_epoch(data)
+    assert problem.lr_factor(0, spe) < problem.lr_factor(spe, spe) <= 1.0   # warm-up
+    assert problem.lr_factor(3 * spe - 1, spe) < problem.lr_factor(2 * spe, spe)  # cosine
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        hb.load_config(["task=nope"])

@@ -77,8 +77,11 @@ leak). ``--quick`` fits it on a synthetic toy corpus, to exercise the path.
 The package, one idea per module: ``config`` (configuration and quick profile), ``problem`` (what
 is tuned, the configurations drawn), ``record`` (phase 1), ``curve_tcn`` (the Curve-TCN stopper),
 ``arms`` (the strategies), ``replay`` (phase 2), ``stats`` (intervals, false stops, summary),
-``diagnosis`` (what TEViD saw), ``report`` (table, verdicts, section, figure) and ``driver``
-(end to end, command line).
+``diagnosis`` (what TEViD saw), ``report`` (table, verdicts, section, figure), ``stoppers`` (the
+other stop signals — Lightning-style cheap rule + CUSUM, LC-PFN — in the form the TEViD wrappers
+read), ``targets`` (issue 25's per-base targets, the Pareto front and figure) and ``driver``
+(end to end, command line). ``task=NAME`` runs one of the out-of-distribution tasks of the
+config instead of the in-distribution search (docs/hpo_benchmark.md, "Issue 25").
 
 Example:
     >>> cfg = load_config(["recordings=/tmp/hpo-bench"], quick=True)      # doctest: +SKIP
@@ -117,6 +120,8 @@ from experiments.hpo_benchmark.record import (
 )
 from experiments.hpo_benchmark.replay import TrialOutcome, replay_optuna, replay_ray
 from experiments.hpo_benchmark.stats import bootstrap, false_stops, summarize
+from experiments.hpo_benchmark.stoppers import PFNStopper, SignalStop, cheap_rule_stop
+from experiments.hpo_benchmark.targets import base_targets, pareto_front
 
 __all__ = [
     "COMMAND",
@@ -127,13 +132,17 @@ __all__ = [
     "CurveTCNDetector",
     "CurveTCNPruner",
     "EpochRecord",
+    "PFNStopper",
     "Problem",
+    "SignalStop",
     "Strategy",
     "TrialConfig",
     "TrialOutcome",
     "TrialRecording",
     "apply_quick",
+    "base_targets",
     "bootstrap",
+    "cheap_rule_stop",
     "diagnostician_key",
     "draw_configs",
     "false_stops",
@@ -141,6 +150,7 @@ __all__ = [
     "load_config",
     "main",
     "optuna_strategies",
+    "pareto_front",
     "ray_strategies",
     "record_all",
     "recordings_dir",

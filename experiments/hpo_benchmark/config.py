@@ -44,9 +44,33 @@ def load_config(overrides: Sequence[str] = (), quick: bool | None = None) -> Dic
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args))
     if quick is not None:
         cfg.quick = bool(quick)
+    cfg = apply_task(cfg)
     if cfg.quick:
         cfg = apply_quick(cfg, _override_keys(args))
     return cfg
+
+
+def apply_task(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``tasks[task]`` merged into ``problem`` (unchanged when ``task`` is null).
+
+    Example:
+        >>> cfg = load_config(["task=gru_text"])
+        >>> cfg.problem.arch, cfg.problem.schedule, cfg.problem.max_epochs
+        ('gru', 'warmup_cosine', 27)
+        >>> load_config(["task=nope"])
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown task 'nope'; choose from ['gn_cnn_gratings', 'gru_text', 'transformer_text']
+    """
+    name = cfg.get("task")
+    if not name:
+        return cfg
+    tasks = cfg.get("tasks") or {}
+    if name not in tasks:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(tasks)}")
+    out = copy.deepcopy(cfg)
+    out.problem = OmegaConf.merge(cfg.problem, tasks[name])
+    return out
 
 
 def _override_keys(args: Sequence[str]) -> list[str]:

@@ -28,6 +28,7 @@ from experiments.hpo_benchmark.config import (
     _override_keys,
     _say,
     apply_quick,
+    apply_task,
 )
 from experiments.hpo_benchmark.curve_tcn import fit_curve_tcn
 from experiments.hpo_benchmark.diagnosis import diagnose
@@ -74,8 +75,9 @@ def _run_benchmark(cfg: DictConfig, command: str) -> dict[str, Any]:
     if len(set(seeds)) != len(seeds) or not seeds or n_trials < 1:
         raise ValueError(f"need distinct seeds and n_trials >= 1, got {seeds}, {n_trials}")
     cache = Path(cfg.recordings).expanduser()
+    task = f"-{cfg.task}" if cfg.get("task") else ""   # one report per task
     out = Path(cfg.out).expanduser() if cfg.get("out") else \
-        cache / ("report-quick" if cfg.quick else "report")
+        cache / (("report-quick" if cfg.quick else "report") + task)
     if cfg.quick and out.resolve().is_relative_to(RESULTS.parent.resolve()):
         raise ValueError(f"quick mode never writes under {RESULTS.parent}: choose another out")
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +158,10 @@ def _run_benchmark(cfg: DictConfig, command: str) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
     print("\n" + table + "\n\n" + "\n".join(verdicts) + "\n", flush=True)
 
-    if cfg.write_results and cfg.quick:
+    if cfg.write_results and cfg.get("task"):
+        _say(f"task={cfg.task}: the {SECTION} section holds the in-distribution search; this "
+             f"task's report is in {out} (docs/ untouched)")
+    elif cfg.write_results and cfg.quick:
         _say(f"quick mode never writes docs/results.md or docs/figures: report in {out}")
     elif cfg.write_results:
         results = Path(cfg.results).expanduser() if cfg.get("results") else RESULTS
@@ -209,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def run(cfg: DictConfig, command: str, args: list[str]) -> None:
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        cfg = apply_task(cfg)
         if cfg.quick:
             cfg = apply_quick(cfg, _override_keys(args))
         run_benchmark(cfg, command=command)

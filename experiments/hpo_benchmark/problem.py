@@ -9,7 +9,7 @@ import hashlib
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import optuna
@@ -18,6 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.pruners import NopPruner
 
 from data_factory.datasets import TensorData, load_dataset
+
+#: Learning-rate schedules a problem can train with (:meth:`Problem.lr_factor`).
+SCHEDULES = ("constant", "warmup_cosine", "step")
 
 
 @dataclass(frozen=True)
@@ -41,26 +44,92 @@ class Problem:
     train_sizes: tuple[int, ...]
     batch_size: int
     max_epochs: int
+    source: str = "factory"
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    step_epochs: int = 0
+    step_gamma: float = 0.1
 
     @classmethod
     def from_cfg(cls, p: Any) -> Problem:
         """From the ``problem`` block of the configuration."""
         opts = OmegaConf.to_container(p.dataset_options, resolve=True) \
             if isinstance(p.dataset_options, DictConfig) else dict(p.dataset_options or {})
-        return cls(dataset=str(p.dataset), dataset_options=tuple(sorted(opts.items())),
-                   data_seed=int(p.data_seed), arch=str(p.arch), optimizer=str(p.optimizer),
-                   lr_range=(float(p.lr[0]), float(p.lr[1])),
-                   weight_decay_range=(float(p.weight_decay[0]), float(p.weight_decay[1])),
-                   train_sizes=tuple(int(n) for n in p.train_sizes),
-                   batch_size=int(p.batch_size), max_epochs=int(p.max_epochs))
+        out = cls(dataset=str(p.dataset), dataset_options=tuple(sorted(opts.items())),
+                  data_seed=int(p.data_seed), arch=str(p.arch), optimizer=str(p.optimizer),
+                  lr_range=(float(p.lr[0]), float(p.lr[1])),
+                  weight_decay_range=(float(p.weight_decay[0]), float(p.weight_decay[1])),
+                  train_sizes=tuple(int(n) for n in p.train_sizes),
+                  batch_size=int(p.batch_size), max_epochs=int(p.max_epochs),
+                  source=str(p.get("source", "factory")),
+                  schedule=str(p.get("schedule", "constant")),
+                  warmup_epochs=int(p.get("warmup_epochs", 0)),
+                  step_epochs=int(p.get("step_epochs", 0)),
+                  step_gamma=float(p.get("step_gamma", 0.1)))
+        if out.source not in ("factory", "external"):
+            raise ValueError(f"problem.source must be factory or external, got {out.source!r}")
+        if out.schedule not in SCHEDULES:
+            raise ValueError(f"problem.schedule must be one of {SCHEDULES}, got {out.schedule!r}")
+        return out
 
     def key(self) -> str:
-        """A short hash of every field (names the recordings directory)."""
-        return hashlib.sha256(repr(asdict(self)).encode()).hexdigest()[:12]
+        """A short hash of every field (names the recordings directory); fields at their
+        defaults are left out, so problems defined before they existed keep their key."""
+        d = asdict(self)
+        for f in fields(self):
+            if f.default is not MISSING and d[f.name] == f.default:
+                del d[f.name]
+        return hashlib.sha256(repr(d).encode()).hexdigest()[:12]
 
     def load_data(self) -> TensorData:
-        """The data set (train / val for decisions / test held out from every decision)."""
-        return load_dataset(self.dataset, seed=self.data_seed, **dict(self.dataset_options))
+        """The data set (train / val for decisions / test held out from every decision).
+
+        ``source: external`` reads :func:`experiments.external.data.load_data` (train / val
+        only) and splits its validation part in two halves, validation and test."""
+        if self.source == "factory":
+            return load_dataset(self.dataset, seed=self.data_seed, **dict(self.dataset_options))
+        from experiments.external.data import load_data
+
+        d = load_data(self.dataset, seed=self.data_seed)
+        half = len(d.x_val) // 2
+        return TensorData(d.name, d.x_train, d.y_train, d.x_val[:half], d.y_val[:half],
+                          d.x_val[half:], d.y_val[half:], num_classes=d.n_classes)
+
+    def build_model(self, data: TensorData) -> torch.nn.Module:
+        """A fresh network (seeded by the caller): ``data_factory``'s registry, or for
+        ``source: external`` :func:`experiments.external.models.build_model` (the external
+        suite's user-style models, variant 0, their own seed left to the caller's)."""
+        if self.source == "factory":
+            from data_factory.architectures import build_model
+
+            return build_model(self.arch, tuple(data.x_train.shape[1:]), data.num_classes)
+        from experiments.external.data import load_data
+        from experiments.external.models import FAMILIES
+
+        d = load_data(self.dataset, seed=self.data_seed)
+        return FAMILIES[self.arch](d, 0, True)
+
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
+        """The learning-rate multiplier at optimisation ``step`` (``schedule``): constant;
+        ``warmup_cosine`` (linear warm-up over ``warmup_epochs``, then cosine to 0 at
+        ``max_epochs``); ``step`` (× ``step_gamma`` every ``step_epochs``).
+
+        Example:
+            >>> p = Problem("d", (), 0, "a", "sgd", (1e-3, 1.0), (1e-5, 1e-1), (10,), 8, 10,
+            ...             schedule="warmup_cosine", warmup_epochs=2)
+            >>> [round(p.lr_factor(s, 1), 3) for s in (0, 1, 2, 6, 9)]
+            [0.5, 1.0, 1.0, 0.345, 0.03]
+        """
+        epoch = step / steps_per_epoch
+        if self.schedule == "warmup_cosine":
+            warm = self.warmup_epochs * steps_per_epoch
+            if step < warm:
+                return (step + 1) / warm
+            total = max(1, self.max_epochs * steps_per_epoch - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / total))
+        if self.schedule == "step" and self.step_epochs > 0:
+            return float(self.step_gamma ** int(epoch // self.step_epochs))
+        return 1.0
 
     def steps_per_epoch(self, data: TensorData) -> int:
         """Steps of one epoch: one pass over the *full* training split, whatever the subset."""

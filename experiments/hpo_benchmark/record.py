@@ -27,7 +27,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from core_models.checkpoint import checkpoint_digest
-from data_factory.architectures import build_model
 from data_factory.datasets import TensorData
 from data_factory.optimizers import build_optimizer
 from experiments.hpo_benchmark.config import _say
@@ -229,8 +228,7 @@ def train_trial(problem: Problem, config: TrialConfig, data: TensorData,
         on_epoch: called with each epoch's record after the monitor's ``epoch_end``.
     """
     torch.manual_seed(config.weight_seed)
-    shape = tuple(data.x_train.shape[1:])
-    model = build_model(problem.arch, shape, data.num_classes)
+    model = problem.build_model(data)
     opt = build_optimizer(problem.optimizer, model.parameters(), lr=config.lr,
                           weight_decay=config.weight_decay)
     size = min(config.train_size, len(data.x_train))
@@ -252,6 +250,9 @@ def train_trial(problem: Problem, config: TrialConfig, data: TensorData,
             model.train()
             for k in range(epoch * spe, (epoch + 1) * spe):
                 t_step = time.perf_counter()
+                lr = config.lr * problem.lr_factor(k, spe)
+                for group in opt.param_groups:
+                    group["lr"] = lr
                 idx = order[k * bs:(k + 1) * bs]
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
                 opt.zero_grad()
@@ -269,7 +270,7 @@ def train_trial(problem: Problem, config: TrialConfig, data: TensorData,
                 opt.step()
                 step_s.append(time.perf_counter() - t_step - (t2 - t1))
                 losses.append(value)
-                for col, v in zip(steps, (k, epoch, value, config.lr, grad_norm)):
+                for col, v in zip(steps, (k, epoch, value, lr, grad_norm)):
                     steps[col].append(_finite(v))
             model.eval()
             val_acc, val_loss = _evaluate(model, data.x_val, data.y_val)
