@@ -14,7 +14,7 @@ endif
 export RAY_AUTH_MODE := disabled
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench corpus labels pipeline evaluate hpo-benchmark external clean-venv
+.PHONY: venv demo test bench corpus labels pipeline evaluate hpo-benchmark hpo-benchmark-ood external clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ evaluate: venv
 # Appendix M: Hyperband vs + Curve-TCN vs + TEViD (Optuna and Ray Tune) → docs/results.md.
 hpo-benchmark: venv
 	$(PY) -m experiments.hpo_benchmark write_results=true
+
+# Issue 25's out-of-distribution tasks, 5 seeds each (hours on 2 cores; reports under
+# ~/.cache/tevid-hpo/hpo_benchmark/report-<task>, docs/ untouched).
+hpo-benchmark-ood: venv
+	for t in gru_text gn_cnn_gratings transformer_text; do \
+	  $(PY) -m experiments.hpo_benchmark task=$$t 'seeds=[0,1,2,3,4]' || exit 1; done
 
 # Issue 23's external suite: user-written runs through TrialMonitor (cached, resumable under
 # ~/.cache/tevid-hpo/external), every method scored → docs/results.md "External suite" sections.
