@@ -397,10 +397,11 @@ class FrameEncoder:
                 self._history[c].append(flat[c])
                 warming.append(c)
                 continue
-            # The partner (activation <-> gradient of the same layer) moving as much means the
-            # layer as a whole changed, e.g. diverged: that is news, not a late start.
+            # The partner (activation <-> gradient of the same layer) rising as much means the
+            # layer as a whole blew up (divergence): that is news, not a late start. A falling
+            # gradient (the loss dropping while a branch wakes up) is no such sign.
             partner = (c + 3) % 6
-            lone = abs(moved[partner]) < self.wake_nats
+            lone = moved[partner] < self.wake_nats
             threshold = self.wake_nats if phase == _CHECK else self.settle_nats
             if moved[c] > threshold and lone:
                 self._set_reference([c], flat[c][None])
