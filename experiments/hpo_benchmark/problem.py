@@ -118,7 +118,7 @@ class Problem:
             >>> p = Problem("d", (), 0, "a", "sgd", (1e-3, 1.0), (1e-5, 1e-1), (10,), 8, 10,
             ...             schedule="warmup_cosine", warmup_epochs=2)
             >>> [round(p.lr_factor(s, 1), 3) for s in (0, 1, 2, 6, 9)]
-            [0.5, 1.0, 1.0, 0.345, 0.03]
+            [0.5, 1.0, 1.0, 0.5, 0.038]
         """
         epoch = step / steps_per_epoch
         if self.schedule == "warmup_cosine":
