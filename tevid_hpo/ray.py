@@ -395,9 +395,15 @@ class StopReasonCallback(tune.Callback):
     A trial Hyperband halts while it waits PAUSED reports nothing more, so its logged rows do
     not change; its decision is in the scheduler's ``decisions`` and its ``Result.metrics``.
 
+    It also carries the scheduler's decision log across ``Tuner.restore``: Tune saves callback
+    state (:meth:`get_state`) with the experiment state but never calls a scheduler's
+    ``save``, and restores schedulers as they were when the run started.
+
     Example:
         >>> s = TEViDHyperband(metric="acc", mode="max", max_t=9)
         >>> run_config = tune.RunConfig(callbacks=[s.callback()])
+        >>> s.callback().get_state() is None                 # nothing decided yet
+        True
     """
 
     def __init__(self, scheduler: TEViDHyperband | TEViDScheduler) -> None:
@@ -409,6 +415,20 @@ class StopReasonCallback(tune.Callback):
         if entry is not None:   # decided on this result: later ones of a stopped trial are dropped
             result[STOPPED_BY_KEY] = entry["pruner"]
             result[STOP_REASON_KEY] = describe(entry)
+
+    def get_state(self) -> dict[str, Any] | None:
+        """The scheduler's decision log, which Tune checkpoints with the experiment."""
+        rules = self.scheduler._tevid
+        if not rules.decisions:
+            return None
+        return {"decisions": [dict(d) for d in rules.decisions],
+                "stops": {k: dict(v) for k, v in rules.stops.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Put a saved decision log back into the scheduler (``Tuner.restore``)."""
+        rules = self.scheduler._tevid
+        rules.decisions = [dict(d) for d in state["decisions"]]
+        rules.stops = {k: dict(v) for k, v in state["stops"].items()}
 
 
 class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
