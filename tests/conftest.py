@@ -6,6 +6,10 @@ trained once per session in ~15 s by :func:`tevid_hpo.testing.train_toy_diagnost
 (digits runs captured with StateCapture at the ``tiny`` profile, Healthy vs Instability clips,
 ``core_models.train.finetune``, minimal calibration, ``save_pretrained`` →
 ``Diagnostician.from_pretrained``).
+
+The integration tests (Optuna, Ray, SMAC, loggers) train ``small_cnn`` on those digits with the
+same monitored step; :func:`train_step`, :func:`val_accuracy` and :func:`silent` are that shared
+code (import them with ``from conftest import ...``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
+import torch
+from torch import nn
 
+from core_models.calibration import ALERT_LABELS, Calibration
 from data_factory.datasets import TensorData, digits
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.testing import QUICK_CORPUS, train_toy_diagnostician
@@ -42,6 +50,70 @@ def toy_diagnostician(toy_checkpoint: Path) -> Diagnostician:
 def digits_data() -> TensorData:
     """scikit-learn digits at 16×16, the data the toy diagnostician was trained on."""
     return digits(image_size=16, seed=0)
+
+
+#: Batch size of every digits training loop in the suite.
+BATCH = 32
+#: One pass over the digits training split at batch 32.
+STEPS_PER_EPOCH = 34
+
+
+class _Steps(Protocol):
+    def step(self, loss: float | None = ...) -> object: ...
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, data: TensorData, mon: _Steps,
+               k: int) -> float:
+    """The run's ``k``-th step: batch ``k`` of the training split (cycling, so the batch depends on
+    ``k`` alone and a resumed run sees the same data), backward, ``mon.step``, optimiser step.
+    Returns the loss."""
+    x, y = data.x_train, data.y_train
+    i = (k * BATCH) % (len(x) - BATCH)
+    loss = nn.functional.cross_entropy(model(x[i:i + BATCH]), y[i:i + BATCH])
+    opt.zero_grad()
+    loss.backward()
+    mon.step(loss=loss.item())
+    opt.step()
+    return loss.item()
+
+
+def val_accuracy(model: nn.Module, data: TensorData) -> float:
+    """Accuracy on the validation split (no gradients, so the monitor ignores the pass)."""
+    with torch.no_grad():
+        return (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+
+
+def silent(toy: Diagnostician) -> Diagnostician:
+    """The toy model with alert thresholds no probability reaches: diagnoses, never alerts."""
+    return Diagnostician(toy.model, Calibration(tau_c={c: 1.1 for c in ALERT_LABELS}),
+                         device="cpu")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread (and Optuna quiet) for the test: the suite shares two cores, and a
+    test that trains many small models is faster without intra-op threads fighting for them."""
+    import optuna
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every unpickling entry point (``pickle.load(s)``, ``Unpickler``, ``torch.load``) fail
+    the test: checkpoint loading must never execute pickled code."""
+    import pickle
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("checkpoint loading must not unpickle")
+
+    for owner, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
+                        (torch, "load")):
+        monkeypatch.setattr(owner, name, forbidden)
 
 
 @contextlib.contextmanager

@@ -55,14 +55,7 @@ from core_models.metrics import (
 from core_models.tevid import TEViD
 from data_factory.frames import STAT_NAMES
 from data_factory.labelers.rules import RunLabel
-from data_factory.labels import (
-    FORGETTING,
-    HEALTHY,
-    INSTABILITY,
-    KNOWN_LABELS,
-    OVERFITTING,
-    UNKNOWN,
-)
+from data_factory.labels import FORGETTING, HEALTHY, INSTABILITY, KNOWN_LABELS, OVERFITTING, UNKNOWN
 from data_factory.store import FrameSequence
 
 EVERY = 10

@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 
 from core_models.metrics import RunPrediction
-from data_factory.labels import (
-    FORGETTING,
-    HEALTHY,
-    INSTABILITY,
-    KNOWN_LABELS,
-    OVERFITTING,
-    UNKNOWN,
-)
+from data_factory.labels import FORGETTING, HEALTHY, INSTABILITY, KNOWN_LABELS, OVERFITTING, UNKNOWN
 from tevid_hpo.cost import CostModel, OperatingPoint
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -131,7 +130,7 @@ def test_non_finite_frames_are_clamped_and_flagged():
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def test_save_pretrained_round_trip_identical_and_never_unpickles(tmp_path, monkeypatch):
+def test_save_pretrained_round_trip_identical_and_never_unpickles(tmp_path, request):
     calib = Calibration(temperature=1.3, tau_u=0.5,
                         tau_c={c: 0.7 + 0.05 * i for i, c in enumerate(ALERT_LABELS)})
     d = diagnostician(**calib.to_dict())
@@ -143,13 +142,7 @@ def test_save_pretrained_round_trip_identical_and_never_unpickles(tmp_path, monk
         assert key in cfg, key
     assert cfg["labels"] == list(KNOWN_LABELS) and cfg["tau_u"] == 0.5
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("must not unpickle")
-
-    monkeypatch.setattr(pickle, "load", forbidden)
-    monkeypatch.setattr(pickle, "loads", forbidden)
-    monkeypatch.setattr(pickle, "Unpickler", forbidden)
-    monkeypatch.setattr(torch, "load", forbidden)
+    request.getfixturevalue("no_unpickling")   # from here on, any unpickling fails the test
     loaded = Diagnostician.from_pretrained(path, device="cpu")
     assert loaded.calibration == d.calibration and loaded.model.temperature == pytest.approx(1.3)
     assert loaded.metadata["corpus_hash"] == "abc"

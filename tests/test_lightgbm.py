@@ -23,13 +23,7 @@ from tevid_hpo.pruners import TEViDPruner, prune_reason
 N_FEATURES = 20
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,12 @@ import logging
 
 import pytest
 import torch
-from torch import nn
+from conftest import train_step
 
 from data_factory.architectures import small_cnn
 from data_factory.labels import INSTABILITY, KNOWN_LABELS
 from tevid_hpo.loggers import MLflowLogger, TensorBoardLogger, scalars
 from tevid_hpo.monitor import TrialMonitor
-
-BATCH = 32
 
 
 def diverge(monitor_kwargs, data, steps=45, lr=1.0):
@@ -21,15 +19,9 @@ def diverge(monitor_kwargs, data, steps=45, lr=1.0):
     torch.manual_seed(0)
     model = small_cnn(in_channels=1, num_classes=10)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    x, y = data.x_train, data.y_train
     with TrialMonitor(model, **monitor_kwargs) as mon:
         for k in range(steps):
-            i = (k * BATCH) % (len(x) - BATCH)
-            loss = nn.functional.cross_entropy(model(x[i:i + BATCH]), y[i:i + BATCH])
-            opt.zero_grad()
-            loss.backward()
-            mon.step(loss=loss.item())
-            opt.step()
+            train_step(model, opt, data, mon, k)
     return mon
 
 

@@ -6,7 +6,6 @@ Everything runs on the ``tiny`` profile (16×16 frames, W=4, dim 32) so the file
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -216,18 +215,11 @@ def test_load_mae_encoder_copies_encoder_weights():
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def test_checkpoint_round_trip_is_identical_and_never_unpickles(tmp_path, monkeypatch):
+def test_checkpoint_round_trip_is_identical_and_never_unpickles(tmp_path, request):
     model = TEViD("tiny", temperature=1.7).eval()
     model.input_norm.std.fill_(2.0)
     path = save_model(model, tmp_path / "tevid", {"note": "x"})
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("checkpoint loading must not unpickle")
-
-    monkeypatch.setattr(pickle, "load", forbidden)
-    monkeypatch.setattr(pickle, "loads", forbidden)
-    monkeypatch.setattr(pickle, "Unpickler", forbidden)
-    monkeypatch.setattr(torch, "load", forbidden)
+    request.getfixturevalue("no_unpickling")   # from here on, any unpickling fails the test
     loaded, cfg = load_model(path)
     x = clips(2)
     assert cfg["note"] == "x" and loaded.temperature == pytest.approx(1.7)

@@ -16,13 +16,12 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import STEPS_PER_EPOCH, silent, train_step, val_accuracy
 from optuna.pruners import BasePruner
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-from torch import nn
 
-from core_models.calibration import ALERT_LABELS, Calibration
 from data_factory.architectures import small_cnn
 from data_factory.datasets import digits
 from data_factory.labels import INSTABILITY
@@ -33,8 +32,6 @@ from tevid_hpo.pruners import TEViDPruner, prune_reason
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-BATCH = 32
-STEPS_PER_EPOCH = 34          # one pass over the digits training split at batch 32
 HEALTHY = {"optimizer": "adam", "lr": 3e-3}
 DIVERGING = {"optimizer": "adam", "lr": 1.0}
 NAN = {"optimizer": "sgd", "lr": 1e6}       # the loss is NaN from step 3 on
@@ -51,20 +48,13 @@ def make_objective(diagnostician, data, epochs=3):
         model = small_cnn(in_channels=1, num_classes=10)
         opt = (torch.optim.Adam(model.parameters(), lr=lr) if name == "adam"
                else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
-        x, y = data.x_train, data.y_train
         acc = 0.0
         with TrialMonitor(model, trial, diagnostician=diagnostician) as mon:
             for epoch in range(epochs):
                 for k in range(STEPS_PER_EPOCH):
-                    i = (k * BATCH) % (len(x) - BATCH)
-                    loss = nn.functional.cross_entropy(model(x[i:i + BATCH]), y[i:i + BATCH])
-                    opt.zero_grad()
-                    loss.backward()
-                    mon.step(loss=loss.item())
-                    opt.step()
+                    train_step(model, opt, data, mon, k)
                 mon.epoch_end(epoch)
-                with torch.no_grad():
-                    acc = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+                acc = val_accuracy(model, data)
                 trial.report(acc, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned()
@@ -120,13 +110,11 @@ def test_diverging_trial_is_pruned_by_tevid_and_healthy_one_completes(
 
 
 def test_non_finite_loss_prunes_even_when_tevid_never_alerts(toy_diagnostician, digits_data):
-    silent = Diagnostician(toy_diagnostician.model,
-                           Calibration(tau_c={c: 1.1 for c in ALERT_LABELS}), device="cpu")
     # MedianPruner alone lets NaN trials run to the end; TEViDPruner must not.
     study = optuna.create_study(direction="maximize",
                                 pruner=TEViDPruner(optuna.pruners.MedianPruner()))
     study.enqueue_trial(NAN)
-    study.optimize(make_objective(silent, digits_data), n_trials=1)
+    study.optimize(make_objective(silent(toy_diagnostician), digits_data), n_trials=1)
     why = assert_pruned_by_tevid(study.trials[0], reason=NONFINITE_LOSS)
     assert why["confidence"] == 1.0
 

@@ -27,14 +27,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import local_ray_session
+from conftest import STEPS_PER_EPOCH, local_ray_session, silent, train_step, val_accuracy
 from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler, TrialScheduler
-from torch import nn
 
 import tevid_hpo.ray as tevid_ray
-from core_models.calibration import ALERT_LABELS, Calibration
 from data_factory.architectures import small_cnn
 from data_factory.labels import INSTABILITY
 from tevid_hpo.cost import CostModel
@@ -46,8 +44,6 @@ from tevid_hpo.ray import TEViDHyperband, TEViDScheduler
 # A Tune run that goes wrong can hang in Ray rather than fail: bound every test (setup included).
 pytestmark = pytest.mark.timeout(300)
 
-BATCH = 32
-STEPS_PER_EPOCH = 34          # one pass over the digits training split at batch 32
 EPOCHS = 3
 RAY_TEMP_DIR = "/tmp/ray_tevid_tests"
 
@@ -55,19 +51,8 @@ RAY_TEMP_DIR = "/tmp/ray_tevid_tests"
 # ----------------------------------------------------------------------------- helpers
 def train_epoch(model, opt, data, mon, epoch):
     """One deterministic epoch: batch k of the run is the same whatever the resume point."""
-    x, y = data.x_train, data.y_train
     for k in range(epoch * STEPS_PER_EPOCH, (epoch + 1) * STEPS_PER_EPOCH):
-        i = (k * BATCH) % (len(x) - BATCH)
-        loss = nn.functional.cross_entropy(model(x[i:i + BATCH]), y[i:i + BATCH])
-        opt.zero_grad()
-        loss.backward()
-        mon.step(loss=loss.item())
-        opt.step()
-
-
-def accuracy(model, data):
-    with torch.no_grad():
-        return (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+        train_step(model, opt, data, mon, k)
 
 
 def trainable(config, checkpoint=None, data=None, sync_dir=None):
@@ -104,7 +89,7 @@ def trainable(config, checkpoint=None, data=None, sync_dir=None):
             mon.epoch_end(epoch)
             if config.get("order") == "signal" and epoch == EPOCHS - 1:
                 marker.touch()
-            tevid_ray.report(mon, {"acc": accuracy(model, data), "epoch": epoch,
+            tevid_ray.report(mon, {"acc": val_accuracy(model, data), "epoch": epoch,
                                    "resumed_at": start, "n_history": len(mon.history),
                                    "history_steps": json.dumps([h["step"] for h in mon.history])},
                              state={"model": model.state_dict(),
@@ -429,12 +414,6 @@ def test_tevid_scheduler_save_restore_keeps_base_and_decisions(tmp_path):
 
 
 # ----------------------------------------------------------------------------- pause / resume
-def silent(toy):
-    """The toy model with thresholds nothing reaches: diagnoses but never alerts."""
-    return Diagnostician(toy.model, Calibration(tau_c={c: 1.1 for c in ALERT_LABELS}),
-                         device="cpu")
-
-
 def test_checkpoint_round_trip_resumes_the_exact_diagnosis_stream(tmp_path, toy_checkpoint,
                                                                    digits_data, monkeypatch):
     """Pause after epoch 0 through report()/restore(), resume in a fresh model + monitor: the

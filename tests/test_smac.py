@@ -11,11 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 from ConfigSpace import Configuration, ConfigurationSpace, Float
+from conftest import STEPS_PER_EPOCH, silent, train_step, val_accuracy
 from ray import cloudpickle
 from smac import MultiFidelityFacade, Scenario
-from torch import nn
 
-from core_models.calibration import ALERT_LABELS, Calibration
 from data_factory.architectures import small_cnn
 from data_factory.labels import INSTABILITY
 from tevid_hpo.cost import CostModel
@@ -23,8 +22,6 @@ from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import NONFINITE_LOSS
 from tevid_hpo.smac import TEViDCallback, TEViDTarget, TrialStopped
 
-BATCH = 32
-STEPS_PER_EPOCH = 34
 DIVERGING = 1.0            # Adam at lr 1.0 explodes within epoch 0
 HEALTHY = 3e-3
 
@@ -42,33 +39,19 @@ def make_train(data, fixed_seed=None):
         model = small_cnn(in_channels=1, num_classes=10)
         opt = (torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
                if config.get("sgd") else torch.optim.Adam(model.parameters(), lr=config["lr"]))
-        x, y = data.x_train, data.y_train
         error = 1.0
         with tevid.monitor(model) as mon:
             for epoch in range(round(budget)):
                 for k in range(epoch * STEPS_PER_EPOCH, (epoch + 1) * STEPS_PER_EPOCH):
-                    i = (k * BATCH) % (len(x) - BATCH)
-                    loss = nn.functional.cross_entropy(model(x[i:i + BATCH]), y[i:i + BATCH])
-                    opt.zero_grad()
-                    loss.backward()
-                    mon.step(loss=loss.item())
-                    opt.step()
+                    train_step(model, opt, data, mon, k)
                     if tevid.should_stop():
                         raise TrialStopped()
                 mon.epoch_end(epoch)
-                with torch.no_grad():
-                    acc = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
-                error = 1.0 - acc
+                error = 1.0 - val_accuracy(model, data)
                 tevid.report(error, epoch)
         return error
 
     return train
-
-
-def silent(toy: Diagnostician) -> Diagnostician:
-    """The toy model with alert thresholds nothing reaches: diagnoses, never alerts."""
-    return Diagnostician(toy.model, Calibration(tau_c={c: 1.1 for c in ALERT_LABELS}),
-                         device="cpu")
 
 
 # ----------------------------------------------------------------------------- one call
