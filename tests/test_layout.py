@@ -223,3 +223,18 @@ def test_the_layer_check_flags_an_upward_import():
              Edge("tevid_hpo.z", "data_factory.frames", 1, False)]
     bad = layer_violations(edges)
     assert len(bad) == 2 and bad[0].startswith("core_models.x:3 imports tevid_hpo.pruners")
+
+
+def test_architecture_doc_lists_every_module():
+    """docs/architecture.md shows the layout one line per module: none missing, none stale."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = doc.split("```")[1]   # the layout is the page's first code block
+    listed, top = set(), None
+    for line in block.splitlines():
+        if line.endswith("/") and not line.startswith(" "):
+            top = line[:-1]
+        elif line.startswith("  ") and top is not None:
+            listed.add(f"{top}/{line.split()[0]}")
+    actual = {p.relative_to(ROOT).as_posix() for p in MODULES.values()}
+    assert not actual - listed, f"modules missing from docs/architecture.md: {sorted(actual - listed)}"
+    assert not listed - actual, f"docs/architecture.md lists modules that are gone: {sorted(listed - actual)}"
