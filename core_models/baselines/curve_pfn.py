@@ -64,7 +64,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["CurvePFN", "PFNConfig", "bin_edges", "cache_dir", "load_or_train", "observed_last",
+__all__ = ["CurvePFN", "PFNConfig", "bin_edges", "cache_dir", "evaluate", "load_or_train",
+           "observed_last",
            "prob_above", "quantile",
            "sample_curves", "train"]
 
@@ -349,8 +350,34 @@ def load_or_train(cfg: PFNConfig = PFNConfig(), seed: int = 0, directory: Path |
     return model
 
 
-if __name__ == "__main__":   # regenerate the cached default network
+def evaluate(model: CurvePFN, n: int = 500, seed: int = 123, share: int = 3,
+             cfg: PFNConfig = PFNConfig()) -> tuple[float, float]:
+    """Mean absolute error on the final value of ``n`` fresh prior curves seen up to
+    ``1/share`` of their length: ``(median of the prediction, last observed value)``.
+
+    Example:
+        >>> net = train(PFNConfig(d_model=8, n_layers=1, n_heads=2, n_bins=10, steps=2, batch=4,
+        ...                       t_max=6))
+        >>> pfn, last = evaluate(net, n=5, cfg=PFNConfig(t_max=6))
+        >>> pfn >= 0 and last >= 0
+        True
+    """
+    curves = sample_curves(n, np.random.default_rng(seed), cfg)
+    err_pfn, err_last = [], []
+    for c in curves:
+        k = max(1, len(c) // share)
+        probs = model.predict(c[:k], len(c))
+        err_pfn.append(abs(quantile(probs, 0.5, observed_last(c[:k])) - c[-1]))
+        err_last.append(abs(c[k - 1] - c[-1]))
+    return float(np.mean(err_pfn)), float(np.mean(err_last))
+
+
+if __name__ == "__main__":   # regenerate (or load) the cached default network and evaluate it
     torch.set_num_threads(1)
     net = load_or_train(log_every=500)
     print(f"[curve_pfn] {cache_dir() / PFNConfig().key()}-seed0.safetensors, "
           f"final loss {net.losses[-1] if net.losses else '?'}")   # type: ignore[attr-defined]
+    for part in (3, 2):
+        e_pfn, e_last = evaluate(net, share=part)
+        print(f"[curve_pfn] 500 prior curves (seed 123) seen to 1/{part}: final-value MAE "
+              f"{e_pfn:.4f} (median of the prediction) vs {e_last:.4f} (last value)")
