@@ -278,7 +278,10 @@ def test_zero_init_models_do_not_saturate_against_their_reference(name):
     model = ZERO_INIT_MODELS[name]()
     side = 16 if name == "zero_layer_cnn" else 32
     xs, ys = torch.randn(64, 3, side, side), torch.randint(0, 3, (64,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    if name == "convnext_atto":  # its usual recipe; Adam's first step lifts the 1e-6 gain ~1000×
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     frames = []
     with StateCapture(model, every=2, frame_size=8) as cap:
         for _ in range(12):
@@ -297,7 +300,7 @@ def test_zero_init_models_do_not_saturate_against_their_reference(name):
     assert at_clip[1:].max() <= 0.01, f"{name}: share at the clip per frame × channel {at_clip.tolist()}"
     for c in range(3, 6):
         assert (tensor[:, c] - tensor[0, c]).abs().max() > 0.1, f"{name}: grad channel {c} is constant"
-    assert [list(f.clipped) for f in frames] == pytest.approx(at_clip.tolist())
+    assert torch.allclose(torch.tensor([f.clipped for f in frames]), at_clip)
 
 
 def test_silent_channel_waits_for_information_and_healthy_frames_are_unchanged():
