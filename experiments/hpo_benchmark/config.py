@@ -44,19 +44,20 @@ def load_config(overrides: Sequence[str] = (), quick: bool | None = None) -> Dic
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args))
     if quick is not None:
         cfg.quick = bool(quick)
-    cfg = apply_task(cfg)
+    cfg = apply_task(cfg, args)
     if cfg.quick:
         cfg = apply_quick(cfg, _override_keys(args))
     return cfg
 
 
-def apply_task(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``tasks[task]`` merged into ``problem`` (unchanged when ``task`` is null).
+def apply_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """``cfg`` with ``tasks[task]`` merged into ``problem`` (unchanged when ``task`` is null);
+    ``problem.*`` keys in ``overrides`` keep the overridden value.
 
     Example:
-        >>> cfg = load_config(["task=gru_text"])
-        >>> cfg.problem.arch, cfg.problem.schedule, cfg.problem.max_epochs
-        ('gru', 'warmup_cosine', 27)
+        >>> cfg = load_config(["task=gru_text", "problem.warmup_epochs=1"])
+        >>> cfg.problem.arch, cfg.problem.schedule, cfg.problem.warmup_epochs
+        ('gru', 'warmup_cosine', 1)
         >>> load_config(["task=nope"])
         Traceback (most recent call last):
         ...
@@ -70,7 +71,9 @@ def apply_task(cfg: DictConfig) -> DictConfig:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(tasks)}")
     out = copy.deepcopy(cfg)
     out.problem = OmegaConf.merge(cfg.problem, tasks[name])
-    return out
+    mine = [a for a in overrides if a.lstrip("+~").startswith("problem.") and "=" in a]
+    return OmegaConf.merge(out, OmegaConf.from_dotlist([a.lstrip("+~") for a in mine])) \
+        if mine else out
 
 
 def _override_keys(args: Sequence[str]) -> list[str]:

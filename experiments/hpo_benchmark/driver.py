@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def run(cfg: DictConfig, command: str, args: list[str]) -> None:
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        cfg = apply_task(cfg)
+        cfg = apply_task(cfg, args)
         if cfg.quick:
             cfg = apply_quick(cfg, _override_keys(args))
         run_benchmark(cfg, command=command)
