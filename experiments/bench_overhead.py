@@ -37,6 +37,23 @@ def capture_watcher(every: int, frame_size: int, stats: bool) -> Watcher:
     return lambda model: StateCapture(model, every=every, frame_size=frame_size, stats=stats)
 
 
+def privacy_watcher(every: int, frame_size: int, noise_multiplier: float = 1.0,
+                    clip: float = 8.0, dataset_size: int = 50_000) -> Watcher:
+    """A :class:`StateCapture` with a fresh :class:`DPTelemetry` around the benchmark model.
+
+    Example:
+        >>> from data_factory.architectures import small_cnn
+        >>> cap = privacy_watcher(every=1, frame_size=8)(small_cnn(in_channels=3))
+        >>> cap.privacy.noise_multiplier, cap.privacy.clip
+        (1.0, 8.0)
+    """
+    from data_factory.privacy import DPTelemetry
+
+    return lambda model: StateCapture(model, every=every, frame_size=frame_size,
+                                      privacy=DPTelemetry(noise_multiplier, clip,
+                                                          dataset_size=dataset_size, seed=0))
+
+
 def monitor_watcher(every: int, profile: str = "cpu", asynchronous: bool = True) -> Watcher:
     from core_models.tevid import TEViD
     from tevid_hpo.diagnostician import Diagnostician
@@ -152,8 +169,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             measure(monitor_watcher(args.every), **kw),
         "TrialMonitor(asynchronous=False)": measure(monitor_watcher(args.every, asynchronous=False), **kw),
     }
-    from experiments.bench_privacy import privacy_watcher   # DP mode (docs/privacy.md)
-
     results["StateCapture(privacy=DPTelemetry(z=1, C=8)) (DP mode)"] = measure(
         privacy_watcher(args.every, args.frame_size), **kw)
     latency = inference_latency(threads=args.threads, seed=args.seed)

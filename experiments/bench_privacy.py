@@ -1,4 +1,5 @@
-"""Capture overhead in DP mode, for ``make bench`` (:mod:`experiments.bench_overhead` adds the row).
+"""Capture overhead in DP mode, for ``make bench`` (:mod:`experiments.bench_overhead` adds the row;
+:func:`~experiments.bench_overhead.privacy_watcher` lives there with the other watchers).
 
 A DP capture does per-sample work the plain one does not: one log-RMS map per sample instead of
 per batch, a clip, a noise draw and an accountant step per capture step.
@@ -10,25 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from data_factory.capture import StateCapture
-from data_factory.privacy import DPTelemetry
-from experiments.bench_overhead import Watcher, measure
-
-
-def privacy_watcher(every: int, frame_size: int, noise_multiplier: float = 1.0,
-                    clip: float = 8.0, dataset_size: int = 50_000) -> Watcher:
-    """A :class:`StateCapture` with a fresh :class:`DPTelemetry` around the benchmark model.
-
-    Example:
-        >>> import torch
-        >>> from data_factory.architectures import small_cnn
-        >>> cap = privacy_watcher(every=1, frame_size=8)(small_cnn(in_channels=3))
-        >>> cap.privacy.noise_multiplier, cap.privacy.clip
-        (1.0, 8.0)
-    """
-    return lambda model: StateCapture(model, every=every, frame_size=frame_size,
-                                      privacy=DPTelemetry(noise_multiplier, clip,
-                                                          dataset_size=dataset_size, seed=0))
+from experiments.bench_overhead import measure, privacy_watcher
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -465,9 +465,9 @@ class TrialMonitor:
     def _record(self, d: Diagnosis) -> None:
         self._latest = d
         self._history.append(history_entry(d))
-        self._publish(d)
         if self.privacy is not None:   # ε spent up to the frame this diagnosis read
             self._history[-1]["epsilon"] = _num(self.privacy.epsilon_at(d.step))
+        self._publish(d)
         if d.alert is not None and d.alert not in self._alerts:
             self._add_alert(alert_entry(d))
             return
