@@ -18,7 +18,7 @@ the end of the ``with`` block, never per step: the table shows the cost per epoc
     python -m experiments.bench_storage [--workers 4] [--trials 12] [--epochs 3]
                                         [--steps 34] [--url postgresql://...] [--no-write]
 
-Without ``--url`` it starts a throwaway PostgreSQL server (``tests/postgres_fixture.py``: needs
+Without ``--url`` it starts a throwaway PostgreSQL server (``experiments/postgres_server.py``: needs
 the server binaries, e.g. ``apt-get install postgresql``).
 """
 
@@ -319,7 +319,7 @@ def table(cost: StorageCost) -> str:
 
 
 def _throwaway_server() -> tuple[Any, str]:
-    from tests.postgres_fixture import INSTALL_HINT, PostgresServer, find_bindir
+    from experiments.postgres_server import INSTALL_HINT, PostgresServer, find_bindir
 
     bindir = find_bindir()
     if bindir is None:
