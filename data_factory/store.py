@@ -80,7 +80,7 @@ class FrameSequence:
     def __post_init__(self) -> None:
         if self.clipped is None:
             self.clipped = np.array([clipped_share(t) for t in self.tensor], dtype=np.float32
-                                    ).reshape(len(self), -1)
+                                    ).reshape(len(self), int(self.tensor.shape[1]))
 
     def __len__(self) -> int:
         return int(self.tensor.shape[0])

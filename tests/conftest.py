@@ -84,8 +84,12 @@ def val_accuracy(model: nn.Module, data: TensorData) -> float:
 
 
 def silent(toy: Diagnostician) -> Diagnostician:
-    """The toy model with alert thresholds no probability reaches: diagnoses, never alerts."""
-    return Diagnostician(toy.model, Calibration(tau_c={c: 1.1 for c in ALERT_LABELS}),
+    """The toy model with alert thresholds no probability reaches: diagnoses, never alerts.
+
+    A threshold of 1.0 is never reached: every Dirichlet parameter is at least 1, so each class
+    probability is below 1 (thresholds above 1 are rejected by ``Calibration``).
+    """
+    return Diagnostician(toy.model, Calibration(tau_c={c: 1.0 for c in ALERT_LABELS}),
                          device="cpu")
 
 

@@ -235,8 +235,8 @@ def test_feature_importance_frames_arguments_are_validated(kwargs, error, messag
 
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"diagnostician": 3}, TypeError, ("diagnostician must be a Diagnostician or a checkpoint "
-                                      "path, got int")),
+    ({"diagnostician": 3}, TypeError, (r"diagnostician must be a Diagnostician \(or have its "
+                                      r"update/reset\) or a checkpoint path, got int")),
     ({"every": 0}, ValueError, "every must be an int >= 1, got 0"),
     ({"history_size": 1.5}, ValueError, "history_size must be an int >= 1, got 1.5"),
     ({"prune_on": ("Healthy",)}, ValueError, "prune_on must name labels"),

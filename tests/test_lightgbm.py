@@ -244,7 +244,7 @@ def test_callback_with_a_real_diagnostician(toy_diagnostician, data):
     # any Overfitting probability confirms): exercises the model, the window, the 3-consecutive
     # rule and the stop end to end.
     diag = Diagnostician(toy_diagnostician.model, Calibration(
-        tau_u=1.0, tau_c={OVERFITTING: 0.0, INSTABILITY: 1.1}), device="cpu")
+        tau_u=1.0, tau_c={OVERFITTING: 0.0, INSTABILITY: 1.0}), device="cpu")
     dtrain, dvalid = datasets(data)
     cb = TEViDLightGBMCallback(diag)
     lgb.train(params(), dtrain, 50, valid_sets=[dvalid], callbacks=[cb])

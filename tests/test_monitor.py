@@ -49,7 +49,7 @@ def trial():
 
 def silent(toy: Diagnostician) -> Diagnostician:
     """The toy model with alert thresholds no probability reaches: TEViD never alerts."""
-    return Diagnostician(toy.model, Calibration(tau_c={c: 1.1 for c in ALERT_LABELS}),
+    return Diagnostician(toy.model, Calibration(tau_c={c: 1.0 for c in ALERT_LABELS}),
                          device="cpu")
 
 

@@ -161,7 +161,9 @@ def test_two_worker_processes_share_one_journal_storage(tmp_path, toy_checkpoint
     plan = [DIVERGING, HEALTHY, NAN, {"optimizer": "adam", "lr": 1e-3}]
     for params in plan:
         study.enqueue_trial(params)
+    # The worker imports this file, which imports the tests' conftest: put tests/ on its path.
     code = ("import importlib.util as u, sys; "
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r}); "
             f"s = u.spec_from_file_location('e2e_worker', {str(Path(__file__))!r}); "
             "m = u.module_from_spec(s); s.loader.exec_module(m); m.worker(*sys.argv[1:])")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
