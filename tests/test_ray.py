@@ -99,12 +99,15 @@ def trainable(config, checkpoint=None, data=None, sync_dir=None):
 @pytest.fixture(scope="module")
 def local_ray():
     """Ray on 2 CPUs, its files in a short temporary path; shut down only if we started it."""
-    # Ray workers cannot import this test module (pytest put tests/ on the driver's path
-    # only): ship the trainable and its helpers by value.
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # Ray workers cannot import this test module or conftest (pytest put tests/ on the
+    # driver's path only): ship the trainable and the helpers it borrows by value.
+    modules = (sys.modules[__name__], sys.modules["conftest"])
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
     with local_ray_session(RAY_TEMP_DIR):
         yield
-    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    for module in modules:
+        cloudpickle.unregister_pickle_by_value(module)
 
 
 # ----------------------------------------------------------------------------- end to end
