@@ -249,8 +249,10 @@ class FrameEncoder:
       than ``wake_nats`` (default ``clip·min_scale``: beyond what a frame can show) at the
       capture right after its first-capture reference (a layer-scale branch whose 1e-6 gain
       starts to grow), is *waking*: while it keeps rising by more than ``settle_nats`` per
-      capture, each capture replaces its reference (the frame shows it centred); the first
-      capture that rises less freezes it. A rise counts only when the partner channel (the
+      capture, each capture replaces its reference; the frame of the wake-up shows it centred,
+      each later climbing frame reads against the reference it climbed from (scale widened so
+      the climb reads at most 2 z-units), so the climb stays visible; the first capture that
+      rises less freezes it. A rise counts only when the partner channel (the
       activation↔gradient of the same layer) stays within ``wake_nats`` of its own reference:
       when both jump together the layer changed as a whole (divergence), and the first
       reference stays, so the frame saturates.
@@ -324,6 +326,8 @@ class FrameEncoder:
         self._scale = torch.full((n,), math.nan)
         self._phase = [_WARMING] * n
         self._late = [False] * n                    # silent at the run's first capture
+        # Channels still climbing at this capture, shown against the reference they left.
+        self._shown: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def frozen(self) -> bool:
@@ -383,6 +387,7 @@ class FrameEncoder:
 
     def _update_reference(self, raw: torch.Tensor) -> None:
         flat = raw.reshape(len(CHANNELS), -1)
+        self._shown = {}
         level = torch.nanmedian(torch.where(torch.isfinite(flat), flat, torch.nan), dim=1).values
         informative = (level > SILENT_LEVEL).tolist()   # False for NaN: no finite pixel
         # Moves against the references as they stood before this capture.
@@ -404,6 +409,14 @@ class FrameEncoder:
             lone = moved[partner] < self.wake_nats
             threshold = self.wake_nats if phase == _CHECK else self.settle_nats
             if moved[c] > threshold and lone:
+                if phase == _WAKING:
+                    # Still climbing: this frame reads against the reference it climbed from,
+                    # so the climb stays visible (a 1-pixel map, e.g. a stride-32 stage on a
+                    # 32×32 input, would otherwise read exactly 0 in every frame).
+                    # Its scale widens so the climb reads at most 2 z-units: visible, never
+                    # at the clip.
+                    self._shown[c] = (self._center[c].clone(),
+                                      self._scale[c].clamp_min(moved[c] / 2))
                 self._set_reference([c], flat[c][None])
                 self._phase[c] = _WAKING
             else:
@@ -427,7 +440,10 @@ class FrameEncoder:
         raw = torch.stack([_resize(m.float().cpu(), self.frame_size) for m in maps])
         finite = bool(torch.isfinite(raw).all())
         self._update_reference(raw)
-        z = (raw - self._center[:, None, None]) / self._scale[:, None, None]
+        center, scale = self._center.clone(), self._scale.clone()
+        for c, (c_prev, s_prev) in self._shown.items():
+            center[c], scale[c] = c_prev, s_prev
+        z = (raw - center[:, None, None]) / scale[:, None, None]
         # A channel without a reference reads 0 where finite; NaN/inf still saturate below.
         silent = ~torch.isfinite(self._center)[:, None, None] & torch.isfinite(raw)
         z = torch.where(silent, torch.zeros_like(z), torch.where(torch.isfinite(raw), z, raw))

@@ -369,3 +369,22 @@ def test_encoder_rejects_bad_arguments():
                             ({"wake_nats": 0}, "wake_nats"), ({"warmup": 0}, "warmup")):
         with pytest.raises(ValueError, match=message):
             FrameEncoder(**kwargs)
+
+
+def test_waking_channel_shows_its_climb_even_as_a_single_pixel():
+    # A stride-32 stage on a 32×32 input gives a 1×1 map; centred on itself it read exactly 0
+    # in every frame while it climbed (regnetx_002's s4 gradient, issue 22).
+    enc = FrameEncoder(frame_size=4)
+    torch.manual_seed(0)
+    maps = [torch.randn(4, 4) - 5 for _ in range(5)]
+    zero = torch.full((4, 4), 1.5 * math.log(1e-12))
+    enc.encode_maps(maps + [zero])                                   # silent: no reference
+    first, _ = enc.encode_maps(maps + [torch.full((1, 1), -13.0)])   # wakes, centred: 0
+    assert torch.equal(first[5], torch.zeros(4, 4, dtype=torch.bfloat16))
+    for level in (-11.0, -9.0):                                      # climbs 2 nats a capture
+        frame, _ = enc.encode_maps(maps + [torch.full((1, 1), level)])
+        # Against the reference it climbed from, scale widened to rise/2: reads +2, not the clip.
+        assert torch.equal(frame[5], torch.full((4, 4), 2.0, dtype=torch.bfloat16))
+    frame, _ = enc.encode_maps(maps + [torch.full((1, 1), -9.1)])    # settles: frozen, centred
+    assert abs(float(frame[5].float().mean())) <= 0.3
+    assert enc.frozen
