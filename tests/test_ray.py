@@ -55,6 +55,23 @@ def train_epoch(model, opt, data, mon, epoch):
         train_step(model, opt, data, mon, k)
 
 
+def resume_cnn(diag: Diagnostician, lr: float
+               ) -> tuple[torch.nn.Module, torch.optim.Optimizer, TrialMonitor, int]:
+    """The documented start of a resumable trainable: the model, its optimizer and a monitor,
+    restored from the trial's latest checkpoint (``restore()`` before the monitor runs); returns
+    them with the first epoch still to train."""
+    torch.manual_seed(0)
+    model = small_cnn(in_channels=1, num_classes=10)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    mon = TrialMonitor(model, diagnostician=diag)
+    state = tevid_ray.restore(mon)
+    if state is None:
+        return model, opt, mon, 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return model, opt, mon, state["epoch"] + 1
+
+
 def trainable(config, checkpoint=None, data=None, sync_dir=None):
     """The documented trainable: restore() before the monitor starts, report() every epoch.
 
@@ -73,16 +90,7 @@ def trainable(config, checkpoint=None, data=None, sync_dir=None):
         def broken(*args, **kwargs):
             raise RuntimeError("diagnostician exploded")
         diag.update = broken
-    torch.manual_seed(0)
-    model = small_cnn(in_channels=1, num_classes=10)
-    opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    mon = TrialMonitor(model, diagnostician=diag)
-    state = tevid_ray.restore(mon)
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["epoch"] + 1
+    model, opt, mon, start = resume_cnn(diag, config["lr"])
     with mon:
         for epoch in range(start, EPOCHS):
             train_epoch(model, opt, data, mon, epoch)

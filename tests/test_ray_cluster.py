@@ -39,13 +39,11 @@ from conftest import STEPS_PER_EPOCH, val_accuracy
 from ray import cloudpickle, tune
 from ray.cluster_utils import Cluster
 from ray.tune.schedulers import TrialScheduler
-from test_ray import EPOCHS, train_epoch
+from test_ray import EPOCHS, resume_cnn, train_epoch
 
 import tevid_hpo.ray as tevid_ray
-from data_factory.architectures import small_cnn
 from data_factory.labels import INSTABILITY
 from tevid_hpo.diagnostician import Diagnostician
-from tevid_hpo.monitor import TrialMonitor
 from tevid_hpo.ray import TEViDHyperband
 
 pytestmark = pytest.mark.timeout(420)
@@ -62,16 +60,7 @@ def trainable(config, checkpoint=None, data=None, marks=None):
     torch.set_num_threads(1)
     config = config["trial"]
     diag = Diagnostician.from_pretrained(checkpoint, device="cpu")
-    torch.manual_seed(0)
-    model = small_cnn(in_channels=1, num_classes=10)
-    opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    mon = TrialMonitor(model, diagnostician=diag)
-    state = tevid_ray.restore(mon)
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["epoch"] + 1
+    model, opt, mon, start = resume_cnn(diag, config["lr"])
     node = ray.get_runtime_context().get_node_id()
     trial_id = tune.get_context().get_trial_id()
     with mon:
