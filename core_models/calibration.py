@@ -8,6 +8,11 @@ Three things are chosen once on validation predictions and frozen in the checkpo
   (:func:`fit_abstention_threshold`; 0.35 as in the paper unless a risk/coverage target is given);
 * the run memory window (:mod:`core_models.memory`), when validation streams with per-step
   event labels are given: the window with the largest event-time AUPRC;
+* the burn-in: how many real frames a run must have produced before any verdict. Until then a
+  window is padded with repeats of the first frame, a still picture that carries no dynamics, so
+  the diagnosis is *withheld*: zero evidence (logits ``-inf``: uniform probabilities, vacuity
+  exactly 1), which abstains, never alerts, scores 0 as an anomaly and is never remembered
+  (:func:`withhold`; the non-finite-loss rule of the monitor is the only verdict before it);
 * per-class alert thresholds ``tau_c`` for the rule "``k = 3`` consecutive non-abstained
   predictions with ``p_c ≥ tau_c``" (:class:`ConsecutiveAlert`), set — on the remembered
   diagnoses — so that at most 5 % of healthy validation runs ever raise an alert
@@ -49,10 +54,12 @@ __all__ = [
     "evidential_probs",
     "false_alarm_rate",
     "first_alert",
+    "has_evidence",
     "fit_abstention_threshold",
     "fit_class_thresholds",
     "fit_temperature",
     "run_alert_scores",
+    "withhold",
 ]
 
 #: Classes that can raise an alert: every known class except Healthy (a healthy confirmation
@@ -69,12 +76,16 @@ class Calibration:
     """The frozen post-hoc parameters of a diagnostician (stored in the checkpoint JSON).
 
     ``memory`` is the :class:`~core_models.memory.RunMemory` window (0: none; checkpoints
-    written before it existed load with 0).
+    written before it existed load with 0). ``burn_in`` is the number of real frames before the
+    first verdict (0: the model's whole window ``W``, also for checkpoints written before it
+    existed); see :meth:`evidence_frames`.
 
     Example:
         >>> c = Calibration()
         >>> Calibration.from_dict(c.to_dict()) == c, c.tau_u, c.consecutive, c.memory
         (True, 0.35, 3, 0)
+        >>> c.evidence_frames(window=10), Calibration(burn_in=4).evidence_frames(window=10)
+        (10, 4)
     """
 
     temperature: float = 1.0
@@ -83,11 +94,17 @@ class Calibration:
                                                              for c in ALERT_LABELS})
     consecutive: int = 3
     memory: int = 0
+    burn_in: int = 0
+
+    def evidence_frames(self, window: int) -> int:
+        """Real frames a run needs before its first verdict: ``burn_in``, or ``window`` if 0."""
+        return int(self.burn_in) if self.burn_in else int(window)
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": float(self.temperature), "tau_u": float(self.tau_u),
                 "tau_c": {k: float(v) for k, v in self.tau_c.items()},
-                "consecutive": int(self.consecutive), "memory": int(self.memory)}
+                "consecutive": int(self.consecutive), "memory": int(self.memory),
+                "burn_in": int(self.burn_in)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
@@ -96,7 +113,8 @@ class Calibration:
                    tau_u=float(d.get("tau_u", default.tau_u)),
                    tau_c={k: float(v) for k, v in d.get("tau_c", default.tau_c).items()},
                    consecutive=int(d.get("consecutive", default.consecutive)),
-                   memory=int(d.get("memory", default.memory)))
+                   memory=int(d.get("memory", default.memory)),
+                   burn_in=int(d.get("burn_in", default.burn_in)))
 
 
 @dataclass
@@ -120,17 +138,17 @@ class RunPredictions:
         probs, vacuity = evidential_probs(logits, temperature)
         return cls(probs=probs, vacuity=vacuity, label=label)
 
-    def remembered(self, window: int, healthy_index: int = KNOWN_LABELS.index(HEALTHY)
-                   ) -> RunPredictions:
+    def remembered(self, window: int, healthy_index: int = KNOWN_LABELS.index(HEALTHY),
+                   sustain: int = 3) -> RunPredictions:
         """The same run as the streaming diagnostician reports it with run memory ``window``
         (:func:`core_models.memory.apply_memory`).
 
         Example:
             >>> r = RunPredictions(np.array([[0.2, 0.8], [0.9, 0.1]]), np.zeros(2), "Healthy")
-            >>> r.remembered(1).probs[:, 1].tolist()
+            >>> r.remembered(1, sustain=1).probs[:, 1].tolist()
             [0.8, 0.8]
         """
-        probs, vacuity = apply_memory(self.probs, self.vacuity, window, healthy_index)
+        probs, vacuity = apply_memory(self.probs, self.vacuity, window, healthy_index, sustain)
         return RunPredictions(probs=probs, vacuity=vacuity, label=self.label)
 
 
@@ -147,6 +165,33 @@ def evidential_probs(logits: np.ndarray, temperature: float = 1.0
     alpha = np.logaddexp(0.0, logits / temperature) + 1.0
     strength = alpha.sum(axis=-1, keepdims=True)
     return alpha / strength, logits.shape[-1] / strength[..., 0]
+
+
+def withhold(logits: np.ndarray, evidence_frames: int) -> np.ndarray:
+    """``logits`` ``(T, K)`` of one run's streaming windows with the verdicts before its
+    ``evidence_frames``-th frame withheld: those rows become ``-inf`` (zero evidence, so
+    uniform probabilities and vacuity exactly 1 after :func:`evidential_probs`).
+
+    Example:
+        >>> z = withhold(np.ones((3, 2)), evidence_frames=2)
+        >>> z[:, 0].tolist(), evidential_probs(z)[1].round(3).tolist()
+        ([-inf, 1.0, 1.0], [1.0, 0.432, 0.432])
+    """
+    if int(evidence_frames) != evidence_frames or evidence_frames < 1:
+        raise ValueError(f"evidence_frames must be an integer >= 1, got {evidence_frames!r}")
+    out = np.array(logits, dtype=np.float64, copy=True)
+    out[: int(evidence_frames) - 1] = -np.inf
+    return out
+
+
+def has_evidence(logits: np.ndarray) -> np.ndarray:
+    """Rows of ``logits`` that carry a verdict (not withheld by :func:`withhold`).
+
+    Example:
+        >>> has_evidence(withhold(np.zeros((3, 2)), 3)).tolist()
+        [False, False, True]
+    """
+    return ~np.isneginf(np.asarray(logits, dtype=np.float64)).all(axis=-1)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray,
@@ -261,7 +306,9 @@ class ConsecutiveAlert:
     def update(self, probs: Sequence[float] | np.ndarray, vacuity: float) -> str | None:
         """Feed one diagnosis; returns the confirmed alert class or ``None``."""
         p = np.asarray(probs, dtype=np.float64)[self._index]
-        hit = (p >= self._tau) if vacuity <= self.tau_u else np.zeros(len(p), dtype=bool)
+        # Zero evidence (vacuity 1, a withheld diagnosis) never counts, whatever tau_u is.
+        counts = vacuity <= self.tau_u and vacuity < 1.0
+        hit = (p >= self._tau) if counts else np.zeros(len(p), dtype=bool)
         self.streaks = np.where(hit, self.streaks + 1, 0)
         confirmed = np.flatnonzero(self.streaks >= self.k)
         if confirmed.size == 0:
@@ -300,7 +347,8 @@ def run_alert_scores(probs: np.ndarray, vacuity: np.ndarray, tau_u: float = DEFA
         [0.6, 0.1]
     """
     p = np.asarray(probs, dtype=np.float64)
-    valid = np.asarray(vacuity, dtype=np.float64) <= tau_u
+    u = np.asarray(vacuity, dtype=np.float64)
+    valid = (u <= tau_u) & (u < 1.0)
     if len(p) < k:
         return np.full(p.shape[1], -np.inf)
     q = np.where(valid[:, None], p, -np.inf)
@@ -369,8 +417,11 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
               max_risk: float | None = None, min_coverage: float | None = None,
               labels: Sequence[str] = KNOWN_LABELS, k: int = 3,
               memory_runs: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
-              memory_grid: Sequence[int] = DEFAULT_MEMORY_GRID) -> Calibration:
+              memory_grid: Sequence[int] = DEFAULT_MEMORY_GRID, burn_in: int = 0) -> Calibration:
     """Every step in order on validation data.
+
+    Withheld rows (:func:`withhold`: the burn-in, all ``-inf``) are left out of every fit: they
+    carry no verdict, abstain and are never remembered, so leaving them out changes no decision.
 
     Args:
         clip_logits: ``(N, K)`` evidence logits of validation clips (uncalibrated, ``T=1``).
@@ -383,6 +434,8 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
             streaming diagnoses and which steps carry a non-Healthy event label. The run
             memory window is chosen on them (:func:`~core_models.memory.select_memory` over
             ``memory_grid``); without them there is no memory (0).
+        burn_in: stored in the returned :class:`Calibration` (the streams are expected to be
+            withheld accordingly).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -397,6 +450,10 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
     """
     clip_logits = np.asarray(clip_logits, dtype=np.float64)
     clip_labels = np.asarray(clip_labels)
+    keep = has_evidence(clip_logits)
+    clip_logits, clip_labels = clip_logits[keep], clip_labels[keep]
+    runs = [(z[has_evidence(z)], lab) for z, lab in runs]
+    memory_runs = [(z[has_evidence(z)], np.asarray(f)[has_evidence(z)]) for z, f in memory_runs or ()]
     temperature = fit_temperature(clip_logits, clip_labels)
     probs, vacuity = evidential_probs(clip_logits, temperature)
     correct = probs.argmax(axis=1) == clip_labels            # Unknown clips are never correct
@@ -406,9 +463,9 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
     if memory_runs:
         memory, _ = select_memory(
             [(evidential_probs(z, temperature)[0], flags) for z, flags in memory_runs],
-            memory_grid, healthy)
-    run_preds = [RunPredictions.from_logits(z, lab, temperature).remembered(memory, healthy)
+            memory_grid, healthy, sustain=k)
+    run_preds = [RunPredictions.from_logits(z, lab, temperature).remembered(memory, healthy, k)
                  for z, lab in runs]
     tau_c = fit_class_thresholds(run_preds, tau_u, target_far, labels, k=k)
     return Calibration(temperature=temperature, tau_u=tau_u, tau_c=tau_c, consecutive=k,
-                       memory=memory)
+                       memory=memory, burn_in=burn_in)

@@ -2,7 +2,10 @@
 
 A clip is the window of ``W`` frames ending at one capture step — exactly what the streaming
 :class:`~tevid_hpo.diagnostician.Diagnostician` sees at that step, including its left padding
-(the first frame repeated) before ``W`` frames exist. Its label is the run's event label at the
+(the first frame repeated) before ``W`` frames exist. The diagnostician withholds its verdict
+until a run has produced its burn-in of real frames (:func:`core_models.calibration.withhold`),
+so training can skip the earlier windows (``min_frames``): a padded still picture carries no
+dynamics, only the architecture's look, which is what the model must not learn to read. Its label is the run's event label at the
 window's last frame (:func:`data_factory.labelers.frame_event_labels`), so a model is trained to
 say what is true *now*, never what happens later.
 
@@ -14,6 +17,8 @@ Example:
     >>> ds = ClipDataset([SimpleNamespace(frames=frames)], window=3)
     >>> len(ds), tuple(ds[0].shape)
     (4, (3, 6, 8, 8))
+    >>> len(ClipDataset([SimpleNamespace(frames=frames)], window=3, min_frames=3))
+    2
 """
 
 from __future__ import annotations
@@ -49,14 +54,17 @@ class ClipDataset(Dataset):
         window: frames per clip (``W``).
         stride: keep every ``stride``-th window end (the last frame of a run is always kept).
         label_names: class order of the head.
+        min_frames: only windows ending at a run's ``min_frames``-th frame or later (1: all).
+            A run shorter than that contributes its last window, so no run is dropped.
 
     Yields ``clip`` (float32 ``W×6×S×S``) or ``(clip, label)`` when labels are given.
     """
 
     def __init__(self, runs: Sequence[Any], event_labels: Sequence[np.ndarray] | None = None,
-                 window: int = 10, stride: int = 1, label_names: Sequence[str] = KNOWN_LABELS) -> None:
-        if window < 1 or stride < 1:
-            raise ValueError("window and stride must be >= 1")
+                 window: int = 10, stride: int = 1, label_names: Sequence[str] = KNOWN_LABELS,
+                 min_frames: int = 1) -> None:
+        if window < 1 or stride < 1 or min_frames < 1:
+            raise ValueError("window, stride and min_frames must be >= 1")
         if event_labels is not None and len(event_labels) != len(runs):
             raise ValueError(f"{len(event_labels)} label arrays for {len(runs)} runs")
         self.window = window
@@ -66,7 +74,8 @@ class ClipDataset(Dataset):
         self.labels: list[int] | None = [] if event_labels is not None else None
         for r, frames in enumerate(self.frames):
             n = int(frames.shape[0])
-            ends = sorted(set(range(0, n, stride)) | ({n - 1} if n else set()))
+            first = min(min_frames, n) - 1
+            ends = sorted(set(range(first, n, stride)) | ({n - 1} if n else set()))
             for end in ends:
                 self.index.append((r, end))
                 if self.labels is not None:

@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from core_models.calibration import RunPredictions, calibrate, false_alarm_rate
+from core_models.calibration import (RunPredictions, calibrate, false_alarm_rate, has_evidence,
+                                     withhold)
 from core_models.clips import ClipDataset
 from core_models.mae import DynamicsMAE
 from core_models.memory import select_memory
@@ -120,13 +121,15 @@ def training_config(cls: type[_C], values: DictConfig, device: str, seed: int) -
     return cls(**kw, device=device, seed=seed)
 
 
-def stream_logits(model: TEViD, runs, events, window: int, device: str) -> list[tuple[np.ndarray, str, list]]:
-    """Per run: evidence logits of every streaming window, the run label, per-frame labels."""
+def stream_logits(model: TEViD, runs, events, window: int, device: str, burn_in: int = 0
+                  ) -> list[tuple[np.ndarray, str, list]]:
+    """Per run: evidence logits of every streaming window (those before the burn-in withheld,
+    ``-inf``; 0: the whole window), the run label, per-frame labels."""
     out = []
     for run, ev in zip(runs, events):
         ds = ClipDataset([run], [ev], window=window, stride=1)
         pred = predict(model, ds, batch_size=64, device=device, temperature=1.0)
-        out.append((pred["logits"], run_label_of(ev), ev))
+        out.append((withhold(pred["logits"], burn_in or window), run_label_of(ev), ev))
     return out
 
 
@@ -156,18 +159,20 @@ def validation_metrics(model: TEViD, streams, calibration, reference: list[bool]
     probs_all, labels_all = [], []
     plain, preds = [], []
     for logits, label, ev in streams:
+        shown = has_evidence(logits)          # the withheld burn-in makes no claim to score
+        logits, ev = logits[shown], np.asarray(ev)[shown]
         p = RunPredictions.from_logits(logits, label, calibration.temperature)
         plain.append(p)
-        preds.append(p.remembered(calibration.memory))   # what the alert rule sees
+        preds.append(p.remembered(calibration.memory, sustain=calibration.consecutive))
         probs_all.append(p.probs)
         labels_all.append(ev)
     probs = np.concatenate(probs_all)
     labels = np.concatenate(labels_all)
     # The same measurement the window was chosen by, at the chosen window.
     try:
-        _, by_window = select_memory([(p.probs, np.asarray(ev) != HEALTHY)
-                                      for p, (_, _, ev) in zip(plain, streams)],
-                                     grid=(calibration.memory,))
+        _, by_window = select_memory([(p.probs, ev != HEALTHY)
+                                      for p, ev in zip(plain, labels_all)],
+                                     grid=(calibration.memory,), sustain=calibration.consecutive)
         auprc = by_window[calibration.memory]
     except ValueError:            # no anomalous or no healthy val step
         auprc = float("nan")
@@ -232,12 +237,17 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     print(f"{len(train_runs)} train runs, {len(val_runs)} val runs, window {window}")
 
     t = time.time()
-    pre_ds = ClipDataset(train_runs, None, window=window, stride=cfg.clips.pretrain_stride)
+    pre_ds = ClipDataset(train_runs, None, window=window, stride=cfg.clips.pretrain_stride,
+                         min_frames=cfg.burn_in or window)
     pre_cfg = training_config(PretrainConfig, cfg.pretrain, cfg.device, cfg.seed)
     pre = pretrain(mae, pre_ds, pre_cfg, out / "mae")
     stage_time("pretrain_s", t, skipped=pre.resumed_from >= pre.steps)
 
-    ft_ds = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride)
+    # Windows before the burn-in are never diagnosed (core_models.calibration.withhold): the
+    # model does not learn to read them, neither while pretraining nor while fine-tuning.
+    burn_in = cfg.burn_in or window
+    ft_ds = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride,
+                        min_frames=burn_in)
     print("fine-tuning clips per label:", {KNOWN_LABELS[k] if k >= 0 else "Unknown": v
                                           for k, v in ft_ds.label_counts().items()})
     # name -> (initialise from DYNAMICS-MAE, input channels); Table 3's scratch row and Table 12's
@@ -258,7 +268,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
             model.load_mae_encoder(mae)
         ft_cfg = training_config(FinetuneConfig, cfg.finetune, cfg.device, cfg.seed)
         result = finetune(model, ft_ds, ft_cfg, out / name)
-        streams = stream_logits(model, val_runs, val_events, window, cfg.device)
+        streams = stream_logits(model, val_runs, val_events, window, cfg.device, burn_in)
         clip_logits = np.concatenate([s[0] for s in streams])
         clip_labels = np.concatenate([[KNOWN_LABELS.index(x) if x in KNOWN_LABELS else -1 for x in s[2]]
                                       for s in streams])
@@ -270,7 +280,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                                 [(s[0], s[1]) for s, keep in zip(streams, reference) if keep],
                                 target_far=cfg.target_far,
                                 memory_runs=[(s[0], np.asarray(s[2]) != HEALTHY) for s in streams],
-                                memory_grid=list(cfg.memory_grid))
+                                memory_grid=list(cfg.memory_grid), burn_in=cfg.burn_in)
         metrics = validation_metrics(model, streams, calibration, reference)
         diag = Diagnostician(model, calibration, device="cpu")
         path = diag.save_pretrained(

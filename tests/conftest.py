@@ -29,6 +29,15 @@ from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.testing import QUICK_CORPUS, train_toy_diagnostician
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread for the whole session. Float sums differ with the thread count, and
+    # several tests set one thread for themselves without restoring it, so the toy diagnostician
+    # (trained once, by whichever test asks first) came out different with test order and core
+    # count: on 2 threads it once collapsed to a constant "Healthy". One thread everywhere makes
+    # every run of the suite compute the same numbers, and the tiny models gain nothing from more.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def toy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory holding ``model.safetensors`` + ``model.json`` of the toy diagnostician."""

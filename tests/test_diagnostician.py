@@ -75,7 +75,7 @@ def test_streaming_diagnosis_at_t_ignores_later_frames():
 
 
 def test_window_is_the_last_w_frames_left_padded_with_the_first():
-    d = diagnostician()
+    d = diagnostician(burn_in=1)                    # a verdict from the first frame on
     fs = frames(7, seed=3)
     model = d.model
 
@@ -96,12 +96,33 @@ def test_window_is_the_last_w_frames_left_padded_with_the_first():
 
 
 def test_alert_needs_three_consecutive_confident_predictions():
-    d = biased([-10.0, -10.0, 80.0, -10.0, -10.0])              # always confident Instability
+    d = biased([-10.0, -10.0, 80.0, -10.0, -10.0], burn_in=1)   # always confident Instability
     f = frames(5)
     outs = [d.update(x) for x in f]
     assert [o.label for o in outs] == [INSTABILITY] * 5
     assert [o.alert for o in outs] == [None, None, INSTABILITY, INSTABILITY, INSTABILITY]
     assert d.first_alert == (20, INSTABILITY)
+
+
+def test_no_verdict_before_the_window_holds_real_frames():
+    # Issue 24, point 1: with the default burn-in (the whole window W) the first W - 1
+    # diagnoses are withheld — not run through the model, no class, no alert — even from a
+    # model that would confidently say Instability on any input.
+    d = biased([-10.0, -10.0, 80.0, -10.0, -10.0])
+    assert d.evidence_frames == TINY.window
+    outs = [d.update(x) for x in frames(TINY.window + 3)]
+    early, late = outs[:TINY.window - 1], outs[TINY.window - 1:]
+    for o in early:
+        assert o.withheld and o.abstained and o.label == UNKNOWN and o.alert is None
+        assert o.vacuity == 1.0 and list(o.probs.values()) == pytest.approx([1 / 5] * 5)
+    assert not any(o.withheld for o in late) and late[0].label == INSTABILITY
+    # The consecutive rule starts counting at the first real verdict.
+    assert [o.alert for o in late] == [None, None, INSTABILITY, INSTABILITY]
+    assert d.first_alert == (10 * (TINY.window + 1), INSTABILITY)
+    with pytest.raises(ValueError, match="burn_in"):
+        diagnostician(burn_in=-1)
+    # A longer burn-in than the window is allowed (wait for more of the run).
+    assert diagnostician(burn_in=TINY.window + 2).evidence_frames == TINY.window + 2
 
 
 def test_high_vacuity_abstains_to_unknown_and_never_alerts():

@@ -248,10 +248,12 @@ def test_callback_with_a_real_diagnostician(toy_diagnostician, data):
     dtrain, dvalid = datasets(data)
     cb = TEViDLightGBMCallback(diag)
     lgb.train(params(), dtrain, 50, valid_sets=[dvalid], callbacks=[cb])
-    assert cb.stopped_at == 2
+    # The first W - 1 = 3 diagnoses are withheld (no verdict before the window holds real
+    # frames, even at tau_u = 1), then 3 consecutive confirmations: iteration 3 + 2.
+    assert cb.stopped_at == 5
     assert cb.frames.frames[0].tensor.shape == (6, 16, 16)     # the toy's frame size
-    assert [h["step"] for h in cb.history] == [0, 1, 2]
-    assert cb.reason["label"] == OVERFITTING and diag.first_alert == (2, OVERFITTING)
+    assert [h["step"] for h in cb.history] == [0, 1, 2, 3, 4, 5]
+    assert cb.reason["label"] == OVERFITTING and diag.first_alert == (5, OVERFITTING)
     # Its own calibration (Healthy vs Instability) never confirms Overfitting.
     dtrain, dvalid = datasets(data)
     calm = TEViDLightGBMCallback(toy_diagnostician)

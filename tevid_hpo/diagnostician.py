@@ -12,9 +12,14 @@ pipeline) each diagnosis is the mean of the last ``memory`` window outputs, latc
 anomalous one so far (:class:`~core_models.memory.RunMemory`): the labels are states that last
 from their onset on, and a window of ``W`` frames would otherwise forget a transient it saw.
 
-Before ``W`` frames have arrived the window is left-padded by repeating the *first* frame of the
-run, so the first diagnoses see a "static" history instead of zeros the model never saw in
-training; early diagnoses are correspondingly uninformed (and usually abstain).
+Evidence before verdict: before ``W`` frames have arrived the window is left-padded by repeating
+the *first* frame, a still picture with no dynamics in it. Until the run has produced its
+burn-in of real frames (``calibration.burn_in``; 0, the default, means the whole window ``W``)
+the diagnosis is *withheld*: TEViD is not run, the probabilities are uniform, the vacuity is 1,
+the label is ``"Unknown"`` and nothing can alert (``Diagnosis.withheld``). The only verdict a
+run can get that early is the monitor's non-finite-loss rule. The run memory's latch needs a
+level held for ``consecutive`` diagnoses (:class:`~core_models.memory.RunMemory`), so one
+transient cannot become a permanent verdict.
 
 Example:
     >>> import tempfile, torch, warnings
@@ -23,8 +28,12 @@ Example:
     ...     warnings.simplefilter("ignore")             # "untrained model" warning
     ...     diag = Diagnostician.from_pretrained("tiny", device="cpu")
     >>> d = diag.update(Frame(torch.zeros(6, 16, 16, dtype=torch.bfloat16), step=10, epoch=0))
-    >>> d.step, sorted(d.probs) == sorted(diag.known_labels), d.alert
-    (10, True, None)
+    >>> d.step, sorted(d.probs) == sorted(diag.known_labels), d.alert, d.withheld, d.vacuity
+    (10, True, None, True, 1.0)
+    >>> for i in range(1, diag.evidence_frames):      # W = 4 frames for the "tiny" profile
+    ...     d = diag.update(torch.zeros(6, 16, 16))
+    >>> d.withheld, d.vacuity < 1
+    (False, True)
     >>> path = diag.save_pretrained(f"{tempfile.mkdtemp()}/mine")
     >>> Diagnostician.from_pretrained(path, device="cpu").window
     4
@@ -83,6 +92,8 @@ class Diagnosis:
         confidence: probability of the most likely known class (also when abstained).
         abstained: ``vacuity > tau_u``.
         finite: ``False`` when the newest frame held NaN/inf (clamped before the model saw it).
+        withheld: ``True`` during the burn-in (fewer real frames than
+            :attr:`Diagnostician.evidence_frames`): no evidence, uniform ``probs``, vacuity 1.
     """
 
     step: int
@@ -94,6 +105,7 @@ class Diagnosis:
     confidence: float
     abstained: bool = False
     finite: bool = True
+    withheld: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for Optuna user attrs, Ray Tune result dicts, logs)."""
@@ -117,6 +129,9 @@ def _check_calibration(cal: Calibration) -> None:
     if cal.memory < 0:
         raise ValueError(f"calibration.memory must be >= 0 (0: no run memory), "
                          f"got {cal.memory!r}")
+    if cal.burn_in < 0:
+        raise ValueError(f"calibration.burn_in must be >= 0 (0: the model's window), "
+                         f"got {cal.burn_in!r}")
 
 
 class Diagnostician:
@@ -166,7 +181,7 @@ class Diagnostician:
             raise ValueError(f"a run memory needs a {HEALTHY!r} class to rank anomalies by; "
                              f"labels are {self.known_labels}")
         healthy = self.known_labels.index(HEALTHY) if HEALTHY in self.known_labels else 0
-        self._memory = RunMemory(self.calibration.memory, healthy)
+        self._memory = RunMemory(self.calibration.memory, healthy, self.calibration.consecutive)
         self.reset()
 
     # ------------------------------------------------------------------ streaming
@@ -179,6 +194,11 @@ class Diagnostician:
     def window(self) -> int:
         """Frames per diagnosis ``W``."""
         return self.profile.window
+
+    @property
+    def evidence_frames(self) -> int:
+        """Real frames a run must produce before its first verdict (the burn-in)."""
+        return self.calibration.evidence_frames(self.window)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -226,12 +246,18 @@ class Diagnostician:
             self._frames.append(x)
         self._updates += 1
 
-        with torch.inference_mode():
-            out = self.model(torch.stack(tuple(self._frames))[None])
-        remembered, vacuity = self._memory.update(out.probs[0].double().cpu().numpy(),
-                                                  float(out.vacuity[0]))
+        withheld = self._updates < self.evidence_frames
+        if withheld:   # zero evidence: what the EDL head gives for logits of -inf
+            raw = torch.full((len(self.known_labels),), 1.0 / len(self.known_labels),
+                             dtype=torch.float64)
+            raw_vacuity = 1.0
+        else:
+            with torch.inference_mode():
+                out = self.model(torch.stack(tuple(self._frames))[None])
+            raw, raw_vacuity = out.probs[0].double().cpu(), float(out.vacuity[0])
+        remembered, vacuity = self._memory.update(raw.numpy(), raw_vacuity)
         probs = remembered.tolist()
-        abstained = vacuity > self.calibration.tau_u
+        abstained = withheld or vacuity > self.calibration.tau_u
         best = max(range(len(probs)), key=probs.__getitem__)
         alert = self._rule.update(probs, vacuity)
         if alert is not None and self.first_alert is None:
@@ -239,7 +265,8 @@ class Diagnostician:
         self.last = Diagnosis(
             step=int(step), epoch=epoch, probs=dict(zip(self.known_labels, probs)),
             vacuity=vacuity, label=UNKNOWN if abstained else self.known_labels[best],
-            alert=alert, confidence=probs[best], abstained=abstained, finite=finite)
+            alert=alert, confidence=probs[best], abstained=abstained, finite=finite,
+            withheld=withheld)
         return self.last
 
     # ------------------------------------------------------------------ persistence

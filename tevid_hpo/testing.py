@@ -65,11 +65,17 @@ from data_factory.datasets import TensorData, digits
 from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS
 from tevid_hpo.diagnostician import Diagnostician
 
-__all__ = ["DEMO_CORPUS", "QUICK_CORPUS", "ToyRun", "train_toy_diagnostician"]
+__all__ = ["DEMO_CORPUS", "QUICK_CORPUS", "TOY_BURN_IN", "ToyRun", "train_toy_diagnostician"]
 
 #: A clip is Instability once the run's loss exceeded this multiple of its first value.
 SPIKE_FACTOR = 3.0
 
+
+#: Real frames before the toy's first verdict. Real checkpoints wait for their whole window (or
+#: a burn-in chosen on validation); the toy only tells a loss explosion from a healthy run, which
+#: two frames show, so it waits for half of the ``tiny`` window and the plumbing tests see its
+#: alerts within a few dozen steps.
+TOY_BURN_IN = 2
 
 @dataclass(frozen=True)
 class ToyRun:
@@ -221,11 +227,14 @@ def train_toy_diagnostician(out_dir: str | Path, corpus: Sequence[ToyRun] = QUIC
     result = finetune(model, dataset, cfg)
     pred = predict(model, dataset, batch_size=64, device="cpu", temperature=1.0)
     # The stream of each run is its clips in order: exactly what the diagnostician sees live.
-    streams = [RunPredictions(pred["probs"][s], pred["vacuity"][s], label)
+    # ... from its TOY_BURN_IN-th frame on: earlier clips are withheld, never diagnosed.
+    streams = [RunPredictions(pred["probs"][s][TOY_BURN_IN - 1:],
+                              pred["vacuity"][s][TOY_BURN_IN - 1:], label)
                for s, label in run_slices]
     tau_u = max(DEFAULT_TAU_U, round(1.1 * float(pred["vacuity"].max()), 4))
     calibration = Calibration(temperature=1.0, tau_u=tau_u,
-                              tau_c=fit_class_thresholds(streams, tau_u, target_far=0.0))
+                              tau_c=fit_class_thresholds(streams, tau_u, target_far=0.0),
+                              burn_in=TOY_BURN_IN)
     diag = Diagnostician(model, calibration, device="cpu")
     acc = float((pred["probs"].argmax(1) == pred["labels"]).mean())
     diag.save_pretrained(out / "model", toy=True, trained=True, val_metrics={

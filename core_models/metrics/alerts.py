@@ -47,10 +47,13 @@ def _running_window_max(
     return np.maximum.accumulate(window_min)
 
 
-def _abstained(run: RunPrediction, vacuity_threshold: float | None) -> np.ndarray | None:
+def _abstained(run: RunPrediction, vacuity_threshold: float | None) -> np.ndarray:
+    # A withheld diagnosis (zero evidence, vacuity exactly 1: the burn-in) never confirms
+    # anything, whatever the threshold; methods that never abstain have vacuity 0.
+    withheld = run.vacuity >= 1.0
     if vacuity_threshold is None:
-        return None
-    return run.vacuity > float(vacuity_threshold)
+        return withheld
+    return withheld | (run.vacuity > float(vacuity_threshold))
 
 
 def alert_profile(

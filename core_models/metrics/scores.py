@@ -34,7 +34,8 @@ def anomaly_scores(run: RunPrediction, kind: ScoreKind = "not_healthy") -> np.nd
         run: The run.
         kind: ``"not_healthy"`` is ``1 - p_Healthy`` (the total anomalous mass, the paper's
             "anomaly probability"); ``"max_anomalous"`` is the largest single anomalous class
-            probability (what a class-specific alert rule thresholds).
+            probability (what a class-specific alert rule thresholds). A withheld diagnosis
+            (vacuity exactly 1, :func:`core_models.calibration.withhold`) scores 0.
 
     Example:
         >>> run = RunPrediction("r", "Healthy", [1], [0.1], [[0.4, 0.3, 0.3, 0, 0]], [0.0])
@@ -42,7 +43,10 @@ def anomaly_scores(run: RunPrediction, kind: ScoreKind = "not_healthy") -> np.nd
         ([0.6], [0.3])
     """
     if kind == "not_healthy":
-        return 1.0 - run.probs[:, _HEALTHY_COL]
-    if kind == "max_anomalous":
-        return run.probs[:, _ANOMALOUS_COLS].max(axis=1)
-    raise ValueError(f"kind must be 'not_healthy' or 'max_anomalous', got {kind!r}")
+        scores = 1.0 - run.probs[:, _HEALTHY_COL]
+    elif kind == "max_anomalous":
+        scores = run.probs[:, _ANOMALOUS_COLS].max(axis=1)
+    else:
+        raise ValueError(f"kind must be 'not_healthy' or 'max_anomalous', got {kind!r}")
+    # A withheld diagnosis (zero evidence, vacuity exactly 1: the burn-in) makes no claim.
+    return np.where(run.vacuity >= 1.0, 0.0, scores)

@@ -110,17 +110,23 @@ def tevid_run_scores(diag: Diagnostician, run: Any, name: str, batch_size: int =
 
     One clip per capture step — the ``W`` frames ending there, left-padded with the first frame
     (:class:`~core_models.clips.ClipDataset`), exactly what the streaming Diagnostician sees — run
-    through :func:`core_models.train.predict` with the checkpoint's calibrated temperature.
+    through :func:`core_models.train.predict` with the checkpoint's calibrated temperature. The
+    diagnoses before the burn-in (:attr:`Diagnostician.evidence_frames`) are withheld as they are
+    when streaming: uniform probabilities, vacuity 1, anomaly score 0.
     """
     model = diag.model
     ds = ClipDataset([run], None, window=model.profile.window, stride=1)
     out = predict(model, ds, batch_size=batch_size, device=str(device),
                   temperature=float(diag.calibration.temperature))
     probs = np.clip(out["probs"].astype(np.float64), 0.0, 1.0)
+    vacuity = np.clip(out["vacuity"].astype(np.float64), 0.0, 1.0)
+    withheld = slice(0, diag.evidence_frames - 1)
+    probs[withheld], vacuity[withheld] = 1.0 / probs.shape[1], 1.0
+    scores = np.clip(1.0 - probs[:, _HEALTHY_COL], 0.0, 1.0)
+    scores[withheld] = 0.0
     grid = capture_grid(run)
-    return RunScores(name, run_id_of(run), grid.steps, grid.epochs,
-                     np.clip(1.0 - probs[:, _HEALTHY_COL], 0.0, 1.0), probs,
-                     extras={"vacuity": np.clip(out["vacuity"].astype(np.float64), 0.0, 1.0)})
+    return RunScores(name, run_id_of(run), grid.steps, grid.epochs, scores, probs,
+                     extras={"vacuity": vacuity})
 
 
 def predictions(score_run: Callable[[Any], RunScores], runs: Sequence[Any],
