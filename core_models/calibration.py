@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from core_models.memory import DEFAULT_MEMORY_GRID, apply_memory, select_memory
+from core_models.memory import DEFAULT_MEMORY_GRID, apply_memory, select_memory, stream_auprc
 from data_factory.labels import HEALTHY, KNOWN_LABELS
 
 __all__ = [
@@ -412,13 +412,37 @@ def fit_class_thresholds(runs: Sequence[RunPredictions], tau_u: float = DEFAULT_
     raise AssertionError("unreachable: budget 0 never alarms")  # pragma: no cover
 
 
+def _select_burn_in_and_memory(memory_runs, burn_in_grid, memory_grid, clip_logits,
+                               clip_labels, healthy: int, k: int) -> tuple[int, int]:
+    """The (burn-in, memory) pair of :func:`calibrate` with ``burn_in_grid``."""
+    temperature = fit_temperature(clip_logits, clip_labels)
+    best: tuple[float, int, int] | None = None
+    for b in sorted({int(b) for b in burn_in_grid}):
+        streams = []
+        for z, flags in memory_runs:
+            p, u = evidential_probs(withhold(z, b), temperature)
+            streams.append((p, u, flags))
+        for w in memory_grid:
+            key = (stream_auprc(streams, int(w), healthy, k), b, -int(w))
+            if best is None or key > best:
+                best = key
+    assert best is not None, "empty burn-in or memory grid"
+    return best[1], -best[2]
+
+
 def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
               runs: Sequence[tuple[np.ndarray, str]], *, target_far: float = 0.05,
               max_risk: float | None = None, min_coverage: float | None = None,
               labels: Sequence[str] = KNOWN_LABELS, k: int = 3,
               memory_runs: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
-              memory_grid: Sequence[int] = DEFAULT_MEMORY_GRID, burn_in: int = 0) -> Calibration:
+              memory_grid: Sequence[int] = DEFAULT_MEMORY_GRID, burn_in: int = 0,
+              burn_in_grid: Sequence[int] = ()) -> Calibration:
     """Every step in order on validation data.
+
+    With ``burn_in_grid`` (and ``memory_runs`` given un-withheld) the burn-in is chosen together
+    with the run memory: the pair with the largest event-time AUPRC of the remembered streams,
+    withheld steps scoring 0 (:func:`core_models.memory.stream_auprc`); ties go to the longer
+    burn-in, then to the smaller memory. The ``runs`` are then withheld at the chosen burn-in.
 
     Withheld rows (:func:`withhold`: the burn-in, all ``-inf``) are left out of every fit: they
     carry no verdict, abstain and are never remembered, so leaving them out changes no decision.
@@ -435,7 +459,8 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
             memory window is chosen on them (:func:`~core_models.memory.select_memory` over
             ``memory_grid``); without them there is no memory (0).
         burn_in: stored in the returned :class:`Calibration` (the streams are expected to be
-            withheld accordingly).
+            withheld accordingly) when ``burn_in_grid`` is empty.
+        burn_in_grid: candidate burn-ins (real frames, each ``>= 1``) to choose from.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -452,6 +477,12 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
     clip_labels = np.asarray(clip_labels)
     keep = has_evidence(clip_logits)
     clip_logits, clip_labels = clip_logits[keep], clip_labels[keep]
+    memory, healthy = 0, list(labels).index(HEALTHY)
+    if burn_in_grid and memory_runs:
+        burn_in, memory = _select_burn_in_and_memory(memory_runs, burn_in_grid, memory_grid,
+                                                     clip_logits, clip_labels, healthy, k)
+        runs = [(withhold(z, burn_in), lab) for z, lab in runs]
+        memory_runs = [(withhold(z, burn_in), f) for z, f in memory_runs]
     runs = [(z[has_evidence(z)], lab) for z, lab in runs]
     memory_runs = [(z[has_evidence(z)], np.asarray(f)[has_evidence(z)]) for z, f in memory_runs or ()]
     temperature = fit_temperature(clip_logits, clip_labels)
@@ -459,8 +490,7 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
     correct = probs.argmax(axis=1) == clip_labels            # Unknown clips are never correct
     tau_u = fit_abstention_threshold(vacuity, correct, max_risk=max_risk,
                                      min_coverage=min_coverage)
-    memory, healthy = 0, list(labels).index(HEALTHY)
-    if memory_runs:
+    if memory_runs and not burn_in_grid:
         memory, _ = select_memory(
             [(evidential_probs(z, temperature)[0], flags) for z, flags in memory_runs],
             memory_grid, healthy, sustain=k)

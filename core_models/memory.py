@@ -48,7 +48,8 @@ from sklearn.metrics import average_precision_score
 from core_models.metrics import RunPrediction
 from data_factory.labels import HEALTHY, KNOWN_LABELS
 
-__all__ = ["DEFAULT_MEMORY_GRID", "RunMemory", "apply_memory", "remember", "select_memory"]
+__all__ = ["DEFAULT_MEMORY_GRID", "RunMemory", "apply_memory", "remember", "select_memory",
+           "stream_auprc"]
 
 #: Windows :func:`select_memory` tries by default (0: no memory).
 DEFAULT_MEMORY_GRID: tuple[int, ...] = (0, 1, 2, 3, 5, 8, 12)
@@ -195,10 +196,30 @@ def select_memory(runs: Iterable[tuple[np.ndarray, np.ndarray]],
     y = np.concatenate([a for _, a in runs]) if runs else np.zeros(0, bool)
     if y.all() or not y.any():
         raise ValueError("select_memory: needs both anomalous and healthy steps")
-    scores: dict[int, float] = {}
-    for window in sorted({int(w) for w in grid}):
-        s = np.concatenate([1.0 - apply_memory(p, np.zeros(len(p)), window, healthy_index, sustain)[0]
-                            [:, healthy_index] for p, _ in runs])
-        scores[window] = float(average_precision_score(y, s))
+    scores = {window: stream_auprc([(p, np.zeros(len(p)), a) for p, a in runs], window,
+                                   healthy_index, sustain)
+              for window in sorted({int(w) for w in grid})}
     best = max(scores, key=lambda w: (scores[w], -w))
     return best, scores
+
+
+def stream_auprc(runs: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], window: int,
+                 healthy_index: int = 0, sustain: int = 3) -> float:
+    """Event-time AUPRC of remembered streams: every step of every run ranked by ``1 − p_Healthy``
+    after a :class:`RunMemory` of ``window``; a withheld step (vacuity 1) scores 0.
+
+    Args:
+        runs: per run ``(probs (T, K), vacuity (T,), anomalous (T,) bool)``.
+
+    Example:
+        >>> p = np.array([[0.9, 0.1], [0.2, 0.8], [0.2, 0.8]])
+        >>> stream_auprc([(p, np.array([1.0, 0.1, 0.1]), np.array([0, 1, 1], bool)),
+        ...               (np.tile([0.9, 0.1], (3, 1)), np.zeros(3), np.zeros(3, bool))], 0)
+        1.0
+    """
+    scores, flags = [], []
+    for probs, vacuity, anomalous in runs:
+        q, u = apply_memory(probs, vacuity, window, healthy_index, sustain)
+        scores.append(np.where(u >= 1.0, 0.0, 1.0 - q[:, healthy_index]))
+        flags.append(np.asarray(anomalous, dtype=bool).reshape(-1))
+    return float(average_precision_score(np.concatenate(flags), np.concatenate(scores)))

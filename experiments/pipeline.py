@@ -238,14 +238,15 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
     t = time.time()
     pre_ds = ClipDataset(train_runs, None, window=window, stride=cfg.clips.pretrain_stride,
-                         min_frames=cfg.burn_in or window)
+                         min_frames=min(cfg.get("burn_in_grid") or [cfg.burn_in or window]))
     pre_cfg = training_config(PretrainConfig, cfg.pretrain, cfg.device, cfg.seed)
     pre = pretrain(mae, pre_ds, pre_cfg, out / "mae")
     stage_time("pretrain_s", t, skipped=pre.resumed_from >= pre.steps)
 
     # Windows before the burn-in are never diagnosed (core_models.calibration.withhold): the
     # model does not learn to read them, neither while pretraining nor while fine-tuning.
-    burn_in = cfg.burn_in or window
+    grid = [int(b) for b in cfg.get("burn_in_grid") or ()]
+    burn_in = min(grid) if grid else (cfg.burn_in or window)
     ft_ds = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride,
                         min_frames=burn_in)
     print("fine-tuning clips per label:", {KNOWN_LABELS[k] if k >= 0 else "Unknown": v
@@ -268,7 +269,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
             model.load_mae_encoder(mae)
         ft_cfg = training_config(FinetuneConfig, cfg.finetune, cfg.device, cfg.seed)
         result = finetune(model, ft_ds, ft_cfg, out / name)
-        streams = stream_logits(model, val_runs, val_events, window, cfg.device, burn_in)
+        # With a burn-in grid the streams stay whole: calibrate() withholds each candidate.
+        streams = stream_logits(model, val_runs, val_events, window, cfg.device,
+                                1 if grid else burn_in)
         clip_logits = np.concatenate([s[0] for s in streams])
         clip_labels = np.concatenate([[KNOWN_LABELS.index(x) if x in KNOWN_LABELS else -1 for x in s[2]]
                                       for s in streams])
@@ -280,7 +283,10 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                                 [(s[0], s[1]) for s, keep in zip(streams, reference) if keep],
                                 target_far=cfg.target_far,
                                 memory_runs=[(s[0], np.asarray(s[2]) != HEALTHY) for s in streams],
-                                memory_grid=list(cfg.memory_grid), burn_in=cfg.burn_in)
+                                memory_grid=list(cfg.memory_grid), burn_in=cfg.burn_in,
+                                burn_in_grid=grid)
+        if grid:
+            streams = [(withhold(z, calibration.burn_in), label, ev) for z, label, ev in streams]
         metrics = validation_metrics(model, streams, calibration, reference)
         diag = Diagnostician(model, calibration, device="cpu")
         path = diag.save_pretrained(

@@ -188,3 +188,32 @@ def test_saved_memory_is_the_live_calibration_and_bad_inputs_are_refused(tmp_pat
         select_memory([(p, np.zeros(3, bool)), (p, np.ones(5, bool))], grid=(0, 1))
     with pytest.raises(ValueError, match="non-negative integer"):
         select_memory([(p, np.array([0, 0, 1, 1], bool))], grid=(0, 1.5))
+
+
+def test_calibrate_chooses_the_burn_in_with_the_memory_on_validation() -> None:
+    # Issue 24, point 1: the burn-in is decided by measurement. Healthy val runs whose first
+    # windows look anomalous (a still, padded picture read as Instability) make a short burn-in
+    # cost precision; runs whose anomaly starts late lose nothing by waiting.
+    def logits(pattern: str) -> np.ndarray:
+        return np.array([[4.0, -4, -4, -4, -4] if c == "h" else [-4.0, -4, 4, -4, -4]
+                         for c in pattern])
+
+    rng = np.random.default_rng(0)
+    clip_logits, clip_labels = rng.normal(size=(50, 5)), rng.integers(0, 5, 50)
+    noisy_start = (logits("sss" + "h" * 9), np.zeros(12, bool))
+    late_fault = (logits("h" * 6 + "s" * 6), np.r_[np.zeros(6, bool), np.ones(6, bool)])
+    cal = calibrate(clip_logits, clip_labels, [(noisy_start[0], "Healthy")],
+                    memory_runs=[noisy_start, late_fault], memory_grid=(0, 1),
+                    burn_in_grid=(1, 2, 4, 6))
+    assert cal.burn_in == 6          # 4 and 6 tie at AUPRC 1.0: the longer wait wins ties
+    # An anomaly that starts at once is only found with a short burn-in.
+    early_fault = (logits("s" * 12), np.ones(12, bool))
+    calm = (logits("h" * 12), np.zeros(12, bool))
+    cal = calibrate(clip_logits, clip_labels, [(calm[0], "Healthy")],
+                    memory_runs=[early_fault, calm], memory_grid=(0,), burn_in_grid=(1, 4))
+    assert cal.burn_in == 1
+    # The thresholds are fitted on the healthy run withheld at the chosen burn-in: the noisy
+    # start is never surfaced, so no threshold has to sit above it.
+    cal = calibrate(clip_logits, clip_labels, [(noisy_start[0], "Healthy")],
+                    memory_runs=[noisy_start, late_fault], memory_grid=(0,), burn_in_grid=(6,))
+    assert cal.tau_c["Instability"] <= 0.5

@@ -67,6 +67,14 @@ def test_pipeline_on_tiny_corpus(tmp_path):
         assert again["timings"][key] == summary["timings"][key]
     assert again["timings"]["total_s"] == round(sum(
         v for k, v in again["timings"].items() if k != "total_s"), 1)
+    # Default burn-in: the whole window; with a grid it is chosen on val and stored.
+    assert again["tevid_mae"]["burn_in"] == 0
+    conf.burn_in_grid = [1, 2]
+    chosen = run_pipeline(conf)
+    for variant in ("tevid_mae", "tevid_scratch"):
+        assert chosen[variant]["burn_in"] in (1, 2)
+        diag = Diagnostician.from_pretrained(tmp_path / "models" / variant / "default", "cpu")
+        assert diag.evidence_frames == chosen[variant]["burn_in"]
 
 
 def test_calibration_budgets_false_alarms_on_healthy_references_only():
