@@ -35,6 +35,7 @@ __all__ = [
     "InputNorm",
     "LayerNorm",
     "SpaceTimePosEmbed",
+    "TelemetryEmbed",
     "TubeletEmbed",
     "check_clip_shape",
     "drop_path_rates",
@@ -105,6 +106,35 @@ class TubeletEmbed(nn.Module):
         """``clips``: ``B×T×C×S×S`` → tokens ``B×T'×N×D`` (row-major patches)."""
         x = self.proj(rearrange(clips, "b t c h w -> b c t h w"))
         return rearrange(x, "b d t h w -> b t (h w) d")
+
+
+class TelemetryEmbed(nn.Module):
+    """One token per time slot from the slot's telemetry features (:mod:`core_models.telemetry`).
+
+    ``B×W×F`` features are grouped by tubelet (``tubelet_t`` frames → one slot), embedded by a
+    Linear and given a learned type embedding, so the token reads as "telemetry", not as a patch;
+    the caller adds the slot's temporal position. Non-finite inputs saturate like frames do.
+
+    Example:
+        >>> import torch
+        >>> TelemetryEmbed(11, 32, tubelet_t=2)(torch.zeros(3, 4, 11)).shape
+        torch.Size([3, 2, 1, 32])
+    """
+
+    def __init__(self, num_features: int, embed_dim: int, tubelet_t: int = 2,
+                 clip: float = 10.0) -> None:
+        super().__init__()
+        self.num_features, self.tubelet_t, self.clip = num_features, tubelet_t, float(clip)
+        self.proj = nn.Linear(tubelet_t * num_features, embed_dim)
+        self.type_embed = nn.Parameter(torch.zeros(1, 1, 1, embed_dim))
+        trunc_normal_(self.type_embed, std=0.02)
+
+    def forward(self, telemetry: torch.Tensor) -> torch.Tensor:
+        """``B×W×F`` → ``B×T'×1×D``."""
+        x = torch.nan_to_num(telemetry.float(), nan=self.clip, posinf=self.clip,
+                             neginf=-self.clip).clamp(-self.clip, self.clip)
+        x = rearrange(x, "b (t pt) f -> b t 1 (pt f)", pt=self.tubelet_t)
+        return self.proj(x) + self.type_embed
 
 
 def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -205,14 +235,39 @@ class ClipStem:
     patch_embed: TubeletEmbed
     pos_embed: SpaceTimePosEmbed
     cls_token: nn.Parameter
+    telemetry_embed: TelemetryEmbed | None
 
-    def _build_stem(self, p: Profile) -> None:
+    def _build_stem(self, p: Profile, telemetry: int = 0) -> None:
         self.input_norm = InputNorm(p.in_chans, p.input_clip)
         self.patch_embed = TubeletEmbed(p.in_chans, p.embed_dim, p.patch_size, p.tubelet_t)
         self.pos_embed = SpaceTimePosEmbed(p.num_slots, p.grid_size, p.embed_dim,
                                            p.pos_embed == "learned")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, p.embed_dim))
+        # Built last and only when asked, so models without telemetry keep their old keys and
+        # draw the same random numbers (the shipped checkpoint and seeded tests stay identical).
+        self.telemetry = int(telemetry)
+        self.telemetry_embed = (TelemetryEmbed(telemetry, p.embed_dim, p.tubelet_t, p.input_clip)
+                                if telemetry > 0 else None)
 
     def _check_clips(self, clips: torch.Tensor) -> None:
         p = self.profile
         check_clip_shape(clips, p.window, p.in_chans, p.frame_size)
+
+    def _telemetry_tokens(self, telemetry: torch.Tensor | None, batch: int,
+                          device: torch.device) -> torch.Tensor | None:
+        """``B×T'×1×D`` telemetry tokens (slot position added), or ``None`` without telemetry.
+
+        A telemetry model called without features reads them as all unknown (zeros, every
+        ``*_present`` flag 0), exactly what a run that passes no scalars streams.
+        """
+        if self.telemetry_embed is None:
+            if telemetry is not None:
+                raise ValueError("this model was built without telemetry (telemetry=0)")
+            return None
+        p = self.profile
+        if telemetry is None:
+            telemetry = torch.zeros(batch, p.window, self.telemetry, device=device)
+        if tuple(telemetry.shape) != (batch, p.window, self.telemetry):
+            raise ValueError(f"expected telemetry of shape ({batch}, {p.window}, "
+                             f"{self.telemetry}), got {tuple(telemetry.shape)}")
+        return self.telemetry_embed(telemetry.to(device)) + self.pos_embed.temporal

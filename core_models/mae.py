@@ -73,10 +73,20 @@ class DynamicsMAE(ClipStem, nn.Module):
     Args:
         profile: profile name, :class:`~core_models.profiles.Profile` or its dict.
         norm_pix_loss: regress per-patch normalised pixels (MAE's better-representations option).
+        telemetry: features per frame of the optional telemetry input (0 = frames only). Its
+            one token per slot is never masked: the encoder always sees it, the decoder gets it
+            after the restored patch tokens, and the loss stays the pixel loss on hidden tubes.
+
+    Example:
+        >>> import torch
+        >>> mae = DynamicsMAE("tiny", telemetry=11)
+        >>> loss, pred, mask = mae(torch.randn(2, 4, 6, 16, 16), telemetry=torch.zeros(2, 4, 11))
+        >>> tuple(pred.shape)
+        (2, 32, 192)
     """
 
     def __init__(self, profile: str | Profile | dict[str, Any] = "cpu",
-                 norm_pix_loss: bool = True) -> None:
+                 norm_pix_loss: bool = True, telemetry: int = 0) -> None:
         super().__init__()
         p = self.profile = get_profile(profile)
         self.norm_pix_loss = norm_pix_loss
@@ -84,7 +94,7 @@ class DynamicsMAE(ClipStem, nn.Module):
         block = partial(Block, mlp_ratio=p.mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
 
         # Encoder (names shared with TEViD, see TEViD.load_mae_encoder).
-        self._build_stem(p)
+        self._build_stem(p, telemetry)
         self.blocks = nn.ModuleList([block(dim, p.num_heads, drop_path=r)
                                      for r in drop_path_rates(p.drop_path, p.depth)])
         self.norm = LayerNorm(dim)
@@ -115,15 +125,19 @@ class DynamicsMAE(ClipStem, nn.Module):
                          t=p.num_slots, h=p.grid_size, pt=p.tubelet_t, ph=p.patch_size,
                          pw=p.patch_size)
 
-    def forward_encoder(self, clips: torch.Tensor, mask_ratio: float
+    def forward_encoder(self, clips: torch.Tensor, mask_ratio: float,
+                        telemetry: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode the visible tubes of normalised ``clips``; returns ``(latent, mask, ids_restore)``
-        with ``latent`` = ``[CLS] + visible tokens``."""
+        with ``latent`` = ``[CLS] + visible tokens`` (+ ``T'`` telemetry tokens last)."""
         x = self.pos_embed(self.patch_embed(clips)).flatten(1, 2)          # B, T'·N, D
         mask, ids_keep, ids_restore = tube_masking(
             x.shape[0], self.profile.num_slots, self.profile.num_patches, mask_ratio, x.device)
         x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        tele = self._telemetry_tokens(telemetry, x.shape[0], x.device)
+        if tele is not None:   # never masked
+            x = torch.cat([x, tele.flatten(1, 2)], dim=1)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x), mask, ids_restore
@@ -132,15 +146,17 @@ class DynamicsMAE(ClipStem, nn.Module):
         """Predict every token's pixels from ``[CLS] + visible`` latents; returns ``B×(T'·N)×P``."""
         p = self.profile
         x = self.decoder_embed(latent)
+        n_tele = p.num_slots if self.telemetry_embed is not None else 0
+        x, tele = x[:, :x.shape[1] - n_tele], x[:, x.shape[1] - n_tele:]
         b, n_tokens = x.shape[0], ids_restore.shape[1]
         masks = self.mask_token.expand(b, n_tokens + 1 - x.shape[1], -1)
         tokens = torch.cat([x[:, 1:], masks], dim=1)                       # visible, then masked
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         tokens = self.decoder_pos_embed(tokens.view(b, p.num_slots, p.num_patches, -1))
-        x = torch.cat([x[:, :1], tokens.flatten(1, 2)], dim=1)
+        x = torch.cat([x[:, :1], tokens.flatten(1, 2), tele], dim=1)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:1 + n_tokens]
 
     def forward_loss(self, clips: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
                      ) -> torch.Tensor:
@@ -158,24 +174,30 @@ class DynamicsMAE(ClipStem, nn.Module):
             return per_token.mean()
         return (per_token * mask).sum() / mask.sum()
 
-    def forward(self, clips: torch.Tensor, mask_ratio: float | None = None
+    def forward(self, clips: torch.Tensor, mask_ratio: float | None = None,
+                telemetry: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``clips`` ``B×W×6×S×S`` → ``(loss, pred, mask)``; ``mask_ratio`` defaults to the profile's."""
+        """``clips`` ``B×W×6×S×S`` (+ ``telemetry`` ``B×W×F``) → ``(loss, pred, mask)``;
+        ``mask_ratio`` defaults to the profile's."""
         p = self.profile
         self._check_clips(clips)
         ratio = p.mask_ratio if mask_ratio is None else mask_ratio
         clips = self.input_norm(clips)
-        latent, mask, ids_restore = self.forward_encoder(clips, ratio)
+        latent, mask, ids_restore = self.forward_encoder(clips, ratio, telemetry)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(clips, pred, mask), pred, mask
 
     def config(self) -> dict[str, Any]:
         """JSON config that :meth:`from_config` rebuilds the architecture from."""
-        return {"kind": "dynamics-mae", "profile": self.profile.to_dict(),
-                "norm_pix_loss": self.norm_pix_loss,
-                "normalization": self.input_norm.to_config()}
+        config = {"kind": "dynamics-mae", "profile": self.profile.to_dict(),
+                  "norm_pix_loss": self.norm_pix_loss,
+                  "normalization": self.input_norm.to_config()}
+        if self.telemetry:
+            config["telemetry"] = self.telemetry
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DynamicsMAE:
         """Build an (untrained) model from :meth:`config` output."""
-        return cls(config["profile"], norm_pix_loss=config.get("norm_pix_loss", True))
+        return cls(config["profile"], norm_pix_loss=config.get("norm_pix_loss", True),
+                   telemetry=int(config.get("telemetry", 0)))

@@ -46,8 +46,9 @@ __all__ = ["CHANNEL_SETS", "DividedSpaceTimeBlock", "TEViD"]
 
 #: Which frame channels each ``channels`` option keeps (Table 12 ablation): activations are
 #: channels 0–2, gradients 3–5 (``data_factory.frames.CHANNELS``).
+#: ``"none"`` (every frame zeroed) is the scalars-only row and needs ``telemetry > 0``.
 CHANNEL_SETS: dict[str, tuple[int, ...]] = {"both": (0, 1, 2, 3, 4, 5), "act": (0, 1, 2),
-                                            "grad": (3, 4, 5)}
+                                            "grad": (3, 4, 5), "none": ()}
 
 
 class DividedSpaceTimeBlock(nn.Module):
@@ -96,14 +97,27 @@ class TEViD(ClipStem, nn.Module):
         channels: ``"both"``, ``"act"`` or ``"grad"``: the others are zeroed after
             normalisation (the Table 12 ablation).
         temperature: evidence-logit temperature ``T`` (set by calibration; 1 while training).
+        telemetry: features per frame of the optional telemetry input
+            (:data:`core_models.telemetry.NUM_FEATURES`); 0 = frames only (the shipped model).
+            Each time slot then gets one extra token (:class:`~core_models.layers.TelemetryEmbed`
+            + the slot's temporal position) next to its patches, so temporal and spatial
+            attention both see it.
+
+    Example:
+        >>> import torch
+        >>> m = TEViD("tiny", telemetry=11).eval()
+        >>> m(torch.zeros(2, 4, 6, 16, 16), telemetry=torch.zeros(2, 4, 11)).probs.shape
+        torch.Size([2, 5])
     """
 
     def __init__(self, profile: str | Profile | Mapping[str, Any] = "cpu",
                  num_classes: int = len(KNOWN_LABELS), channels: str = "both",
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, telemetry: int = 0) -> None:
         super().__init__()
         if channels not in CHANNEL_SETS:
             raise ValueError(f"channels must be one of {sorted(CHANNEL_SETS)}, got {channels!r}")
+        if channels == "none" and telemetry <= 0:
+            raise ValueError("channels='none' (scalars only) needs telemetry > 0")
         p = self.profile = get_profile(profile)
         self.num_classes, self.channels, self.temperature = num_classes, channels, float(temperature)
         dim = p.embed_dim
@@ -111,7 +125,7 @@ class TEViD(ClipStem, nn.Module):
         keep[list(CHANNEL_SETS[channels])] = 1.0
         self.register_buffer("channel_mask", keep.view(1, 1, -1, 1, 1), persistent=False)
 
-        self._build_stem(p)
+        self._build_stem(p, telemetry)
         self.blocks = nn.ModuleList([
             DividedSpaceTimeBlock(dim, p.num_heads, p.mlp_ratio, drop_path=r)
             for r in drop_path_rates(p.drop_path, p.depth)])
@@ -126,7 +140,7 @@ class TEViD(ClipStem, nn.Module):
                 nn.init.zeros_(blk.temporal_fc.weight)
                 nn.init.zeros_(blk.temporal_fc.bias)
 
-    def embed(self, clips: torch.Tensor) -> torch.Tensor:
+    def embed(self, clips: torch.Tensor, telemetry: torch.Tensor | None = None) -> torch.Tensor:
         """Final-normalised [CLS] embedding ``B×D`` (used by the Embedding-CPD baseline).
 
         Example:
@@ -137,14 +151,19 @@ class TEViD(ClipStem, nn.Module):
         self._check_clips(clips)
         x = self.input_norm(clips) * self.channel_mask
         x = self.pos_embed(self.patch_embed(x))
+        tele = self._telemetry_tokens(telemetry, x.shape[0], x.device)
+        if tele is not None:   # one more "patch" per slot: the blocks treat it like the others
+            x = torch.cat([x, tele], dim=2)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         for blk in self.blocks:
             cls, x = blk(cls, x)
         return self.norm(cls[:, 0])
 
-    def forward(self, clips: torch.Tensor, temperature: float | None = None) -> EvidentialOutput:
-        """``clips`` ``B×W×6×S×S`` → :class:`EvidentialOutput` (``temperature`` overrides ``T``)."""
-        logits = self.head(self.embed(clips))
+    def forward(self, clips: torch.Tensor, temperature: float | None = None,
+                telemetry: torch.Tensor | None = None) -> EvidentialOutput:
+        """``clips`` ``B×W×6×S×S`` (+ ``telemetry`` ``B×W×F`` for a telemetry model) →
+        :class:`EvidentialOutput` (``temperature`` overrides ``T``)."""
+        logits = self.head(self.embed(clips, telemetry))
         return evidential_output(logits, self.temperature if temperature is None else temperature)
 
     @torch.no_grad()
@@ -184,7 +203,9 @@ class TEViD(ClipStem, nn.Module):
             for name in ("weight", "bias"):
                 updates[f"blocks.{i}.temporal_fc.{name}"] = torch.zeros_like(
                     own[f"blocks.{i}.temporal_fc.{name}"])
-        expected = [k for k in own if not k.startswith("head.") and ".temporal_fc." not in k]
+        # A frames-only MAE may initialise a telemetry TEViD: its telemetry embed stays random.
+        expected = [k for k in own if not k.startswith(("head.", "telemetry_embed."))
+                    and ".temporal_fc." not in k]
         missing = [k for k in expected if k not in updates]
         if missing:
             raise KeyError(f"MAE state lacks encoder weights for {missing[:5]} "
@@ -198,13 +219,17 @@ class TEViD(ClipStem, nn.Module):
 
     def config(self) -> dict[str, Any]:
         """JSON config that :meth:`from_config` rebuilds the architecture from."""
-        return {"kind": "tevid", "profile": self.profile.to_dict(),
-                "num_classes": self.num_classes, "channels": self.channels,
-                "temperature": self.temperature, "normalization": self.input_norm.to_config()}
+        config = {"kind": "tevid", "profile": self.profile.to_dict(),
+                  "num_classes": self.num_classes, "channels": self.channels,
+                  "temperature": self.temperature, "normalization": self.input_norm.to_config()}
+        if self.telemetry:   # absent = 0, so frames-only configs stay as they were
+            config["telemetry"] = self.telemetry
+        return config
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TEViD:
         """Build an (untrained) model from :meth:`config` output or a checkpoint config."""
         return cls(config["profile"], num_classes=int(config.get("num_classes", len(KNOWN_LABELS))),
                    channels=config.get("channels", "both"),
-                   temperature=float(config.get("temperature", 1.0)))
+                   temperature=float(config.get("temperature", 1.0)),
+                   telemetry=int(config.get("telemetry", 0)))

@@ -68,6 +68,10 @@ class Frame:
         stats: raw per-layer summaries, keys ``"{act|grad}{i}_{stat}"`` for :data:`STAT_NAMES`.
         clipped: per channel (order of :data:`CHANNELS`), the share of pixels at ``±clip``;
             empty when unknown (a frame built by hand).
+        scalars: the capture's training telemetry, keys ``loss`` (mean training loss since the
+            previous capture), ``lr`` (learning rate at the capture) and ``grad_norm`` (global
+            gradient L2 norm at the capture); a missing key is unknown (see
+            :mod:`core_models.telemetry`). Filled by :class:`tevid_hpo.monitor.TrialMonitor`.
 
     Example:
         >>> import torch
@@ -83,6 +87,7 @@ class Frame:
     finite: bool = True
     stats: dict[str, float] = field(default_factory=dict)
     clipped: tuple[float, ...] = ()
+    scalars: dict[str, float] = field(default_factory=dict)
 
     @property
     def size(self) -> int:

@@ -63,6 +63,7 @@ from core_models.checkpoint import (
 )
 from core_models.memory import RunMemory
 from core_models.profiles import PROFILES, Profile
+from core_models.telemetry import TelemetryStream
 from core_models.tevid import TEViD
 from data_factory.frames import Frame
 from data_factory.labels import HEALTHY, KNOWN_LABELS, LABELS, UNKNOWN
@@ -209,6 +210,9 @@ class Diagnostician:
         """Forget the buffered frames, run memory, alert streaks and latched alert (start of a
         new run)."""
         self._frames: deque[torch.Tensor] = deque(maxlen=self.window)
+        # Telemetry models: the frames' scalars as features, padded and windowed like frames.
+        self._telemetry_stream = TelemetryStream()
+        self._telemetry: deque[torch.Tensor] = deque(maxlen=self.window)
         self._updates = 0
         self._rule.reset()
         self._memory.reset()
@@ -220,12 +224,16 @@ class Diagnostician:
         """Add the newest frame and diagnose the window ending at it.
 
         Args:
-            frame: a :class:`~data_factory.frames.Frame` or a bare ``(6, S, S)`` tensor.
+            frame: a :class:`~data_factory.frames.Frame` or a bare ``(6, S, S)`` tensor. A
+                telemetry model (``model.telemetry > 0``) reads the frame's ``scalars``
+                through :class:`~core_models.telemetry.TelemetryStream`; a bare tensor or
+                empty scalars read as unknown (masked features).
             step, epoch: override the frame's (for bare tensors ``step`` defaults to the
                 number of earlier updates).
         """
+        scalars: Mapping[str, float] = {}
         if isinstance(frame, Frame):
-            tensor, finite = frame.tensor, frame.finite
+            tensor, finite, scalars = frame.tensor, frame.finite, frame.scalars
             step = frame.step if step is None else step
             epoch = frame.epoch if epoch is None else epoch
         else:
@@ -240,10 +248,16 @@ class Diagnostician:
             finite = False
             clip = self.model.input_norm.clip  # the same saturation the model applies
             x = torch.nan_to_num(x, nan=clip, posinf=clip, neginf=-clip)
+        tele = (torch.from_numpy(self._telemetry_stream.update_scalars(scalars)).to(self.device)
+                if getattr(self.model, "telemetry", 0) else None)
         if not self._frames:
             self._frames.extend([x] * self.window)   # left-pad with the first frame
+            if tele is not None:
+                self._telemetry.extend([tele] * self.window)
         else:
             self._frames.append(x)
+            if tele is not None:
+                self._telemetry.append(tele)
         self._updates += 1
 
         withheld = self._updates < self.evidence_frames
@@ -253,7 +267,9 @@ class Diagnostician:
             raw_vacuity = 1.0
         else:
             with torch.inference_mode():
-                out = self.model(torch.stack(tuple(self._frames))[None])
+                clip = torch.stack(tuple(self._frames))[None]
+                out = (self.model(clip, telemetry=torch.stack(tuple(self._telemetry))[None])
+                       if self._telemetry else self.model(clip))
             raw, raw_vacuity = out.probs[0].double().cpu(), float(out.vacuity[0])
         remembered, vacuity = self._memory.update(raw.numpy(), raw_vacuity)
         probs = remembered.tolist()

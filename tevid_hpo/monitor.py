@@ -74,6 +74,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -85,6 +86,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core_models.telemetry import live_scalars
 from data_factory.capture import StateCapture
 from data_factory.labels import INSTABILITY
 from data_factory.privacy import DPTelemetry
@@ -185,6 +187,10 @@ class TrialMonitor:
         loggers: objects with ``log(diagnosis, step)`` (:mod:`tevid_hpo.loggers`: TensorBoard,
             MLflow), called with every recorded diagnosis on the training thread. One that
             raises is dropped with a warning; monitoring goes on.
+        optimizer: read only for its learning rate at capture steps. Frames get
+            :attr:`~data_factory.frames.Frame.scalars` (:func:`core_models.telemetry.
+            live_scalars`), which a telemetry diagnostician reads; none under ``privacy``
+            (they are not noised).
 
     Raises:
         FileNotFoundError: ``diagnostician=None`` and no default checkpoint is installed. That
@@ -196,7 +202,8 @@ class TrialMonitor:
                  *, layers: Sequence[str] | None = None, privacy: DPTelemetry | None = None,
                  history_size: int = 16,
                  nan_patience: int = 3, sync_every: int = 10, asynchronous: bool = True,
-                 loggers: Sequence[DiagnosisLogger] = ()) -> None:
+                 loggers: Sequence[DiagnosisLogger] = (),
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
         # A pruner that cannot serve this trial's study (TEViDPruner in a multi-objective study)
         # says so now, not after a run that no pruner will ever be asked about.
         check_study = getattr(getattr(getattr(trial, "study", None), "pruner", None),
@@ -236,6 +243,8 @@ class TrialMonitor:
         self._epoch = 0
         self._epochs_done: int | None = None
         self._nan_streak = 0
+        self.optimizer = optimizer
+        self._losses: list[float] = []   # losses since the previous capture
         self._since_sync = 0
         self._error: str | None = None
         self._active = False
@@ -303,9 +312,14 @@ class TrialMonitor:
             step = self._capture.step_count
             if loss is not None:
                 self._check_loss(loss, step)
+                self._losses.append(float(loss))
             frame = self._capture.step(epoch=self._epoch)
             if frame is None:
                 return None
+            losses, self._losses = self._losses, []   # the loss mean restarts at each capture
+            if self.privacy is None:   # scalars are not noised: none leave a private trial
+                frame = dataclasses.replace(frame, scalars=live_scalars(losses, self.model,
+                                                                        self.optimizer))
             if self._worker is None:
                 diagnosis = self.diagnostician.update(frame)
                 self._record(diagnosis)
@@ -411,6 +425,7 @@ class TrialMonitor:
             "epoch": self._epoch,
             "epochs_done": self._epochs_done,
             "nan_streak": self._nan_streak,
+            "losses_since_capture": list(self._losses),
             "error": self._error,
         }
 
@@ -429,6 +444,7 @@ class TrialMonitor:
         self._epoch = int(state["epoch"])
         self._epochs_done = state.get("epochs_done")
         self._nan_streak = int(state.get("nan_streak", 0))
+        self._losses = [float(v) for v in state.get("losses_since_capture", [])]
         self._error = state.get("error")
         self._restored = True
 
@@ -547,6 +563,8 @@ def _diagnostician_state(diag: Diagnostician) -> dict[str, Any]:
         "streaks": [int(s) for s in diag._rule.streaks],
         "first_alert": list(diag.first_alert) if diag.first_alert is not None else None,
         "last": diag.last.to_dict() if diag.last is not None else None,
+        "telemetry": [t.tolist() for t in diag._telemetry],   # telemetry models' features
+        "telemetry_refs": [diag._telemetry_stream._first, diag._telemetry_stream._prev],
     }
 
 
@@ -562,6 +580,9 @@ def _load_diagnostician_state(diag: Diagnostician, state: Mapping[str, Any]) -> 
     diag._rule.streaks = np.asarray(state["streaks"], dtype=np.int64)
     diag.first_alert = tuple(state["first_alert"]) if state["first_alert"] else None
     diag.last = Diagnosis(**state["last"]) if state["last"] is not None else None
+    diag._telemetry.extend(torch.tensor(t, device=diag.device) for t in state.get("telemetry", []))
+    refs = state.get("telemetry_refs") or ({}, {})
+    diag._telemetry_stream._first, diag._telemetry_stream._prev = dict(refs[0]), dict(refs[1])
 
 
 def _encode_frames(x: torch.Tensor) -> dict[str, Any]:

@@ -1,0 +1,169 @@
+"""Training telemetry (issue 24 point 3): features, telemetry tokens in TEViD / DYNAMICS-MAE,
+checkpoints, and the streaming path Frame.scalars → Diagnostician."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import train_step
+
+from core_models.mae import DynamicsMAE
+from core_models.model_io import load_model, save_model
+from core_models.telemetry import (
+    CLIP,
+    FEATURES,
+    NUM_FEATURES,
+    TelemetryStream,
+    capture_scalars,
+    mean_loss,
+    run_telemetry,
+)
+from core_models.tevid import TEViD
+from data_factory.architectures import small_cnn
+from data_factory.frames import Frame
+from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
+from tevid_hpo.monitor import TrialMonitor
+
+F = NUM_FEATURES
+
+
+def _steps(n: int = 40, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    loss = np.exp(-np.arange(n) / 20) * 2 + rng.random(n) * 0.1
+    loss[31] = np.nan                                  # one non-finite step
+    lr = np.where(np.arange(n) < 20, 0.1, 0.01)        # a schedule drop
+    gn = rng.random(n) + 0.5
+    return pd.DataFrame({"step": np.arange(n), "epoch": np.arange(n) // 10, "loss": loss,
+                         "lr": lr, "grad_norm": gn})
+
+
+def test_stream_and_batch_features_are_identical():
+    steps, frame_steps = _steps(), np.arange(0, 40, 5)
+    batch = run_telemetry(steps, frame_steps)
+    # Stream the way the monitor does: mean of the losses since the previous capture.
+    stream, rows, losses = TelemetryStream(), [], []
+    for _, r in steps.iterrows():
+        losses.append(r.loss)
+        if int(r.step) in frame_steps:
+            rows.append(stream.update(loss=mean_loss(losses), lr=r.lr, grad_norm=r.grad_norm))
+            losses = []
+    np.testing.assert_array_equal(batch, np.stack(rows))
+    assert batch.shape == (8, F) and np.abs(batch).max() <= CLIP
+    i = FEATURES.index
+    assert batch[0, i("loss_rel")] == 0 and batch[-2, i("loss_nonfinite")] == 0   # steps 26-30
+    assert batch[-1, i("loss_nonfinite")] == 1 and batch[-1, i("loss_rel")] == CLIP
+    assert batch[4, i("lr_step")] == pytest.approx(math.log(0.1))      # the drop at step 20
+
+
+def test_missing_loss_is_masked_not_zero():
+    steps = _steps().drop(columns="loss")
+    feats = run_telemetry(steps, [0, 10, 20])
+    i = FEATURES.index
+    assert (feats[:, i("loss_present")] == 0).all() and (feats[:, i("gn_present")] == 1).all()
+    assert (feats[:, [i("loss_rel"), i("loss_step"), i("loss_nonfinite")]] == 0).all()
+    assert capture_scalars(steps, [0])[0].keys() == {"lr", "grad_norm"}
+    # Streaming a frame without scalars: everything unknown.
+    assert not TelemetryStream().update_scalars({}).any()
+
+
+@pytest.mark.parametrize("channels", ["both", "none"])
+def test_tevid_telemetry_forward_uses_the_token_and_round_trips(tmp_path, channels):
+    torch.manual_seed(0)
+    model = TEViD("tiny", channels=channels, telemetry=F).eval()
+    x, tele = torch.randn(2, 4, 6, 16, 16), torch.randn(2, 4, F)
+    out = model(x, telemetry=tele)
+    assert out.probs.shape == (2, 5)
+    assert not torch.allclose(out.alpha, model(x, telemetry=tele * 0).alpha)
+    path = save_model(model, tmp_path / "t")
+    loaded, cfg = load_model(path)
+    assert cfg["telemetry"] == F and cfg["channels"] == channels
+    assert torch.equal(loaded(x, telemetry=tele).alpha, out.alpha)
+    with pytest.raises(ValueError, match="telemetry"):
+        model(x, telemetry=torch.zeros(2, 4, F + 1))
+
+
+def test_scalars_only_needs_telemetry_and_frames_only_rejects_it():
+    with pytest.raises(ValueError, match="telemetry > 0"):
+        TEViD("tiny", channels="none")
+    with pytest.raises(ValueError, match="without telemetry"):
+        TEViD("tiny")(torch.zeros(1, 4, 6, 16, 16), telemetry=torch.zeros(1, 4, F))
+    assert "telemetry" not in TEViD("tiny").config()
+
+
+def test_mae_telemetry_tokens_are_visible_and_encoder_transfers(tmp_path):
+    torch.manual_seed(0)
+    mae = DynamicsMAE("tiny", telemetry=F)
+    x, tele = torch.randn(2, 4, 6, 16, 16), torch.randn(2, 4, F)
+    latent, mask, _ = mae.forward_encoder(mae.input_norm(x), 0.75, tele)
+    visible = int((1 - mask[0]).sum())
+    assert latent.shape[1] == 1 + visible + mae.profile.num_slots     # [CLS] + visible + T'
+    loss, pred, _ = mae(x, telemetry=tele)
+    assert pred.shape == (2, 32, 192) and torch.isfinite(loss)
+    loss.backward()
+    assert mae.telemetry_embed.proj.weight.grad.abs().sum() > 0
+    _, cfg = load_model(save_model(mae, tmp_path / "m"))
+    assert cfg["telemetry"] == F
+    tevid = TEViD("tiny", telemetry=F)
+    names = tevid.load_mae_encoder(mae)
+    assert "telemetry_embed.proj.weight" in names
+    assert torch.equal(tevid.telemetry_embed.type_embed, mae.telemetry_embed.type_embed)
+    TEViD("tiny", telemetry=F).load_mae_encoder(DynamicsMAE("tiny"))    # frames-only MAE: ok
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.with_suffix(".json").exists(),
+                    reason="no shipped checkpoint")
+def test_shipped_checkpoint_loads_without_telemetry_and_round_trips(tmp_path):
+    model, cfg = load_model(DEFAULT_CHECKPOINT.with_suffix(".json"))
+    assert "telemetry" not in cfg and model.telemetry == 0 and model.telemetry_embed is None
+    x = torch.randn(2, *(model.profile.window, 6, model.profile.frame_size,
+                         model.profile.frame_size), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model.eval()(x).alpha
+        again, _ = load_model(save_model(model, tmp_path / "c"))
+        assert torch.equal(again.eval()(x).alpha, before)
+
+
+def test_diagnostician_reads_frame_scalars():
+    torch.manual_seed(0)
+    diag = Diagnostician(TEViD("tiny", telemetry=F), device="cpu")
+    frames = [Frame(torch.randn(6, 16, 16).bfloat16(), step=10 * i, epoch=0,
+                    scalars={"loss": 2.0 / (i + 1), "lr": 0.1, "grad_norm": 1.0 + i})
+              for i in range(6)]
+    with_scalars = [diag.update(f) for f in frames]
+    diag.reset()
+    without = [diag.update(Frame(f.tensor, step=f.step, epoch=0)) for f in frames]
+    assert with_scalars[-1].withheld is False and without[-1].withheld is False
+    assert with_scalars[-1].probs != without[-1].probs       # the scalars reach the model
+    diag.reset()
+    assert diag.update(frames[0].tensor).step == 0            # bare tensors still work
+
+
+def test_monitor_fills_frame_scalars_and_resumes_them(digits_data):
+    torch.manual_seed(0)
+    model = small_cnn(in_channels=1, num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    diag = Diagnostician(TEViD("tiny", telemetry=F), device="cpu")
+    seen: list[Frame] = []
+    update = diag.update
+    diag.update = lambda frame, *a, **k: (seen.append(frame), update(frame, *a, **k))[1]
+    losses = []
+    with TrialMonitor(model, diagnostician=diag, every=5, asynchronous=False,
+                      optimizer=opt) as mon:
+        losses = [train_step(model, opt, digits_data, mon, k) for k in range(11)]
+        state = mon.state_dict()
+    assert [f.step for f in seen] == [0, 5, 10]
+    assert seen[1].scalars["loss"] == mean_loss(losses[1:6])
+    assert seen[1].scalars["lr"] == 0.05 and seen[1].scalars["grad_norm"] > 0
+    feats = diag._telemetry[-1].numpy()
+    assert feats[FEATURES.index("lr_present")] == 1 and feats[FEATURES.index("loss_present")] == 1
+    # The feature window and the stream's references survive a pause.
+    diag2 = Diagnostician(TEViD("tiny", telemetry=F), device="cpu")
+    mon2 = TrialMonitor(model, diagnostician=diag2, every=5, asynchronous=False, optimizer=opt)
+    mon2.load_state_dict(json.loads(json.dumps(state)))
+    assert torch.equal(torch.stack(tuple(diag2._telemetry)), torch.stack(tuple(diag._telemetry)))
+    assert diag2._telemetry_stream._first == diag._telemetry_stream._first
