@@ -19,6 +19,12 @@ Example:
     (4, (3, 6, 8, 8))
     >>> len(ClipDataset([SimpleNamespace(frames=frames)], window=3, min_frames=3))
     2
+    >>> import pandas as pd
+    >>> steps = pd.DataFrame({"step": range(40), "loss": 1.0, "lr": 0.1, "grad_norm": 1.0})
+    >>> item = ClipDataset([SimpleNamespace(frames=frames, steps=steps)], window=3,
+    ...                    telemetry=True)[0]
+    >>> tuple(item["clips"].shape), tuple(item["telemetry"].shape)
+    ((3, 6, 8, 8), (3, 11))
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
+from core_models.telemetry import run_telemetry
 from data_factory.labels import KNOWN_LABELS
 
 
@@ -56,19 +64,25 @@ class ClipDataset(Dataset):
         label_names: class order of the head.
         min_frames: only windows ending at a run's ``min_frames``-th frame or later (1: all).
             A run shorter than that contributes its last window, so no run is dropped.
+        telemetry: also read each run's ``.steps`` (``steps.csv``) into per-frame features
+            (:func:`core_models.telemetry.run_telemetry`); the clip is then the dict
+            ``{"clips": W×6×S×S, "telemetry": W×F}``, both windows with the same indices and
+            left padding (the diagnostician's streaming window).
 
     Yields ``clip`` (float32 ``W×6×S×S``) or ``(clip, label)`` when labels are given.
     """
 
     def __init__(self, runs: Sequence[Any], event_labels: Sequence[np.ndarray] | None = None,
                  window: int = 10, stride: int = 1, label_names: Sequence[str] = KNOWN_LABELS,
-                 min_frames: int = 1) -> None:
+                 min_frames: int = 1, telemetry: bool = False) -> None:
         if window < 1 or stride < 1 or min_frames < 1:
             raise ValueError("window, stride and min_frames must be >= 1")
         if event_labels is not None and len(event_labels) != len(runs):
             raise ValueError(f"{len(event_labels)} label arrays for {len(runs)} runs")
         self.window = window
         self.frames = [r.frames.tensor for r in runs]
+        self.telemetry = ([torch.from_numpy(run_telemetry(r.steps, r.frames.steps)) for r in runs]
+                          if telemetry else None)
         self.index: list[tuple[int, int]] = []
         lookup = {name: i for i, name in enumerate(label_names)}
         self.labels: list[int] | None = [] if event_labels is not None else None
@@ -89,7 +103,10 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, i: int):
         r, end = self.index[i]
-        clip = self.frames[r][window_indices(len(self.frames[r]), end, self.window)].float()
+        idx = window_indices(len(self.frames[r]), end, self.window)
+        clip = self.frames[r][idx].float()
+        if self.telemetry is not None:
+            clip = {"clips": clip, "telemetry": self.telemetry[r][idx]}
         if self.labels is None:
             return clip
         return clip, self.labels[i]

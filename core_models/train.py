@@ -3,7 +3,9 @@
 Both loops take any ``torch.utils.data.Dataset`` of clips — items are ``clip`` or
 ``(clip, label)`` with ``clip`` a ``W×6×S×S`` tensor (any float dtype) and ``label`` an int
 index into :data:`~data_factory.labels.KNOWN_LABELS` (``-1`` = none/Unknown) — so they run on
-the factory corpus and on random tensors alike.
+the factory corpus and on random tensors alike. For a telemetry model ``clip`` is a dict
+``{"clips": W×6×S×S, "telemetry": W×F}`` (:class:`~core_models.clips.ClipDataset` with
+``telemetry=True``); its keys are the model's keyword inputs.
 
 Shared machinery: AdamW with timm's weight-decay groups (no decay on biases, norms, tokens and
 pos-embeds), per-step linear warm-up + cosine schedule, seeds, ``device="auto"``, bf16 autocast
@@ -61,7 +63,7 @@ __all__ = [
 ]
 
 #: Parameters that never get weight decay (MAE's ``no_weight_decay``), besides biases and norms.
-NO_WEIGHT_DECAY = ("cls_token", "mask_token", "pos_embed.*")
+NO_WEIGHT_DECAY = ("cls_token", "mask_token", "pos_embed.*", "telemetry_embed.type_embed")
 
 
 @dataclass
@@ -194,13 +196,22 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak: float, floor
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Accept ``clips`` or ``(clips, labels, ...)`` from the DataLoader."""
-    if isinstance(batch, torch.Tensor):
+def _split_batch(batch: Any) -> tuple[torch.Tensor | Mapping[str, torch.Tensor],
+                                      torch.Tensor | None]:
+    """Accept ``clips`` or ``(clips, labels, ...)`` from the DataLoader (``clips`` may be a
+    dict of model inputs)."""
+    if isinstance(batch, (torch.Tensor, Mapping)):
         return batch, None
     if len(batch) == 1:
         return batch[0], None
     return batch[0], torch.as_tensor(batch[1])
+
+
+def _inputs(x: torch.Tensor | Mapping[str, torch.Tensor], device: torch.device | str
+            ) -> dict[str, torch.Tensor]:
+    """The model's keyword inputs (``clips``, and ``telemetry`` when given) on ``device``."""
+    items = dict(x) if isinstance(x, Mapping) else {"clips": x}
+    return {k: v.to(device, non_blocking=True) for k, v in items.items()}
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -231,11 +242,12 @@ def _optimizer_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
 
 
 def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | Path | None,
-         resume: bool, loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None, int],
-                                         torch.Tensor | None],
+         resume: bool, loss_fn: Callable[[nn.Module, dict[str, torch.Tensor],
+                                          torch.Tensor | None, int], torch.Tensor | None],
          end_of_epoch: Callable[[nn.Module, int], dict[str, float]] | None, desc: str,
          ) -> TrainResult:
-    """The loop both public functions share; ``loss_fn(model, clips, labels, epoch)``."""
+    """The loop both public functions share; ``loss_fn(model, inputs, labels, epoch)`` with
+    ``inputs`` the model's keyword inputs (:func:`_inputs`)."""
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     model.to(device).train()
@@ -300,7 +312,7 @@ def _fit(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | Pa
                 for g in opt.param_groups:
                     g["lr"] = lr
                 with autocast:
-                    loss = loss_fn(model, clips.to(device, non_blocking=True),
+                    loss = loss_fn(model, _inputs(clips, device),
                                    None if labels is None else labels.to(device), epoch)
                 if loss is not None:
                     opt.zero_grad(set_to_none=True)
@@ -357,8 +369,9 @@ def pretrain(model: DynamicsMAE, dataset: Dataset, config: PretrainConfig | None
     """
     cfg = config or PretrainConfig()
 
-    def loss_fn(m: nn.Module, clips: torch.Tensor, _labels: Any, _epoch: int) -> torch.Tensor:
-        return m(clips, mask_ratio=cfg.mask_ratio)[0]
+    def loss_fn(m: nn.Module, inputs: dict[str, torch.Tensor], _labels: Any, _epoch: int
+                ) -> torch.Tensor:
+        return m(**inputs, mask_ratio=cfg.mask_ratio)[0]
 
     return _fit(model, dataset, cfg, out_dir, resume, loss_fn, None, "pretrain")
 
@@ -399,14 +412,14 @@ def finetune(model: TEViD, dataset: Dataset, config: FinetuneConfig | None = Non
     cfg = config or FinetuneConfig()
     k = model.num_classes
 
-    def loss_fn(m: nn.Module, clips: torch.Tensor, labels: torch.Tensor | None, epoch: int
-                ) -> torch.Tensor | None:
+    def loss_fn(m: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
+                epoch: int) -> torch.Tensor | None:
         if labels is None:
             raise ValueError("finetune needs a dataset of (clip, label) items")
         known = (labels >= 0) & (labels < k)
         if not bool(known.any()):
             return None
-        out = m(clips[known], temperature=1.0)
+        out = m(**{k: v[known] for k, v in inputs.items()}, temperature=1.0)
         return edl_loss(out.alpha, labels[known], epoch, cfg.kl_anneal_epochs)
 
     def validate(m: nn.Module, epoch: int) -> dict[str, float]:
@@ -453,11 +466,12 @@ def predict(model: TEViD, dataset: Dataset, batch_size: int = 64, device: str = 
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("logits", "alpha", "probs", "vacuity", "labels")}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        clips, labels = _split_batch(batch)
-        out = model(clips.to(dev), temperature=temperature)
+        x, labels = _split_batch(batch)
+        inputs = _inputs(x, dev)
+        out = model(**inputs, temperature=temperature)
         for name in ("logits", "alpha", "probs", "vacuity"):
             parts[name].append(getattr(out, name).float().cpu().numpy())
-        parts["labels"].append(np.full(len(clips), -1) if labels is None
+        parts["labels"].append(np.full(len(inputs["clips"]), -1) if labels is None
                                else labels.cpu().numpy().astype(np.int64))
     model.train(was_training)
     return {k: np.concatenate(v) for k, v in parts.items()}

@@ -167,3 +167,29 @@ def test_monitor_fills_frame_scalars_and_resumes_them(digits_data):
     mon2.load_state_dict(json.loads(json.dumps(state)))
     assert torch.equal(torch.stack(tuple(diag2._telemetry)), torch.stack(tuple(diag._telemetry)))
     assert diag2._telemetry_stream._first == diag._telemetry_stream._first
+
+
+def test_clip_dataset_and_training_loops_carry_telemetry(tmp_path):
+    from types import SimpleNamespace
+
+    from core_models.clips import ClipDataset
+    from core_models.train import FinetuneConfig, PretrainConfig, finetune, predict, pretrain
+
+    runs = [SimpleNamespace(frames=SimpleNamespace(tensor=torch.randn(6, 6, 16, 16).bfloat16(),
+                                                   steps=np.arange(0, 60, 10)),
+                            steps=_steps(60, seed=s)) for s in range(2)]
+    labels = [np.array(["Healthy"] * 6), np.array(["Instability"] * 6)]
+    ds = ClipDataset(runs, labels, window=4, telemetry=True)
+    item, _ = ds[0]
+    np.testing.assert_array_equal(item["telemetry"][:3].numpy(),      # left padding = frames'
+                                  np.repeat(run_telemetry(runs[0].steps, np.arange(0, 60, 10))[:1],
+                                            3, 0))
+    mae = DynamicsMAE("tiny", telemetry=F)
+    pretrain(mae, ClipDataset(runs, window=4, telemetry=True),
+             PretrainConfig(epochs=1, batch_size=4, warmup_epochs=0, progress=False, device="cpu"),
+             out_dir=tmp_path / "mae")
+    model = TEViD("tiny", telemetry=F)
+    model.load_mae_encoder(mae)
+    finetune(model, ds, FinetuneConfig(epochs=1, batch_size=4, warmup_epochs=0, progress=False,
+                                       device="cpu"), out_dir=tmp_path / "ft")
+    assert predict(model, ds, batch_size=5, device="cpu")["probs"].shape == (12, 5)
