@@ -32,6 +32,7 @@ from core_models.calibration import (RunPredictions, calibrate, false_alarm_rate
                                      withhold)
 from core_models.clips import ClipDataset
 from core_models.mae import DynamicsMAE
+from core_models.telemetry import NUM_FEATURES
 from core_models.memory import select_memory
 from core_models.tevid import TEViD
 from core_models.train import (
@@ -127,7 +128,7 @@ def stream_logits(model: TEViD, runs, events, window: int, device: str, burn_in:
     ``-inf``; 0: the whole window), the run label, per-frame labels."""
     out = []
     for run, ev in zip(runs, events):
-        ds = ClipDataset([run], [ev], window=window, stride=1)
+        ds = ClipDataset([run], [ev], window=window, stride=1, telemetry=bool(model.telemetry))
         pred = predict(model, ds, batch_size=64, device=device, temperature=1.0)
         out.append((withhold(pred["logits"], burn_in or window), run_label_of(ev), ev))
     return out
@@ -232,15 +233,19 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     if not train_runs or not val_runs:
         raise RuntimeError(f"need train and val runs under {root}; found {len(train_runs)} / {len(val_runs)}")
     seed_everything(cfg.seed)
-    mae = DynamicsMAE(cfg.profile)
+    # telemetry=true: DYNAMICS-MAE pretrains with the telemetry tokens, the shipped tevid_mae
+    # reads them, and the ablations add frames-only A+G and scalars-only rows (Table 12).
+    telemetry = NUM_FEATURES if cfg.get("telemetry", False) else 0
+    mae = DynamicsMAE(cfg.profile, telemetry=telemetry)
     window = mae.profile.window if hasattr(mae.profile, "window") else 10
     print(f"{len(train_runs)} train runs, {len(val_runs)} val runs, window {window}")
 
     t = time.time()
     pre_ds = ClipDataset(train_runs, None, window=window, stride=cfg.clips.pretrain_stride,
-                         min_frames=min(cfg.get("burn_in_grid") or [cfg.burn_in or window]))
+                         min_frames=min(cfg.get("burn_in_grid") or [cfg.burn_in or window]),
+                         telemetry=bool(telemetry))
     pre_cfg = training_config(PretrainConfig, cfg.pretrain, cfg.device, cfg.seed)
-    pre = pretrain(mae, pre_ds, pre_cfg, out / "mae")
+    pre = pretrain(mae, pre_ds, pre_cfg, out / ("mae_telemetry" if telemetry else "mae"))
     stage_time("pretrain_s", t, skipped=pre.resumed_from >= pre.steps)
 
     # Windows before the burn-in are never diagnosed (core_models.calibration.withhold): the
@@ -249,26 +254,33 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     burn_in = min(grid) if grid else (cfg.burn_in or window)
     ft_ds = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride,
                         min_frames=burn_in)
+    ft_tele = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride,
+                          min_frames=burn_in, telemetry=True) if telemetry else ft_ds
     print("fine-tuning clips per label:", {KNOWN_LABELS[k] if k >= 0 else "Unknown": v
                                           for k, v in ft_ds.label_counts().items()})
-    # name -> (initialise from DYNAMICS-MAE, input channels); Table 3's scratch row and Table 12's
-    # activation-only / gradient-only ablations are optional extra fine-tunes.
-    variants = {"tevid_mae": (True, "both")}
+    # name -> (initialise from DYNAMICS-MAE, input channels, telemetry features); Table 3's
+    # scratch row and Table 12's ablations are optional extra fine-tunes. A: act, G: grad,
+    # A+G: tevid_mae (tevid_frames when tevid_mae reads telemetry), A+G+scalars: tevid_mae with
+    # telemetry, scalars only: tevid_scalars. Every row starts from the one DYNAMICS-MAE.
+    variants = {"tevid_mae": (True, "both", telemetry)}
     if cfg.scratch:
-        variants["tevid_scratch"] = (False, "both")
+        variants["tevid_scratch"] = (False, "both", telemetry)
     if cfg.get("ablations", False):
-        variants |= {"tevid_act": (True, "act"), "tevid_grad": (True, "grad")}
+        variants |= {"tevid_act": (True, "act", 0), "tevid_grad": (True, "grad", 0)}
+        if telemetry:
+            variants |= {"tevid_frames": (True, "both", 0),
+                         "tevid_scalars": (True, "none", telemetry)}
     summary: dict[str, Any] = {"corpus_hash": corpus_hash(root), "split_hash": split_hash(cells),
                                "train_runs": len(train_runs), "val_runs": len(val_runs),
                                "pretrain_final_loss": pre.history[-1]["loss"] if pre.history else None}
-    for name, (from_mae, channels) in variants.items():
+    for name, (from_mae, channels, n_tele) in variants.items():
         t = time.time()
         seed_everything(cfg.seed)
-        model = TEViD(cfg.profile, channels=channels)
+        model = TEViD(cfg.profile, channels=channels, telemetry=n_tele)
         if from_mae:
             model.load_mae_encoder(mae)
         ft_cfg = training_config(FinetuneConfig, cfg.finetune, cfg.device, cfg.seed)
-        result = finetune(model, ft_ds, ft_cfg, out / name)
+        result = finetune(model, ft_tele if n_tele else ft_ds, ft_cfg, out / name)
         # With a burn-in grid the streams stay whole: calibrate() withholds each candidate.
         streams = stream_logits(model, val_runs, val_events, window, cfg.device,
                                 1 if grid else burn_in)
@@ -351,10 +363,10 @@ def pipeline_section(summary: dict[str, Any], cfg: DictConfig) -> str:
         *(["`*` this run found the stage complete and reused it; the time is that of the run that "
            "produced it (total = sum of the stages). This run recalibrated and re-shipped.", ""]
           if summary.get("reused_stages") else []),
-        "| validation metric | " + " | ".join(v for v in ("tevid_mae", "tevid_scratch", "tevid_act",
-                                                         "tevid_grad") if v in summary) + " |",
     ]
-    variants = [v for v in ("tevid_mae", "tevid_scratch", "tevid_act", "tevid_grad") if v in summary]
+    variants = [v for v in ("tevid_mae", "tevid_scratch", "tevid_act", "tevid_grad", "tevid_frames",
+                            "tevid_scalars") if v in summary]
+    lines.append("| validation metric | " + " | ".join(variants) + " |")
     lines.append("|---|" + "---|" * len(variants))
     rows = [("window accuracy on known classes", "val_window_accuracy", "{:.3f}"),
             ("healthy-reference val runs with any alert (target ≤ 0.05)", "val_healthy_far", "{:.3f}"),

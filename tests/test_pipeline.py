@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -9,6 +10,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
+from core_models.telemetry import capture_scalars
 from data_factory.runner import RunSpec, execute_run
 from data_factory.store import RunStore
 from experiments.factory import corpus_index
@@ -75,6 +77,22 @@ def test_pipeline_on_tiny_corpus(tmp_path):
         assert chosen[variant]["burn_in"] in (1, 2)
         diag = Diagnostician.from_pretrained(tmp_path / "models" / variant / "default", "cpu")
         assert diag.evidence_frames == chosen[variant]["burn_in"]
+
+    # Telemetry (issue 24 point 3): MAE and tevid_mae read the training scalars; the Table 12
+    # ablation adds frames-only A+G and scalars-only rows.
+    conf.merge_with({"out": str(tmp_path / "models_tele"), "telemetry": True, "ablations": True,
+                     "scratch": False, "burn_in_grid": []})
+    tele = run_pipeline(conf)
+    expected = {"tevid_mae": 11, "tevid_act": 0, "tevid_grad": 0, "tevid_frames": 0,
+                "tevid_scalars": 11}
+    run = store.load(store.list()[0])
+    scalars = capture_scalars(run.steps, run.frames.steps)
+    for variant, n_features in expected.items():
+        assert 0.0 <= tele[variant]["val_window_accuracy"] <= 1.0
+        diag = Diagnostician.from_pretrained(tmp_path / "models_tele" / variant / "default", "cpu")
+        assert diag.model.telemetry == n_features
+        frames = [dataclasses.replace(f, scalars=s) for f, s in zip(run.frames, scalars)]
+        assert all(0.0 <= diag.update(f).vacuity <= 1.0 for f in frames)
 
 
 def test_calibration_budgets_false_alarms_on_healthy_references_only():

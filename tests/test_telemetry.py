@@ -193,3 +193,28 @@ def test_clip_dataset_and_training_loops_carry_telemetry(tmp_path):
     finetune(model, ds, FinetuneConfig(epochs=1, batch_size=4, warmup_epochs=0, progress=False,
                                        device="cpu"), out_dir=tmp_path / "ft")
     assert predict(model, ds, batch_size=5, device="cpu")["probs"].shape == (12, 5)
+
+
+def test_batch_evaluation_matches_streaming_with_scalars(tmp_path):
+    """records.tevid_run_scores (steps.csv → run_telemetry, batched clips) gives the streaming
+    Diagnostician's probabilities when the frames carry the same scalars."""
+    import dataclasses
+
+    from data_factory.runner import RunSpec, execute_run
+    from data_factory.store import RunStore
+    from experiments.evaluate.records import tevid_run_scores
+
+    store = RunStore(tmp_path / "corpus")
+    spec = RunSpec("r0", "train", "mlp", "tabular", "adamw", "healthy", severity=1.0, epochs=2,
+                   every=5, frame_size=16, lyapunov_every=0)
+    assert execute_run(spec, store)["status"] == "ok"
+    run = store.load("r0")
+    torch.manual_seed(0)
+    diag = Diagnostician(TEViD("tiny", telemetry=F), device="cpu")
+    batch = tevid_run_scores(diag, run, "tevid")
+    scalars = capture_scalars(run.steps, run.frames.steps)
+    assert all(s.keys() == {"loss", "lr", "grad_norm"} for s in scalars)
+    diag.reset()
+    stream = [diag.update(dataclasses.replace(f, scalars=s)) for f, s in zip(run.frames, scalars)]
+    got = np.array([[d.probs[k] for k in diag.known_labels] for d in stream])
+    np.testing.assert_allclose(got, batch.probs, atol=1e-5)

@@ -115,7 +115,8 @@ def tevid_run_scores(diag: Diagnostician, run: Any, name: str, batch_size: int =
     when streaming: uniform probabilities, vacuity 1, anomaly score 0.
     """
     model = diag.model
-    ds = ClipDataset([run], None, window=model.profile.window, stride=1)
+    ds = ClipDataset([run], None, window=model.profile.window, stride=1,
+                     telemetry=bool(getattr(model, "telemetry", 0)))   # steps.csv → features
     out = predict(model, ds, batch_size=batch_size, device=str(device),
                   temperature=float(diag.calibration.temperature))
     probs = np.clip(out["probs"].astype(np.float64), 0.0, 1.0)

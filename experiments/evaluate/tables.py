@@ -201,8 +201,13 @@ def _table4(ctx: _Context) -> None:
 
 
 def _table12(ctx: _Context) -> None:
+    # tevid_frames exists only when the pipeline ran with telemetry=true: tevid_mae then also
+    # reads the training scalars (experiments/conf/pipeline.yaml).
+    with_scalars = "tevid_frames" in ctx.methods
     variants = [("Activations-only (A)", "tevid_act"), ("Gradients-only (G)", "tevid_grad"),
-                ("Activations+Gradients (A+G)", "tevid_mae")]
+                ("Activations+Gradients (A+G)", "tevid_frames" if with_scalars else "tevid_mae"),
+                *([("A+G + training scalars", "tevid_mae"),
+                   ("Training scalars only", "tevid_scalars")] if with_scalars else [])]
     rows, lines = [], []
     for title, name in variants:
         m = ctx.methods.get(name)
