@@ -41,6 +41,9 @@ from data_factory.capture import StateCapture
 from data_factory.datasets import DATASETS, TensorData, load_dataset
 from data_factory.interventions import ConceptBias, Forgetting, Plan, add_shortcut, make_intervention
 from data_factory.optimizers import OPTIMIZERS, build_optimizer
+from data_factory.procedural import FAMILIES, build_procedural, family_of
+from data_factory.recipes import (Recipe, build_recipe_optimizer, lr_factors, recipe_family,
+                                  sample_recipe)
 from data_factory.store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -55,7 +58,10 @@ class RunSpec:
     Attributes:
         run_id: unique name; also the run's directory name.
         split: ``"train"``, ``"val"`` or ``"test"``.
-        arch, dataset, optimizer: registry names.
+        arch, dataset, optimizer: registry names; ``"procedural:<family>"`` for ``arch`` draws a
+            network of that family (:mod:`data_factory.procedural`) and for ``optimizer`` a recipe
+            of that optimizer family (:mod:`data_factory.recipes`, which also sets the batch
+            size), both from the run's seed.
         intervention: an :data:`~data_factory.interventions.INTERVENTIONS` kind.
         seed: seeds model init, data order and the intervention's draws.
         epochs: base epoch count (interventions may change it).
@@ -96,10 +102,11 @@ def _run_seed(spec: RunSpec) -> int:
     return int(digest[:8], 16)
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _loss(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     if logits.dim() == 3:  # language model: B×L×V against B×L
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-    return nn.functional.cross_entropy(logits, y)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                           label_smoothing=smoothing)
+    return nn.functional.cross_entropy(logits, y, label_smoothing=smoothing)
 
 
 @torch.no_grad()
@@ -125,7 +132,9 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.roll(x, shifts=(dx, dy), dims=(2, 3)) + 0.05 * torch.randn(x.shape, generator=gen)
 
 
-def _lr_at(step: int, plan: Plan, total: int) -> float:
+def _lr_at(step: int, plan: Plan, total: int, factors: np.ndarray | None = None) -> float:
+    if factors is not None:  # a procedural recipe's schedule, unless an intervention fixed it
+        return plan.lr if plan.schedule == "constant" else plan.lr * float(factors[min(step, len(factors) - 1)])
     if step < plan.warmup_steps:
         return plan.lr * (step + 1) / plan.warmup_steps
     if plan.schedule == "constant":
@@ -168,18 +177,27 @@ def execute_run(spec: RunSpec, store: RunStore, overwrite: bool = False) -> dict
 
 def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
     started = time.perf_counter()
-    arch, dset, opt_spec = ARCHITECTURES[spec.arch], DATASETS[spec.dataset], OPTIMIZERS[spec.optimizer]
-    if arch.modality != dset.modality and not (arch.modality == "tabular" and dset.modality == "image"):
-        raise ValueError(f"{spec.arch} ({arch.modality}) cannot train on {spec.dataset} ({dset.modality})")
+    proc_arch, proc_opt = family_of(spec.arch), recipe_family(spec.optimizer)
+    arch_family = proc_arch or ARCHITECTURES[spec.arch].family
+    arch_modality = FAMILIES[proc_arch] if proc_arch else ARCHITECTURES[spec.arch].modality
+    dset = DATASETS[spec.dataset]
+    if arch_modality != dset.modality and not (arch_modality == "tabular" and dset.modality == "image"):
+        raise ValueError(f"{spec.arch} ({arch_modality}) cannot train on {spec.dataset} ({dset.modality})")
     modality = dset.modality
     seed = _run_seed(spec)
+    # drawn before the rng below, from seeds of their own, so registry runs stay bit-identical
+    recipe: Recipe | None = sample_recipe(proc_opt, seed) if proc_opt else None
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
 
     data = _dataset(spec.dataset, spec.data_seed)
-    base = Plan(lr=opt_spec.reference_lr, epochs=spec.epochs, batch_size=spec.batch_size,
-                augment=modality == "image")
+    if recipe is None:
+        base = Plan(lr=OPTIMIZERS[spec.optimizer].reference_lr, epochs=spec.epochs,
+                    batch_size=spec.batch_size, augment=modality == "image")
+    else:
+        base = Plan(lr=recipe.lr, weight_decay=recipe.weight_decay, epochs=spec.epochs,
+                    batch_size=recipe.batch_size, augment=modality == "image")
     n_full = len(data.y_train)
     steps_full = math.ceil(n_full / base.batch_size)
     iv = make_intervention(spec.intervention, rng, total_steps=steps_full * base.epochs,
@@ -203,25 +221,38 @@ def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
         iv.start_step = switch_epoch * steps_per_epoch
 
     input_shape = tuple(data.x_train.shape[1:])
-    model = build_model(spec.arch, input_shape, data.num_classes)
-    optimizer = build_optimizer(spec.optimizer, model.parameters(), lr=plan.lr,
-                                weight_decay=plan.weight_decay)
+    arch_desc = None
+    if proc_arch:
+        model, arch_desc = build_procedural(proc_arch, input_shape, data.num_classes, seed)
+    else:
+        model = build_model(spec.arch, input_shape, data.num_classes)
+    if recipe is None:
+        optimizer = build_optimizer(spec.optimizer, model.parameters(), lr=plan.lr,
+                                    weight_decay=plan.weight_decay)
+    else:
+        optimizer = build_recipe_optimizer(recipe, model.parameters(), lr=plan.lr,
+                                           weight_decay=plan.weight_decay)
     probe = _make_probe(spec, model, optimizer)
     # Every image/tabular run gets the shortcut probe: runs trained clean are the rule's negatives.
     bias_inputs = _bias_probe(data, modality, rng) if modality != "text" else None
 
     meta = {**{k: v for k, v in asdict(spec).items() if k not in ("severity", "start_step")},
-            "arch_family": arch.family, "modality": modality, "input_shape": list(input_shape),
+            "arch_family": arch_family, "modality": modality, "input_shape": list(input_shape),
             "num_classes": data.num_classes, "intervention": iv.describe(), "novel": iv.novel,
             "plan": asdict(plan), "n_train": n_train, "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps, "task_switch_epoch": switch_epoch,
             "params": sum(p.numel() for p in model.parameters()),
             "privileged_columns": list(PRIVILEGED_STEP_COLUMNS),
             "lyapunov": probe is not None}
+    if arch_desc is not None:
+        meta["procedural_arch"] = arch_desc
+    if recipe is not None:
+        meta["recipe"] = asdict(recipe)
     with store.create(spec.run_id, meta, overwrite=overwrite) as writer, \
             StateCapture(model, every=spec.every, frame_size=spec.frame_size, stats=True) as cap:
         summary = _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap, probe,
-                        gen, steps_per_epoch, total_steps, switch_epoch, modality, bias_inputs)
+                        gen, steps_per_epoch, total_steps, switch_epoch, modality, bias_inputs,
+                        recipe)
         writer.update_meta(layers=list(cap.layers), seconds=round(time.perf_counter() - started, 2),
                            **summary)
     return {"n_frames": summary["n_frames"], "epochs_run": summary["epochs_run"],
@@ -243,8 +274,12 @@ def _make_probe(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimize
 
 
 def _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap, probe, gen,
-          steps_per_epoch, total_steps, switch_epoch, modality, bias_inputs) -> dict[str, Any]:
+          steps_per_epoch, total_steps, switch_epoch, modality, bias_inputs,
+          recipe: Recipe | None = None) -> dict[str, Any]:
     step, diverged_step, bad_streak, frames = 0, None, 0, 0
+    factors = None if recipe is None else lr_factors(recipe, total_steps)
+    smoothing = 0.0 if recipe is None else recipe.label_smoothing
+    clip = 0.0 if recipe is None else recipe.clip_norm
     before_correct = None
     epoch = 0
     val_acc = float("nan")
@@ -259,14 +294,16 @@ def _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap,
             if plan.augment and modality == "image":
                 x = _augment(x, gen)
             x, y = iv.batch(step, x, y)
-            lr = _lr_at(step, plan, total_steps) * iv.lr_factor(step)
+            lr = _lr_at(step, plan, total_steps, factors) * iv.lr_factor(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = model(x)
-            loss = _loss(logits, y)
+            loss = _loss(logits, y, smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             iv.after_backward(step, model, optimizer)
+            if clip > 0:  # the recipe's clip (an intervention's own clip ran just before)
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
             grad_norm = float(torch.sqrt(sum((p.grad.detach().float() ** 2).sum()
                                              for p in model.parameters() if p.grad is not None)))
             lyap = float("nan")

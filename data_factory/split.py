@@ -5,13 +5,15 @@ in test.
 A corpus is built from one or more named cell sets (:data:`CELL_SETS`): ``default`` is Table 2
 at this machine's scale; ``diversity`` adds train/val cells with a third family of sequence model
 on a second kind of sequence data and two more optimizers, for the "more diverse training cells"
-experiment (docs/results.md).
+experiment (docs/results.md); ``procedural`` draws a new network and training recipe per run
+within (architecture family, data set, optimizer family) cells.
 
 Example:
     >>> check_factorial(DEFAULT_SPLIT)
     >>> sorted({c.optimizer for c in DEFAULT_SPLIT.test})
     ['adafactor', 'lion']
     >>> check_factorial(merge_splits([DEFAULT_SPLIT, DIVERSITY_SPLIT]))
+    >>> check_factorial(PROCEDURAL_SPLIT)
 """
 
 from __future__ import annotations
@@ -120,6 +122,9 @@ def merge_splits(specs: Sequence[SplitSpec]) -> SplitSpec:
 
 
 _KNOWN_MIX = {"healthy": 4, "overfitting": 5, "instability": 5, "forgetting": 2, "concept_bias": 2}
+#: known kinds everywhere, one run of each novel family per test cell
+_TABLE2_MIX = {"train": _KNOWN_MIX, "val": _KNOWN_MIX,
+               "test": {**_KNOWN_MIX, **{kind: 1 for kind in NOVEL_KINDS}}}
 
 #: Table 2 at this machine's scale. Train/val: plain CNN, ResNet, ConvNeXt, ViT, DeiT and MLP on
 #: digits / shapes / tabular with AdamW and SGD. Test: DenseNet, MobileNet, RegNet, MLP-Mixer,
@@ -142,11 +147,7 @@ DEFAULT_SPLIT = SplitSpec(
         Cell("swin", "patterns", "adafactor"), Cell("transformer_lm", "text", "adafactor"),
         Cell("gru_lm", "text", "lion"),
     ),
-    mix={
-        "train": _KNOWN_MIX,
-        "val": _KNOWN_MIX,
-        "test": {**_KNOWN_MIX, **{kind: 1 for kind in NOVEL_KINDS}},
-    },
+    mix=_TABLE2_MIX,
 )
 
 #: Extra train/val cells (no test cells): a temporal-conv LM on procedural Markov-chain sequences
@@ -162,8 +163,36 @@ DIVERSITY_SPLIT = SplitSpec(
     mix={"train": _KNOWN_MIX, "val": _KNOWN_MIX},
 )
 
+
+def _p(family: str, dataset: str, optimizer: str) -> Cell:
+    return Cell(f"procedural:{family}", dataset, f"procedural:{optimizer}")
+
+
+#: Procedural cells (:mod:`data_factory.procedural`, :mod:`data_factory.recipes`): every run draws
+#: its own network within the cell's family and its own recipe within the optimizer family, so no
+#: fixed instance can be recognised from a still frame. Train: MLP / conv / GRU families with SGD
+#: and Adam recipes. Val holds out a family (attention) and an optimizer family (RMSprop) of its
+#: own. Test holds out the mixer and LSTM families, the patterns and text data and the Adagrad and
+#: Lion recipes, plus the novel intervention families.
+PROCEDURAL_SPLIT = SplitSpec(
+    train=(
+        _p("mlp", "tabular", "sgd"), _p("mlp", "digits", "adam"), _p("conv", "digits", "sgd"),
+        _p("conv", "shapes", "adam"), _p("gru", "markov", "adam"), _p("gru", "markov", "sgd"),
+    ),
+    val=(
+        _p("attention", "digits", "adam"), _p("attention", "shapes", "sgd"),
+        _p("conv", "shapes", "rmsprop"), _p("mlp", "tabular", "rmsprop"),
+    ),
+    test=(
+        _p("mixer", "patterns", "adagrad"), _p("mixer", "patterns", "lion"),
+        _p("lstm", "text", "lion"), _p("lstm", "text", "adagrad"),
+    ),
+    mix=_TABLE2_MIX,
+)
+
 #: Named cell sets a corpus is built from (``cells`` in conf/factory.yaml, in this order).
-CELL_SETS: dict[str, SplitSpec] = {"default": DEFAULT_SPLIT, "diversity": DIVERSITY_SPLIT}
+CELL_SETS: dict[str, SplitSpec] = {"default": DEFAULT_SPLIT, "diversity": DIVERSITY_SPLIT,
+                                   "procedural": PROCEDURAL_SPLIT}
 
 
 def cell_sets(names: Sequence[str]) -> list[SplitSpec]:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from data_factory.architectures import ARCHITECTURES
 from data_factory.datasets import DATASETS
 from data_factory.interventions import INTERVENTIONS
+from data_factory.procedural import FAMILIES, family_of
 from data_factory.runner import RunSpec, execute_run
 from data_factory.split import DEFAULT_SPLIT, SplitSpec, cell_sets, check_factorial, merge_splits
 from data_factory.store import RunStore, load_run
@@ -34,7 +35,9 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 def compatible(arch: str, dataset: str, intervention: str) -> bool:
     """Whether the runner can train ``arch`` on ``dataset`` under ``intervention``."""
-    a, d = ARCHITECTURES[arch].modality, DATASETS[dataset].modality
+    family = family_of(arch)
+    a = FAMILIES[family] if family else ARCHITECTURES[arch].modality
+    d = DATASETS[dataset].modality
     fits = a == d or (a == "tabular" and d == "image")
     return fits and d in INTERVENTIONS[intervention].modalities
 
