@@ -111,7 +111,9 @@ def scores(labels: np.ndarray, probs: np.ndarray, classes: list[str], resamples:
         full = np.zeros((len(labels), len(known)))
         for j, c in enumerate(classes):
             full[:, known.index(c)] = probs[:, j]
-        runs = [RunPrediction(str(i), str(lab), [0], [0], full[i:i + 1], [0.0])
+        # one 'diagnosis' per run (its first frame); event label = run label, no onset needed
+        runs = [RunPrediction(str(i), str(lab), [0], [0], full[i:i + 1], [0.0],
+                              event_labels=[str(lab)])
                 for i, lab in enumerate(labels)]
 
         def metric(k: int):
