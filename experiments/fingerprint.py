@@ -11,7 +11,7 @@ planted). Chance: balanced accuracy ``1 / #classes``, AUROC 0.5.
 
 Usage::
 
-    python -m experiments.fingerprint /tmp/fp_corpus [--pool 8] [--resamples 1000]
+    python -m experiments.fingerprint /tmp/fp_corpus [--pool 8] [--resamples 1000] [--target arch]
 
 Example:
     >>> import numpy as np
@@ -55,9 +55,12 @@ def first_frame_features(tensor: torch.Tensor, stats: np.ndarray, pool: int = 8)
                          nan=0.0, posinf=1e3, neginf=-1e3)
 
 
-def load_features(root: str | Path, pool: int = 8) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{split: (features, labels)}`` from the first frame of every run under ``root``; stats
-    columns are aligned by name (a run lacking one reads 0)."""
+def load_features(root: str | Path, pool: int = 8, target: str = "label"
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{split: (features, targets)}`` from the first frame of every run under ``root``; stats
+    columns are aligned by name (a run lacking one reads 0). ``target``: ``"label"`` (the
+    intervention family) or ``"arch"`` (the meta's ``arch_family``: how well a still frame names
+    the architecture)."""
     rows: dict[str, list[tuple[np.ndarray, dict[str, float], str]]] = {}
     names: list[str] = []
     for run in RunStore(root):
@@ -68,7 +71,8 @@ def load_features(root: str | Path, pool: int = 8) -> dict[str, tuple[np.ndarray
         names += [n for n in frames.stat_names if n not in names]
         pixels = first_frame_features(frames.tensor[0], np.zeros(0), pool)
         rows.setdefault(run.meta["split"], []).append(
-            (pixels, stats, run.meta["intervention"]["family"]))
+            (pixels, stats, run.meta["intervention"]["family"] if target == "label"
+             else str(run.meta["arch_family"])))
     return {split: (np.stack([np.r_[p, [s.get(n, 0.0) for n in names]] for p, s, _ in items]),
                     np.array([label for *_, label in items])) for split, items in rows.items()}
 
@@ -135,8 +139,21 @@ def main() -> None:
     parser.add_argument("root")
     parser.add_argument("--pool", type=int, default=8)
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--target", choices=("label", "arch"), default="label",
+                        help="arch: 5-fold CV balanced accuracy of the architecture family")
     args = parser.parse_args()
-    feats = load_features(args.root, args.pool)
+    feats = load_features(args.root, args.pool, args.target)
+    if args.target == "arch":  # val holds out families, so score the architecture by CV instead
+        from sklearn.model_selection import cross_val_score
+
+        x = np.concatenate([f[0] for f in feats.values()])
+        y = np.concatenate([f[1] for f in feats.values()])
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        cv = cross_val_score(probe, x, y, cv=5, scoring="balanced_accuracy")
+        print(json.dumps({"root": str(args.root), "n_runs": len(y), "families": sorted(set(y)),
+                          "cv_balanced_accuracy": round(float(cv.mean()), 3),
+                          "chance": round(1 / len(set(y)), 3)}, indent=1))
+        return
     (x_tr, y_tr), (x_va, y_va) = feats["train"], feats["val"]
     out = scores(*fit_probe(x_tr, y_tr, x_va, y_va), resamples=args.resamples)
     out.update(root=str(args.root), n_train=len(y_tr), features=int(x_tr.shape[1]))
