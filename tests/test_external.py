@@ -185,3 +185,58 @@ def test_tables_end_to_end(smoke: SimpleNamespace) -> None:
 
 def test_evaluate_guard_is_the_one_extended() -> None:
     assert "external-test" in evaluate.leakage.REPORT_ONLY_SPLITS
+
+
+def test_offline_scoring_reproduces_the_live_diagnoses(smoke: SimpleNamespace) -> None:
+    """Scored offline from the recorded frames with the recording's own checkpoint, TEViD's raw
+    window outputs, put through the same run memory the live Diagnostician applies, are the
+    live (remembered) diagnoses, capture step by capture step."""
+    from core_models.memory import RunMemory
+    from data_factory.labels import HEALTHY
+    from tevid_hpo import Diagnostician
+
+    diag = Diagnostician.from_pretrained(device="cpu")
+    cal = diag.calibration
+    worst, worst_stream = 0.0, 0.0
+    for run in smoke.runs["external-dev"] + smoke.runs["external-test"]:
+        assert str(diag.source) == run.meta["checkpoint"]
+        off = ext_methods.tevid_offline_scores(diag, run)
+        assert np.array_equal(off.steps, run.arrays["tevid_steps"])
+        mem = RunMemory(cal.memory, list(diag.known_labels).index(HEALTHY), cal.consecutive)
+        rem = [mem.update(p, u) for p, u in zip(off.probs, off.extras["vacuity"])]
+        probs = np.stack([p for p, _ in rem])
+        vac = np.array([u for _, u in rem])
+        worst = max(worst, float(np.abs(probs - run.arrays["tevid_probs"]).max()),
+                    float(np.abs(vac - run.arrays["tevid_vacuity"]).max()))
+        diag.reset()      # the same frames streamed through a fresh Diagnostician now
+        live = [diag.update(f, step=f.step, epoch=f.epoch) for f in run.frames]
+        sp = np.array([[d.probs[k] for k in diag.known_labels] for d in live])
+        worst_stream = max(worst_stream, float(np.abs(probs - sp).max()),
+                           float(np.abs(vac - np.array([d.vacuity for d in live])).max()))
+    print(f"offline vs recorded live: {worst:.2e}; offline vs streaming now: {worst_stream:.2e}")
+    assert worst_stream < 1e-5
+    # the recorded live diagnoses were made inside the training process (float32 kernels on
+    # another thread state); streaming the very same frames now differs from them as much
+    assert worst < 1e-4
+    # the replayed alert is the live one (runs whose loss stayed finite: the monitor's own
+    # non-finite rule reports at its own step, replay_alert at the first non-finite step)
+    for run in smoke.runs["external-dev"] + smoke.runs["external-test"]:
+        if bool(run.steps["finite"].all()):
+            assert ext_methods.replay_alert(diag, run) == ext_methods._live_alert(run)
+
+
+def test_dev_streams_label_frames_and_refuse_external_test(smoke: SimpleNamespace) -> None:
+    from experiments.external.transfer import dev_streams
+
+    streams = dev_streams(store=smoke.store)
+    assert streams and all(r.meta["split"] == "external-dev" for r, _, _ in streams)
+    for run, labels, reference in streams:
+        t = smoke.truths[run.run_id]
+        assert len(labels) == len(run.frames) and reference == t.reference
+        onset = t.label.onset
+        assert set(labels[run.frames.steps < (onset if onset is not None else 10**9)]) <= {
+            "Healthy"}
+        if onset is not None:
+            assert set(labels[run.frames.steps >= onset]) == {t.label.label}
+    with pytest.raises(LeakageError):
+        dev_streams(store=smoke.store, half="external-test")

@@ -3,6 +3,7 @@
     python -m experiments.external                     # the whole suite (make external)
     python -m experiments.external --smoke --results /tmp/r.md   # a few short runs, end to end
     python -m experiments.external --workers 1 --resamples 200 --no-baselines
+    python -m experiments.external --half dev --no-record --checkpoint ckpt   # score a checkpoint
 
 Steps (each cached and resumable): record every run of both halves under a ``TrialMonitor``
 (:mod:`.record`); build / find the labelled factory corpus the trained baselines learn from
@@ -41,13 +42,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--key", default=None,
                     help="use the recordings of this cache key (default: the current frame and "
                          "capture code's and checkpoint's)")
+    ap.add_argument("--half", choices=("dev", "test"), default=None,
+                    help="record and score one half only (default both)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="TEViD checkpoint scored offline on the recordings (default shipped)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     t0 = time.time()
     summary = run_external(smoke=args.smoke, workers=args.workers, n_resamples=args.resamples,
                            seed=args.seed, baselines=not args.no_baselines,
                            results=args.results, figures=args.figures, root=args.root,
-                           key=args.key, record=not args.no_record)
+                           key=args.key, record=not args.no_record, half=args.half,
+                           checkpoint=args.checkpoint)
     print(json.dumps({"seconds": round(time.time() - t0, 1),
                       "runs": summary.get("runs")}, indent=1))
     return summary

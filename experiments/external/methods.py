@@ -3,10 +3,13 @@
 Methods (all read only what a run exposes causally; the truth of :mod:`.truth` is attached
 afterwards):
 
-* ``tevid`` — the shipped checkpoint **as deployed**: the diagnoses the ``TrialMonitor`` made
-  live (run memory included) and its own confirmed alert (TEViD's 3-consecutive rule or the
-  non-finite-loss rule). ``tevid_far`` — the same scores with the 5 %-FAR threshold of the
-  baselines (chosen on external-dev).
+* ``tevid`` — a checkpoint (default the shipped one) scored **offline** from the recorded
+  frames by :func:`tevid_offline_scores` (the evaluation's
+  :func:`experiments.evaluate.records.tevid_run_scores`, burn-in withheld, so offline ==
+  streaming), with its own confirmed alert where the recording's monitor ran this checkpoint
+  (the live alert); ``tevid_far`` — the same scores with the 5 %-FAR threshold of the baselines
+  (chosen on external-dev). The live diagnoses stay in the recording (what a user saw):
+  :func:`tevid_live_scores`.
 * the Table 3 baselines of :mod:`core_models.baselines`, built, seeded and fitted as
   ``experiments.evaluate`` does (its config's keyword arguments; fit on factory *train* runs, tuned
   / early-stopped on factory *val* runs — never on external runs; Embedding-CPD embeds with the
@@ -45,7 +48,8 @@ from experiments.external.rules import USER_RULES
 from experiments.external.suite import DEV_HALF, TEST_HALF
 from experiments.external.truth import ExternalTruth
 
-__all__ = ["SCORED", "MethodScores", "score_methods", "tevid_live_scores"]
+__all__ = ["SCORED", "MethodScores", "score_methods", "replay_alert", "tevid_live_scores",
+           "tevid_offline_scores"]
 
 _HEALTHY = KNOWN_LABELS.index(HEALTHY)
 #: Baselines scored (``core_models.baselines`` names) and how the tables call them.
@@ -95,6 +99,47 @@ def tevid_live_scores(run: Run) -> RunScores:
                      extras={"vacuity": np.clip(run.arrays["tevid_vacuity"], 0.0, 1.0)})
 
 
+def tevid_offline_scores(diag: Any, run: Run) -> RunScores:
+    """``diag``'s (a :class:`tevid_hpo.Diagnostician`) diagnoses of the recorded ``run``, scored
+    offline from its frames exactly as the evaluation scores factory runs (burn-in withheld).
+    Raw window outputs: no run memory (compare them with the live ones through
+    :class:`core_models.memory.RunMemory`).
+
+    Example:
+        >>> from tevid_hpo import Diagnostician
+        >>> callable(tevid_offline_scores)
+        True
+    """
+    from experiments.evaluate.records import tevid_run_scores
+
+    return tevid_run_scores(diag, run, "tevid")
+
+
+def replay_alert(diag: Any, run: Run) -> int | None:
+    """``diag``'s own first alert on ``run``, streaming its recorded frames through
+    :meth:`Diagnostician.update` (run memory and alert rule included); the monitor's
+    non-finite-loss rule from ``steps.csv``'s ``finite``.
+
+    Example:
+        >>> callable(replay_alert)
+        True
+    """
+    diag.reset()
+    for f in run.frames:
+        diag.update(f, step=f.step, epoch=f.epoch)
+    first = diag.first_alert[0] if diag.first_alert is not None else None
+    st = run.steps
+    if st is not None and "finite" in st and (st["finite"] == 0).any():
+        bad = int(st.loc[st["finite"] == 0, "step"].iloc[0])
+        first = bad if first is None else min(first, bad)
+    return first
+
+
+def _same_checkpoint(diag: Any, run: Run) -> bool:
+    src = getattr(diag, "source", None)
+    return src is not None and str(src) == str(run.meta.get("checkpoint"))
+
+
 def _live_alert(run: Run) -> int | None:
     alerts = run.meta.get("tevid_alerts") or {}
     steps = [int(a["step"]) for a in alerts.values() if a.get("step") is not None]
@@ -126,7 +171,7 @@ def score_methods(runs: Mapping[str, Sequence[Run]], truths: Mapping[str, Extern
                   factory: tuple[Sequence[Any], Sequence[Any], Mapping[str, Any]] | None,
                   guard: LeakageGuard, diag_model: Any = None, seed: int = 0,
                   far: float = 0.05, consecutive: int = 3, baselines: Sequence[str] | None = None,
-                  log: Any = print) -> dict[str, MethodScores]:
+                  log: Any = print, diag: Any = None) -> dict[str, MethodScores]:
     """Every method on ``runs`` (``{half: counted runs}``).
 
     Args:
@@ -137,6 +182,8 @@ def score_methods(runs: Mapping[str, Sequence[Run]], truths: Mapping[str, Extern
         guard: built on the external-test runs; every fit and threshold choice is admitted.
         diag_model: the shipped TEViD module (Embedding-CPD embeds with it).
         baselines: which baselines (default: all of :data:`SCORED`).
+        diag: the :class:`tevid_hpo.Diagnostician` TEViD is scored with, offline (default the
+            shipped checkpoint).
     """
     labels = {rid: t.label for rid, t in truths.items()}
     halves = [h for h in (DEV_HALF, TEST_HALF) if runs.get(h)]
@@ -158,14 +205,23 @@ def score_methods(runs: Mapping[str, Sequence[Run]], truths: Mapping[str, Extern
             m.alert_steps[h] = dict(evaluate_alerts(m.preds[h], m.threshold,
                                                     consecutive=consecutive).alert_steps)
 
-    # --- TEViD, as shipped
-    live = MethodScores("tevid", "TEViD shipped (as deployed: its own alert)", "TEViD")
-    thr = MethodScores("tevid_far", "TEViD shipped @ 5 % FAR (dev threshold)", "TEViD")
+    # --- TEViD, scored offline from the recorded frames with ``diag``
+    who = "TEViD shipped" if diag is None else f"TEViD {Path(str(diag.source)).stem}"
+    if diag is None:
+        from tevid_hpo import Diagnostician
+
+        diag = Diagnostician.from_pretrained(device="cpu")
+    live = MethodScores("tevid", f"{who} (its own alert)", "TEViD")
+    thr = MethodScores("tevid_far", f"{who} @ 5 % FAR (dev threshold)", "TEViD")
     for h in halves:
-        preds, _ = predictions(tevid_live_scores, runs[h], labels, evidential=True)
+        preds, _ = predictions(lambda r: tevid_offline_scores(diag, r), runs[h], labels,
+                               evidential=True)
         live.preds[h] = preds
         thr.preds[h] = [dataclasses.replace(p) for p in preds]
-    finish(live, {r.run_id: _live_alert(r) for h in halves for r in runs[h]})
+    every = [r for h in halves for r in runs[h]]
+    # the live alert where the monitor ran this checkpoint; else the checkpoint's own, replayed
+    finish(live, {r.run_id: _live_alert(r) if _same_checkpoint(diag, r)
+                  else replay_alert(diag, r) for r in every})
     finish(thr, None)
     out["tevid"], out["tevid_far"] = live, thr
     log("[external] TEViD scored")

@@ -60,12 +60,18 @@ def _truth_table(runs: dict[str, list[Run]], truths: dict[str, ExternalTruth]) -
 def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000, seed: int = 0,
                  baselines: bool = True, results: Path | None = None, figures: Path | None = None,
                  root: Path | None = None, key: str | None = None, record: bool = True,
-                 log: Any = print) -> dict[str, Any]:
+                 log: Any = print, half: str | None = None,
+                 checkpoint: str | None = None) -> dict[str, Any]:
     """Record (cached), label, score and report the suite (``smoke``: the short runs only; then
     nothing is written to ``docs/`` unless ``results`` is given; ``key``: score the recordings
-    of that cache key instead of the current code's)."""
+    of that cache key instead of the current code's; ``half``: ``"dev"`` / ``"test"`` records
+    and scores that half only; ``checkpoint``: the TEViD checkpoint scored offline, default the
+    shipped one)."""
     t0 = time.time()
     specs = SMOKE if smoke else SUITE
+    if half is not None:
+        want = {"dev": DEV_HALF, "test": TEST_HALF}.get(half, half)
+        specs = tuple(s for s in specs if s.half == want)
     if record:
         store, errors = record_suite(specs, workers=workers, root=root, key=key)
     else:   # score what is recorded so far
@@ -101,8 +107,11 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
         factory = (train, val, clabels)
         diag_model = Diagnostician.from_pretrained(device="cpu").model
     t_score = time.time()
+    from tevid_hpo import Diagnostician as _Diag
+
+    diag = None if checkpoint is None else _Diag.from_pretrained(checkpoint, device="cpu")
     methods = score_methods(counted, truths, factory, guard, diag_model=diag_model, seed=seed,
-                            log=log)
+                            log=log, diag=diag)
     guard.check()
     t_score = time.time() - t_score
 

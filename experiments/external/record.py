@@ -9,8 +9,9 @@ other methods can be scored on the same capture steps.
 
 Each recording is a :class:`~data_factory.store.RunStore` run under
 ``~/.cache/tevid-hpo/external/<key>/`` (``<key>`` hashes ``data_factory/frames.py``,
-``data_factory/capture.py``, the checkpoint and the profile, so a change to any of them records
-afresh instead of mixing stale frames in):
+``data_factory/capture.py`` and the profile's frame geometry / cadence, so a change to any of
+them records afresh instead of mixing stale frames in; the checkpoint is not hashed: TEViD is
+scored offline from the recorded frames with any checkpoint):
 
 * ``frames.safetensors`` — the captured frames (with their per-layer statistics);
 * ``steps.csv`` — per step: ``loss``, ``lr``, ``grad_norm`` (total L2 before clipping),
@@ -95,14 +96,28 @@ def _file_hash(*paths: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(checkpoint: str | os.PathLike[str] | None = None) -> str:
-    """Hash of what a recording depends on besides its spec: the frame encoder and capture code
-    and the diagnostician checkpoint (weights and config)."""
-    root = Path(data_factory.__file__).parent
+def _profile_geometry(checkpoint: str | os.PathLike[str] | None) -> bytes:
+    """The frame geometry and cadence of the checkpoint's profile (what shapes the recorded
+    frames); the weights, calibration and every other profile field are left out."""
+    import json
+
     ckpt = Path(checkpoint) if checkpoint is not None else Path(DEFAULT_CHECKPOINT)
     stem = ckpt.with_suffix("") if ckpt.suffix in (".safetensors", ".json") else ckpt
-    return _file_hash(root / "frames.py", root / "capture.py", stem.with_suffix(".safetensors"),
-                      stem.with_suffix(".json"))[:16]
+    cfg = stem.with_suffix(".json")
+    prof = json.loads(cfg.read_text()).get("profile", {}) if cfg.is_file() else {}
+    keep = {k: prof.get(k) for k in ("frame_size", "in_chans", "every", "input_clip")}
+    return json.dumps(keep, sort_keys=True).encode()
+
+
+def cache_key(checkpoint: str | os.PathLike[str] | None = None) -> str:
+    """Hash of what a recording's frames and scalars depend on besides its spec (each run id
+    carries its spec hash): the frame encoder and capture code and the profile's frame
+    geometry / cadence — not the checkpoint's weights, so any checkpoint scores the same
+    recordings offline (:func:`experiments.external.methods.tevid_offline_scores`)."""
+    root = Path(data_factory.__file__).parent
+    h = hashlib.sha256(_file_hash(root / "frames.py", root / "capture.py").encode())
+    h.update(_profile_geometry(checkpoint))
+    return h.hexdigest()[:16]
 
 
 def recording_id(spec: RunSpec) -> str:
