@@ -66,7 +66,7 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
     nothing is written to ``docs/`` unless ``results`` is given; ``key``: score the recordings
     of that cache key instead of the current code's; ``half``: ``"dev"`` / ``"test"`` records
     and scores that half only; ``checkpoint``: the TEViD checkpoint scored offline, default the
-    shipped one)."""
+    shipped one; with ``half`` nothing is written to ``docs/`` unless ``results`` is given)."""
     t0 = time.time()
     specs = SMOKE if smoke else SUITE
     if half is not None:
@@ -133,11 +133,12 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
                                                              n_resamples, seed)
     summary["seconds"] = {"record": round(t_rec, 1), "score": round(t_score, 1),
                           "total": round(time.time() - t0, 1)}
-    out = (root or CACHE) / ("summary-smoke.json" if smoke else "summary.json")
+    name = "summary" + ("-smoke" if smoke else "") + (f"-{half}" if half else "")
+    out = (root or CACHE) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, default=str))
 
-    if results is None and smoke:
+    if results is None and (smoke or half is not None):   # one half never rewrites docs/
         return summary
     results = results or RESULTS
     figures = figures or results.parent / "figures"
