@@ -11,7 +11,9 @@ on an ``RDBStorage`` with a heartbeat) that train the digits CNN under a ``Trial
   ``RetryHeartbeatStaleTrialCallback`` (``RetryFailedTrialCallback`` before Optuna 4.9) reruns it
   and every other trial's diagnosis is intact;
 * the server restarted mid-study (``pg_ctl restart``): workers recover and no finished trial or
-  stored diagnosis is lost;
+  stored diagnosis is lost — including a trial set RUNNING by ``study.ask()`` just before the
+  outage, whose heartbeat never appeared (``fail_stale_trials`` cannot see it; the workers'
+  ``fail_trials_without_heartbeat`` fails and retries it);
 * a monitor that fails never fails its trial.
 
 Why workers hold one lock around ``report`` + ``should_prune``: Hyperband compares a trial with
@@ -29,6 +31,8 @@ import multiprocessing as mp
 import os
 import signal
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +46,18 @@ from postgres_fixture import postgres  # noqa: F401  (the fixture)
 
 from data_factory.architectures import small_cnn
 from data_factory.datasets import digits
+from tevid_hpo._optuna_private import (
+    OptunaInternalsError,
+    fail_trials_without_heartbeat,
+    trials_without_heartbeat,
+)
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import ERROR_ATTR, USER_ATTR, TrialMonitor
 from tevid_hpo.pruners import TEViDPruner, prune_reason
 
-# Generous: on a loaded machine four fresh interpreters importing torch take minutes.
-pytestmark = pytest.mark.timeout(900)
+# Each test stays within its own deadlines below (startup, work, join); this only catches a
+# test that somehow waits outside them.
+pytestmark = pytest.mark.timeout(600)
 
 logger = logging.getLogger("tevid.test_postgres")
 
@@ -55,6 +65,14 @@ EPOCHS = 3
 HEARTBEAT_S = 1
 GRACE_S = 4          # generous: workers share 2 loaded cores, a late heartbeat is not a death
 MAX_RECOVERIES = 20
+# Deadlines. A loaded machine (2 cores, other jobs) needs up to two minutes to start the
+# workers (each imports torch and loads the diagnostician); the study's work after that takes
+# about 10 s (`work_s` in the workers' "done" events: 8.7-9.6 s for the restart test, with the
+# test suite's other jobs running). A worker still busy WORK_S after the start gives up with an
+# error naming the trials it waits for: a stuck study fails within a minute, never stalls.
+STARTUP_S = 180
+WORK_S = 60
+JOIN_S = STARTUP_S + WORK_S + 30
 
 HEALTHY = [{"optimizer": "adam", "lr": lr, "monitor": "ok"}
            for lr in (3e-3, 1e-3, 3e-4, 1e-4, 2e-3, 5e-4)] + [
@@ -92,6 +110,7 @@ class Objective:
     def __init__(self, lock, seq, events: Path, checkpoint: str, role: str) -> None:
         self.lock, self.seq, self.role = lock, seq, role
         self.holds_lock = False
+        self.current: int | None = None   # the number of the trial being run, once asked
         self.events = open(events, "a", buffering=1)  # noqa: SIM115 (open for the process)
         self.diag = Diagnostician.from_pretrained(checkpoint, device="cpu")
         self.data = digits(image_size=16, seed=0)
@@ -110,6 +129,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.release()   # taken by the worker loop before study.ask(): the trial is ours now
+        self.current = trial.number
         name = trial.suggest_categorical("optimizer", ["adam", "sgd"])
         lr = trial.suggest_float("lr", 1e-4, 1e6, log=True)
         broken = trial.suggest_categorical("monitor", ["ok", "broken"]) == "broken"
@@ -148,17 +168,64 @@ class Objective:
         return acc
 
 
-def run_until_done(study: optuna.Study, objective: Objective) -> int:
+#: The storage's stale-trial callback (RetryHeartbeatStaleTrialCallback here).
+Retry = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+def recover_own_trial(study: optuna.Study, number: int, retry: Retry) -> None:
+    """The trial this worker ran when the storage failed under it: fail it if it is still
+    RUNNING (its ``tell(FAIL)`` was lost with the connection), and have ``retry`` (the storage's
+    stale-trial callback) rerun it unless someone did. Needed because Optuna's ``tell(FAIL)``
+    can also *succeed* once the server is back, and a trial failed that way is nobody's stale
+    trial: no callback would ever rerun it. Called under the workers' lock, as every other
+    fail-and-retry is, so a trial is retried once."""
+    trials = study.get_trials(deepcopy=False)
+    trial = trials[number]
+    if trial.state == TrialState.RUNNING:
+        try:
+            frozen = study.tell(number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            return
+    elif trial.state == TrialState.FAIL and not any(
+            RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == number for t in trials):
+        frozen = study.get_trials(deepcopy=True)[number]
+    else:
+        return
+    retry(study, frozen)
+
+
+def run_until_done(study: optuna.Study, objective: Objective, retry: Retry,
+                   deadline: float) -> int:
     """Run waiting trials until none is waiting or running; return how often the worker
-    recovered from an error (a lost connection, a trial failed under it by the heartbeat)."""
+    recovered from an error (a lost connection, a trial failed under it by the heartbeat).
+
+    Each round first fails dead trials: those whose heartbeat went stale (Optuna), and those
+    RUNNING without any heartbeat after the grace period (``fail_trials_without_heartbeat``:
+    asked just before an outage, they would otherwise keep every worker waiting forever). Past
+    ``deadline`` (``time.monotonic()``) the worker raises, naming what it still waits for."""
     recoveries = 0
+    own: int | None = None   # a trial of ours that the storage failed under us
     while True:
+        if time.monotonic() > deadline:
+            try:
+                states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)
+                          if not t.state.is_finished()}
+            except Exception as err:  # noqa: BLE001 (any storage error: report, then stop)
+                states = f"unknown, the storage fails: {err!r}"
+            raise RuntimeError(f"worker {os.getpid()}: study not done by its deadline; "
+                               f"unfinished trials: {states}")
         try:
             objective.acquire()
+            if own is not None:
+                recover_own_trial(study, own, retry)
+                own = None
             optuna.storages.fail_stale_trials(study)
+            fail_trials_without_heartbeat(study, GRACE_S)
             states = {t.state for t in study.get_trials(deepcopy=False)}
             if TrialState.WAITING in states:
+                objective.current = None
                 study.optimize(objective, n_trials=1)
+                objective.current = None
             elif TrialState.RUNNING in states:
                 objective.release()
                 time.sleep(0.25)
@@ -170,6 +237,8 @@ def run_until_done(study: optuna.Study, objective: Objective) -> int:
                 raise RuntimeError(f"worker {os.getpid()} gives up after {MAX_RECOVERIES} "
                                    f"recoveries; last error: {err!r}") from err
             objective.log(kind="recovered", error=repr(err)[:300], pid=os.getpid())
+            if objective.current is not None:
+                own, objective.current = objective.current, None
             time.sleep(0.5)
         finally:
             objective.release()
@@ -180,13 +249,21 @@ def worker(url: str, study_name: str, checkpoint: str, events_dir: str, lock, se
     """Entry point of one worker process (spawned)."""
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=make_storage(url),
-                              pruner=make_pruner())
+    storage = make_storage(url)
+    study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner())
     objective = Objective(lock, seq, Path(events_dir) / f"events-{os.getpid()}.jsonl",
                           checkpoint, role)
-    barrier.wait(timeout=600)   # all workers loaded: they start together
-    recoveries = run_until_done(study, objective)
-    objective.log(kind="done", recoveries=recoveries, pid=os.getpid())
+    barrier.wait(timeout=STARTUP_S)   # all workers loaded: they start together
+    start = time.monotonic()
+    try:
+        recoveries = run_until_done(study, objective,
+                                    storage.get_heartbeat_stale_trial_callback(),
+                                    deadline=start + WORK_S)
+    except Exception as err:
+        objective.log(kind="gave_up", error=repr(err)[:1000], pid=os.getpid())
+        raise
+    objective.log(kind="done", recoveries=recoveries, pid=os.getpid(),
+                  work_s=round(time.monotonic() - start, 1))
 
 
 # ----------------------------------------------------------------------------- test side
@@ -217,14 +294,20 @@ class Workers:
                 os.environ["OMP_NUM_THREADS"] = env_threads
         self.events_dir = events_dir
 
-    def join(self, timeout: float = 600) -> list[int | None]:
+    def join(self, timeout: float = JOIN_S) -> list[int | None]:
+        """Exit codes; a worker still alive after ``timeout`` is killed (its code: -9)."""
         deadline = time.monotonic() + timeout
         for p in self.procs:
             p.join(max(0.0, deadline - time.monotonic()))
         for p in self.procs:
             if p.is_alive():
                 p.kill()
+                p.join(5)
         return [p.exitcode for p in self.procs]
+
+    def why(self) -> list[dict]:
+        """What went wrong in the workers, for assertion messages."""
+        return self.events("gave_up") + self.events("recovered")
 
     def events(self, kind: str | None = None) -> list[dict]:
         out = [json.loads(line) for f in sorted(self.events_dir.glob("events-*.jsonl"))
@@ -317,7 +400,7 @@ def four_workers(postgres, toy_checkpoint, tmp_path_factory):  # noqa: F811
     events_dir = tmp_path_factory.mktemp("events")
     workers = Workers(url, name, toy_checkpoint, events_dir, ["worker"] * 4)
     codes = workers.join()
-    assert codes == [0, 0, 0, 0], workers.events("recovered")
+    assert codes == [0, 0, 0, 0], workers.why()
     return StudyRun(name, reload(url, name), workers.events("prune"))
 
 
@@ -360,14 +443,14 @@ def test_a_worker_killed_mid_trial_is_retried_and_nothing_else_is_lost(
     plan = [HEALTHY[0], DIVERGING, HEALTHY[1], HEALTHY[2], HEALTHY[6]]
     new_study(url, name, plan)
     workers = Workers(url, name, toy_checkpoint, tmp_path, ["victim", "worker", "worker"])
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + STARTUP_S + WORK_S
     while not workers.events("victim") and time.monotonic() < deadline:
         time.sleep(0.2)
     (victim_event,) = workers.events("victim")
     victim = workers.procs[0]
     os.kill(victim.pid, signal.SIGKILL)
     codes = workers.join()
-    assert codes[0] == -signal.SIGKILL and codes[1:] == [0, 0], workers.events("recovered")
+    assert codes[0] == -signal.SIGKILL and codes[1:] == [0, 0], workers.why()
 
     trials = reload(url, name)
     killed = trials[victim_event["number"]]
@@ -391,19 +474,29 @@ def test_a_database_restart_mid_study_loses_nothing_finished(
     url = postgres.create_database("restart")
     name = "tevid-restart"
     plan = [HEALTHY[0], DIVERGING, HEALTHY[1], HEALTHY[2], HEALTHY[3], HEALTHY[6], HEALTHY[7]]
-    new_study(url, name, plan)
+    study = new_study(url, name, plan)
     workers = Workers(url, name, toy_checkpoint, tmp_path, ["worker"] * 3)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + STARTUP_S + WORK_S
     before = []
     while time.monotonic() < deadline:
         before = [t for t in reload(url, name) if t.state.is_finished()]
         if len(before) >= 2:
             break
         time.sleep(0.3)
-    assert len(before) >= 2
+    assert len(before) >= 2, workers.why()
+    # The outage that once kept three workers waiting for 10 minutes, made certain: a trial set
+    # RUNNING by study.ask() just before the server goes down, whose heartbeat never comes (the
+    # worker's first heartbeat write and its tell(FAIL) both fail). Taken under the workers'
+    # lock, from a trial enqueued for it, so no worker finds the queue emptied under it.
+    with workers.lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "Heartbeat ... supposed to be used with optimize"
+        plan.append(HEALTHY[4])
+        study.enqueue_trial(HEALTHY[4])
+        orphan = study.ask().number
     postgres.restart()
     codes = workers.join()
-    assert codes == [0, 0, 0], "a worker stopped: see its events"
+    assert codes == [0, 0, 0], workers.why()
+    logger.info("workers done: %s", workers.events("done"))
 
     trials = reload(url, name)
     by_number = {t.number: t for t in trials}
@@ -412,6 +505,7 @@ def test_a_database_restart_mid_study_loses_nothing_finished(
         assert (new.state, new.value, new.intermediate_values, new.user_attrs) == (
             old.state, old.value, old.intermediate_values, old.user_attrs)
     finished = finished_per_plan(trials, plan)
+    assert by_number[orphan].state == TrialState.FAIL   # failed without a heartbeat, retried:
     for t in trials:
         if t.state == TrialState.FAIL:   # failed by the outage: retried, and the retry finished
             assert any(RetryHeartbeatStaleTrialCallback.retried_trial_number(r) == t.number
@@ -445,3 +539,59 @@ def test_the_monitor_writes_once_per_epoch_whatever_the_epoch_length(toy_diagnos
     assert mon.alert is None
     # epoch 0: every 5 diagnoses (the loop's use of epoch_end is not known yet), then per epoch
     assert rec.writes == [5, 10, 12, 24, 36, 36]            # the last: the `with` block's exit
+
+
+# ----------------------------------------------------------------------------- heartbeat-less
+# The restart hang's root cause, on any RDBStorage (SQLite here, no server needed): a trial that
+# study.ask() set RUNNING and that never recorded a heartbeat is invisible to Optuna's
+# fail_stale_trials forever; fail_trials_without_heartbeat fails and retries it.
+
+def sqlite_study(tmp_path: Path) -> optuna.Study:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the heartbeat is experimental in Optuna
+        storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    for params in (HEALTHY[0], HEALTHY[1]):
+        study.enqueue_trial(params)
+    return study
+
+
+def ask_orphan(study: optuna.Study) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "Heartbeat ... supposed to be used with optimize"
+        return study.ask().number
+
+
+def test_a_running_trial_without_a_heartbeat_is_never_stale_to_optuna(tmp_path):
+    study = sqlite_study(tmp_path)
+    orphan = ask_orphan(study)
+    assert trials_without_heartbeat(study) == [orphan]
+    time.sleep(GRACE_S + 1)
+    optuna.storages.fail_stale_trials(study)   # Optuna's own sweep: it does not see the orphan
+    assert study.trials[orphan].state == TrialState.RUNNING
+
+
+def test_a_heartbeatless_trial_is_failed_after_the_grace_period_and_retried(tmp_path):
+    study = sqlite_study(tmp_path)
+    orphan = ask_orphan(study)
+    assert fail_trials_without_heartbeat(study, GRACE_S) == []   # too young: may still start
+    beating = ask_orphan(study)
+    study._storage.record_heartbeat(study.trials[beating]._trial_id)   # as optimize() does
+    assert trials_without_heartbeat(study) == [orphan]
+    assert fail_trials_without_heartbeat(study, grace_period=0) == [orphan]
+    assert fail_trials_without_heartbeat(study, grace_period=0) == []   # once
+    trials = study.trials
+    assert trials[orphan].state == TrialState.FAIL and trials[beating].state == TrialState.RUNNING
+    (retry,) = [t for t in trials
+                if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == orphan]
+    assert retry.state == TrialState.WAITING and retry.params == trials[orphan].params
+
+
+def test_a_missing_heartbeat_model_fails_loudly(tmp_path, monkeypatch):
+    from optuna.storages._rdb import models
+
+    study = sqlite_study(tmp_path)
+    ask_orphan(study)
+    monkeypatch.delattr(models, "TrialHeartbeatModel")
+    with pytest.raises(OptunaInternalsError, match=r"TrialHeartbeatModel.*pip install"):
+        fail_trials_without_heartbeat(study, GRACE_S)

@@ -396,6 +396,24 @@ def test_a_rung_waiting_for_an_early_stopped_trial_is_halved(scheduler_cls):
         assert not s._trial_info[t15][0].trials_to_unpause
 
 
+@pytest.mark.parametrize("scheduler_cls", [TEViDHyperband, HyperBandScheduler])
+def test_a_trial_finished_before_tuner_restore_takes_no_bracket_place(scheduler_cls):
+    # Tuner.restore re-adds every trial, finished ones TERMINATED, to a scheduler as it was at
+    # the start: the run of test_ray_cluster's restore test, as the restored scheduler sees it.
+    s = scheduler_cls(metric="acc", mode="max", max_t=3)
+    tc = StoppingController(s)
+    healthy, stopped = stub_trial("healthy"), stub_trial("stopped")
+    stopped.set_status(Trial.TERMINATED)   # stopped by TEViD before the interruption
+    for t in (healthy, stopped):           # one bracket of two: both run to max_t
+        s.on_trial_add(tc, t)
+    healthy.set_status(Trial.RUNNING)
+    actions = [report_to(s, tc, healthy, result(t, 0.6)) for t in (2, 3)]   # resumed at 1
+    if scheduler_cls is TEViDHyperband:    # finished its budget: done
+        assert actions == ["CONTINUE", "STOP"] and s.stop_reason("healthy") is None
+    else:                                  # Ray 2.60: waits for "stopped" for good
+        assert actions == ["CONTINUE", "PAUSE"] and s.choose_trial_to_run(tc) is None
+
+
 def test_tevid_scheduler_rejects_what_it_cannot_wrap():
     from ray.tune.schedulers import PopulationBasedTraining
 

@@ -135,11 +135,25 @@ def tevid_stops(decisions) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- restore
 class InterruptAfterTEViDStop(tune.Callback):
     """Interrupt the run (SIGUSR1, as Ctrl+C would) once TEViD has stopped a trial and another
-    trial has reported: an experiment cut short with decisions already made."""
+    trial has reported: an experiment cut short with decisions already made.
+
+    Once only. ``Tuner.restore`` brings back every callback as pickled when the run began
+    (``fired`` False), and the restored decision log plus the restored trials' last results
+    meet the condition at the first result: without its saved state this callback interrupted
+    the resumed run too, after one report, and that run's trials ended early with no scheduler
+    decision (issue 27's unexplained "resumed trial ending after 1 iteration"). Tune saves a
+    callback's ``get_state`` with the experiment state and hands it back on restore, as it does
+    for the scheduler's decision log."""
 
     def __init__(self, scheduler: TEViDHyperband) -> None:
         self.scheduler = scheduler
         self.fired = False
+
+    def get_state(self) -> dict | None:
+        return {"fired": True} if self.fired else None
+
+    def set_state(self, state: dict) -> None:
+        self.fired = state["fired"]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         reported = {t.trial_id for t in trials if t.last_result.get("acc") is not None}
@@ -175,16 +189,24 @@ def test_tuner_restore_keeps_the_schedulers_decisions(cluster, tmp_path, toy_che
     # the callback and the scheduler come back from one pickle (tuner.pkl): the same object
     assert restored._local_tuner.get_run_config().callbacks[0].scheduler is again
     assert again is not scheduler and again.decisions == []   # as pickled when the run began
-    results = restored.fit()   # Tune restores the callback's state here, then resumes
+    results = restored.fit()   # Tune restores the callbacks' state here, then resumes
     assert not results.errors
+    assert restored._local_tuner.get_run_config().callbacks[1].fired   # not a second time
     assert again.decisions[:len(before)] == before
     assert again.stop_reason(diverging_id)["label"] == INSTABILITY
     final = by_name(results)
     # the stopped trial was not rerun (a rerun would diverge and be stopped a second time)
     assert [d["trial_id"] for d in again.decisions].count(diverging_id) == 1
     assert final["diverging"].metrics["tevid_stopped_by"] == "TEViD"
-    # Not asserted yet: that every resumed trial ends at max_t or with a logged decision — in
-    # one run a trial resumed after the interruption ended at iteration 1 with none (issue 27).
+    # Every other trial ran on: to max_t, or until the restored Hyperband halted it (logged).
+    # Which of the two is not fixed: Tune restores the scheduler as it was when the run began,
+    # so the resumed trials are placed in new brackets (in the order of their last results,
+    # and the stopped trial takes no place in them: TEViDHyperband.on_trial_add), and the
+    # halving among them need not repeat what an uninterrupted run would have decided.
+    for name in ("healthy", "slow"):
+        m = final[name].metrics
+        assert (m["training_iteration"] == EPOCHS
+                or again.stop_reason(m["trial_id"])["pruner"] == "HyperBandScheduler"), (name, m)
 
 
 # ----------------------------------------------------------------------------- node failure

@@ -18,15 +18,18 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import types
+from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["BRACKET_METHODS", "BracketDelegation", "OptunaInternalsError", "check_bracket_hooks",
-           "hyperband_bracket", "hyperband_max_resource", "set_trial_system_attr",
-           "set_trial_user_attr"]
+           "fail_trials_without_heartbeat", "hyperband_bracket", "hyperband_max_resource",
+           "set_trial_system_attr", "set_trial_user_attr", "trials_without_heartbeat"]
 
 #: The Optuna version these internals were last checked against.
 CHECKED_WITH = "5.1.0"
@@ -57,7 +60,7 @@ def _get(obj: Any, name: str, why: str) -> Any:
     try:
         return getattr(obj, name)
     except AttributeError:
-        owner = obj.__name__ if isinstance(obj, type) or hasattr(obj, "__path__") else \
+        owner = obj.__name__ if isinstance(obj, (type, types.ModuleType)) else \
             type(obj).__name__
         raise OptunaInternalsError(owner, name, why) from None
 
@@ -196,3 +199,102 @@ class BracketDelegation:
                               ) -> optuna.study.Study:
         return _get(self.bracket_owner, "_create_bracket_study",
                     "Hyperband's per-bracket view of the study")(study, bracket_id)
+
+
+# ---------------------------------------------------------------------- heartbeats
+# optuna.storages.fail_stale_trials fails a RUNNING trial only when its heartbeat row is older
+# than the grace period: RDBStorage._get_stale_trial_ids skips a trial that has no row at all.
+# A trial gets its first row from the heartbeat thread that Study.optimize starts *after*
+# study.ask() has set it RUNNING. A worker that loses the database in between (a server restart,
+# a network cut) fails that first write, and its own tell(FAIL) fails too: the trial stays
+# RUNNING with no row, no worker ever fails it, and a loop that waits for running trials waits
+# forever (issue 27: three workers idle for 10 minutes). Whether a trial has a heartbeat row has
+# no public reader, so it is read here.
+
+def trials_without_heartbeat(study: optuna.study.Study) -> list[int]:
+    """Numbers of ``study``'s RUNNING trials that have never recorded a heartbeat; ``[]`` unless
+    the storage is an ``RDBStorage`` with a heartbeat.
+
+    Example:
+        >>> import warnings
+        >>> from optuna.storages import RDBStorage
+        >>> warnings.simplefilter("ignore")          # the heartbeat is experimental in Optuna
+        >>> storage = RDBStorage("sqlite:///:memory:", heartbeat_interval=1)
+        >>> study = optuna.create_study(storage=storage)
+        >>> trials_without_heartbeat(study), study.ask().number   # ask() alone records none
+        ([], 0)
+        >>> trials_without_heartbeat(study)
+        [0]
+    """
+    why = "to find RUNNING trials that never recorded a heartbeat (fail_stale_trials skips them)"
+    storage = _get(study, "_storage", why)
+    if isinstance(storage, _get(optuna.storages, "_CachedStorage", why)):
+        storage = _get(storage, "_backend", why)   # create_study wraps an RDBStorage in it
+    if not isinstance(storage, optuna.storages.RDBStorage) or \
+            storage.get_heartbeat_interval() is None:
+        return []
+    running = {_get(t, "_trial_id", why): t.number
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
+    try:
+        models = importlib.import_module("optuna.storages._rdb.models")
+    except ImportError:
+        raise OptunaInternalsError("optuna.storages", "_rdb.models", why) from None
+    heartbeat = _get(models, "TrialHeartbeatModel", why)
+    column = _get(heartbeat, "trial_id", why)
+    import sqlalchemy
+
+    with _get(storage, "engine", why).connect() as conn:
+        beating = set(conn.execute(sqlalchemy.select(column).where(
+            column.in_(list(running)))).scalars())
+    return sorted(number for trial_id, number in running.items() if trial_id not in beating)
+
+
+def fail_trials_without_heartbeat(study: optuna.study.Study, grace_period: float) -> list[int]:
+    """Fail the RUNNING trials that started over ``grace_period`` seconds ago and never recorded
+    a heartbeat, and hand each to the storage's stale-trial callback (a
+    ``RetryHeartbeatStaleTrialCallback`` enqueues its rerun), as ``fail_stale_trials`` does for
+    trials whose heartbeat stopped; returns their numbers.
+
+    Call it where a worker calls ``optuna.storages.fail_stale_trials``: before each
+    ``study.optimize`` and while it waits for running trials. ``grace_period`` must exceed the
+    longest a live worker can take from ``study.ask()`` to its first heartbeat (milliseconds
+    normally, seconds on a loaded machine): use the storage's ``grace_period``. Two workers
+    calling it at once fail and retry a trial once (``study.tell`` refuses the second).
+
+    Example:
+        >>> import warnings
+        >>> from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+        >>> warnings.simplefilter("ignore")          # the heartbeat is experimental in Optuna
+        >>> storage = RDBStorage("sqlite:///:memory:", heartbeat_interval=1, grace_period=2,
+        ...     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        >>> study = optuna.create_study(storage=storage)
+        >>> orphan = study.ask()                     # RUNNING, and no heartbeat will come
+        >>> fail_trials_without_heartbeat(study, grace_period=60)   # too young to judge
+        []
+        >>> fail_trials_without_heartbeat(study, grace_period=0)
+        [0]
+        >>> [t.state.name for t in study.trials]     # failed, and its rerun is waiting
+        ['FAIL', 'WAITING']
+    """
+    now = datetime.now()   # datetime_start is the local time of the worker that asked
+    numbers = set(trials_without_heartbeat(study))
+    if not numbers:
+        return []
+    callback = _get(study, "_storage", "the stale-trial callback of the study's storage"
+                    ).get_heartbeat_stale_trial_callback()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        start = trial.datetime_start
+        if trial.number not in numbers or start is None or \
+                (now - start).total_seconds() <= grace_period:
+            continue
+        try:
+            frozen = study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue   # finished meanwhile, or failed by another worker: it retries it
+        failed.append(trial.number)
+        if callback is not None:
+            callback(study, frozen)
+    return failed

@@ -70,12 +70,15 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ray
 import torch
 from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import (
+    AsyncHyperBandScheduler,
     FIFOScheduler,
     HyperBandScheduler,
+    MedianStoppingRule,
     PopulationBasedTraining,
     ResourceChangingScheduler,
     TrialScheduler,
@@ -266,6 +269,39 @@ def _latest_from(result: Mapping[str, Any]) -> dict[str, Any] | None:
     epoch = result.get("tevid_epoch")
     return {"step": int(step), "epoch": None if epoch is None or epoch < 0 else int(epoch),
             "probs": probs, "vacuity": float(result["tevid_vacuity"])}
+
+
+# Ray Tune's schedulers take ``time_attr`` and ``max_t`` in their constructors and expose
+# neither. TEViDScheduler needs its base's time axis (the report step it judges) and budget
+# (the cost rule's default). They are read here and nowhere else, from the classes whose
+# attribute names are known; a Ray release that renamed one fails at construction, naming it,
+# rather than judging steps on the wrong axis.
+_BASE_TIME_ATTR = ((AsyncHyperBandScheduler, "_time_attr"), (MedianStoppingRule, "_time_attr"))
+_BASE_MAX_T = ((AsyncHyperBandScheduler, "_max_t"),)
+
+
+def _base_setting(base: TrialScheduler, table: tuple[tuple[type, str], ...], what: str,
+                  default: Any) -> Any:
+    """``base``'s constructor setting ``what`` (private in Ray), or ``default`` for a scheduler
+    not in ``table`` (FIFO has no time axis and no budget)."""
+    for cls, name in table:
+        if isinstance(base, cls):
+            try:
+                return getattr(base, name)
+            except AttributeError:
+                raise RuntimeError(
+                    f"tevid-hpo reads {what} of a {cls.__name__} from its private {name}, which "
+                    f"ray {ray.__version__} does not have: use a tevid-hpo release that supports "
+                    f"this Ray version") from None
+    return default
+
+
+def _time_axis(base: TrialScheduler) -> str:
+    return _base_setting(base, _BASE_TIME_ATTR, "the time axis time_attr", "training_iteration")
+
+
+#: What TEViDHyperband uses of HyperBandScheduler's internals to keep brackets from stalling.
+_HYPERBAND_INTERNALS = ("_trial_info", "_process_bracket", "_get_n0", "_get_r0")
 
 
 class _Rules:
@@ -482,23 +518,41 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
             raise ValueError(f"reduction_factor must be a number > 1, got {reduction_factor!r}")
         super().__init__(time_attr=time_attr, metric=metric, mode=mode, max_t=max_t,
                          reduction_factor=reduction_factor, stop_last_trials=stop_last_trials)
+        missing = [name for name in _HYPERBAND_INTERNALS if not hasattr(self, name)]
+        if missing:
+            raise RuntimeError(f"TEViDHyperband relies on HyperBandScheduler's {missing}, which "
+                               f"ray {ray.__version__} does not have: use a tevid-hpo release "
+                               "that supports this Ray version")
+        # Our own copies: Ray keeps these in private attributes only.
+        self._axis = {"time_attr": time_attr, "max_t": max_t,
+                      "reduction_factor": reduction_factor}
         self._tevid = _Rules(prune_on, cost, min_confidence, max_t)
         self._unsticking = False
 
     def __repr__(self) -> str:
-        return (f"TEViDHyperband(metric={self._metric!r}, mode={self._mode!r}, "
-                f"max_t={self._max_t_attr}, prune_on={self.prune_on!r}, cost={self.cost!r})")
+        return (f"TEViDHyperband(metric={self.metric!r}, max_t={self._axis['max_t']}, "
+                f"prune_on={self.prune_on!r}, cost={self.cost!r})")
+
+    def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
+        # Tuner.restore re-adds every trial of the interrupted run to a scheduler restored as it
+        # was when the run began, finished ones too (ResumeConfig's default SKIP re-adds them
+        # TERMINATED). In a bracket such a trial never reports again, so its rung never
+        # completes and the trials beside it wait PAUSED for good (Ray 2.60): it takes no place.
+        if trial.status in (Trial.TERMINATED, Trial.ERROR):
+            return
+        super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,
                         result: dict[str, Any]) -> str:
-        if self._tevid.stop_now(trial, result, self._time_attr):
+        time_attr, max_t = self._axis["time_attr"], self._axis["max_t"]
+        if self._tevid.stop_now(trial, result, time_attr):
             return TrialScheduler.STOP
         action = super().on_trial_result(tune_controller, trial, result)
-        t = result.get(self._time_attr)
+        t = result.get(time_attr)
         # A STOP at max_t is the trial completing its budget, not a decision about it.
-        finished = action == TrialScheduler.STOP and t is not None and t >= self._max_t_attr
+        finished = action == TrialScheduler.STOP and t is not None and t >= max_t
         if action != TrialScheduler.CONTINUE and not finished:
-            self._tevid.record(trial, action, self._wrapped_reason(t, result.get(self._metric)))
+            self._tevid.record(trial, action, self._wrapped_reason(t, result.get(self.metric)))
         return action
 
     def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
@@ -506,12 +560,14 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
         # which lands here; on_trial_complete (running trials) lands here too.
         # Any removal short of max_t that nobody recorded is Hyperband halting the trial; the
         # trial's status here depends on timing (PAUSED, PENDING or already TERMINATED).
+        if trial not in self._trial_info:
+            return   # a finished trial re-added by Tuner.restore (see on_trial_add)
         if trial.trial_id not in self._tevid.stops and trial.status != Trial.ERROR:
             last = trial.last_result
-            t = last.get(self._time_attr)
-            if t is None or t < self._max_t_attr:
+            t = last.get(self._axis["time_attr"])
+            if t is None or t < self._axis["max_t"]:
                 self._tevid.record(trial, TrialScheduler.STOP,
-                                   self._wrapped_reason(t, last.get(self._metric)))
+                                   self._wrapped_reason(t, last.get(self.metric)))
         bracket, _ = self._trial_info[trial]
         super().on_trial_remove(tune_controller, trial)
         self._tevid.stamp(trial)
@@ -564,9 +620,7 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Re-running Hyperband's __init__ recreates its bracket-size helpers bound to *this*
         # object; everything else is then overwritten by the saved state.
-        HyperBandScheduler.__init__(self, time_attr=state["_time_attr"],
-                                    max_t=state["_max_t_attr"],
-                                    reduction_factor=state["_eta"])
+        HyperBandScheduler.__init__(self, **state["_axis"])
         self.__dict__.update(state)
 
     @staticmethod
@@ -617,7 +671,8 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
         super().__init__()
         self._base = base
         if max_t is None:
-            max_t = getattr(base, "_max_t", None)
+            max_t = _base_setting(base, _BASE_MAX_T, "the budget max_t", None)
+        self._time_axis = _time_axis(base)
         self._tevid = _Rules(prune_on, cost, min_confidence, max_t)
 
     def __repr__(self) -> str:
@@ -637,10 +692,6 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
     def supports_buffered_results(self) -> bool:
         return self._base.supports_buffered_results
 
-    @property
-    def _time_attr(self) -> str:
-        return getattr(self._base, "_time_attr", "training_iteration")
-
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return self._base.set_search_properties(metric, mode, **spec)
 
@@ -652,10 +703,10 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,
                         result: dict[str, Any]) -> str:
-        if self._tevid.stop_now(trial, result, self._time_attr):
+        if self._tevid.stop_now(trial, result, self._time_axis):
             return TrialScheduler.STOP
         action = self._base.on_trial_result(tune_controller, trial, result)
-        t = result.get(self._time_attr)
+        t = result.get(self._time_axis)
         max_t = self._tevid.max_t
         # A STOP at max_t is the trial completing its budget, not a decision about it.
         finished = (action == TrialScheduler.STOP and max_t is not None and t is not None
@@ -695,3 +746,4 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         self._base, self._tevid = state["base"], state["tevid"]
+        self._time_axis = _time_axis(self._base)
