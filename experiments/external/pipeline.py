@@ -46,6 +46,8 @@ def composition(specs: Sequence[RunSpec]) -> pd.DataFrame:
 def _truth_table(runs: dict[str, list[Run]], truths: dict[str, ExternalTruth]) -> str:
     rows = []
     for half, rs in runs.items():
+        if not rs:      # a half not recorded / not asked for (--half)
+            continue
         df = pd.DataFrame([{"kind": truths[r.run_id].kind, "positive": truths[r.run_id].positive,
                             "reference": truths[r.run_id].reference} for r in rs])
         for kind, g in df.groupby("kind", sort=False):
