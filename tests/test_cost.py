@@ -293,3 +293,22 @@ def test_should_stop_validates_inputs(d, done, total, exc, match):
 def test_prune_on_is_validated(prune_on):
     with pytest.raises(ValueError):
         CostModel().should_stop(diag(Instability=1.0), 0, 10, prune_on=prune_on)
+
+
+def test_standing_raises_the_bar_for_stopping_a_leading_trial():
+    # Issue 25: stopping risks the trial's standing among its peers at the same step.
+    from types import SimpleNamespace as D
+
+    cm = CostModel()
+    d = D(probs={"Healthy": 0.5, "Overfitting": 0.5}, vacuity=0.0)
+    assert cm.decide(d, 50, 100).stop and cm.decide(d, 50, 100, standing=0.0).stop
+    leader = cm.decide(d, 50, 100, standing=1.0)
+    assert not leader.stop and leader.standing == 1.0
+    # The threshold grows monotonically with standing, and c_best = 0 ignores it.
+    ts = [cm.stop_threshold(50, 100, standing=s) for s in (0.0, 0.5, 1.0)]
+    assert ts[0] < ts[1] < ts[2]
+    assert CostModel(c_best=0.0).stop_threshold(50, 100, standing=1.0) == cm.stop_threshold(50, 100)
+    with pytest.raises(ValueError, match="standing"):
+        cm.decide(d, 50, 100, standing=1.5)
+    with pytest.raises(ValueError, match="c_best"):
+        CostModel(c_best=-1.0)

@@ -107,7 +107,8 @@ class StopDecision:
         p_anomaly: Evidence-backed probability that the trial is one of ``prune_on``.
         remaining: Fraction of the epoch budget still to run, in ``[0, 1]``.
         cost_stop, cost_continue: Expected costs of the two actions.
-        p_threshold: The ``p`` above which stopping wins at this remaining budget.
+        p_threshold: The ``p`` above which stopping wins at this remaining budget and standing.
+        standing: The trial's standing among its peers at the same step (``None``: unknown).
 
     Example:
         >>> StopDecision(True, 0.9, 0.5, 0.1, 4.5, 0.16).stop
@@ -120,6 +121,7 @@ class StopDecision:
     cost_stop: float
     cost_continue: float
     p_threshold: float
+    standing: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,11 @@ class CostModel:
             engineer's investigation.
         c_md: Cost of one missed detection (``>= 0``); ~a wasted run budget, 10 in the paper.
         c_lead: Cost per epoch of lead (``<= 0``: earlier detection is cheaper); -0.5 in the paper.
+        c_best: Extra cost of stopping a healthy trial in proportion to its *standing* among the
+            trials at the same step (``>= 0``; 0 ignores standing). Losing the trial that leads
+            is the worst thing a pruner can do — the user loses their best configuration — so
+            by default it costs as much as a missed detection (10). Not part of Appendix I: it
+            only enters the per-trial stop rule (:meth:`decide`), never policy costs.
 
     Example:
         >>> CostModel(c_fa=1, c_md=10, c_lead=-0.5).cost(n_fa=1, n_md=1, leads=[4.0])
@@ -144,9 +151,13 @@ class CostModel:
     c_fa: float = 1.0
     c_md: float = 10.0
     c_lead: float = -0.5
+    c_best: float = 10.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        set_(self, "c_best", _finite("c_best", self.c_best))
+        if self.c_best < 0:
+            raise ValueError(f"c_best must be >= 0, got {self.c_best}")
         set_(self, "c_fa", _finite("c_fa", self.c_fa))
         set_(self, "c_md", _finite("c_md", self.c_md))
         set_(self, "c_lead", _finite("c_lead", self.c_lead))
@@ -338,21 +349,35 @@ class CostModel:
             p_anom += u
         return min(p_anom, 1.0)
 
-    def stop_threshold(self, epochs_done: float, epochs_max: float) -> float:
+    def stop_threshold(self, epochs_done: float, epochs_max: float,
+                       standing: float | None = None) -> float:
         """The anomaly probability above which :meth:`should_stop` stops, at this budget point.
 
-        ``p* = c_fa / (c_fa + r·(c_md - c_lead))`` with ``r`` the remaining budget fraction
-        (``1.0`` — never — when nothing can be gained). Decreasing in ``r``: early in a trial a
-        weaker diagnosis suffices.
+        ``p* = a / (a + r·(c_md - c_lead))`` with ``a = c_fa + c_best·s`` the cost of a false
+        stop at standing ``s`` (0 when unknown) and ``r`` the remaining budget fraction (``1.0``
+        — never — when nothing can be gained). Decreasing in ``r``: early in a trial a weaker
+        diagnosis suffices; increasing in ``s``: the better the trial stands, the surer the
+        diagnosis must be.
 
         Example:
             >>> cm = CostModel()
             >>> round(cm.stop_threshold(0, 100), 4), round(cm.stop_threshold(90, 100), 4)
             (0.087, 0.4878)
+            >>> round(cm.stop_threshold(0, 100, standing=1.0), 4)   # the leader
+            0.5116
         """
         r = self._remaining(epochs_done, epochs_max)
-        denom = self.c_fa + r * (self.c_md - self.c_lead)
-        return self.c_fa / denom if denom > 0 else 1.0
+        risk = self._false_stop_cost(standing)
+        denom = risk + r * (self.c_md - self.c_lead)
+        return risk / denom if denom > 0 else 1.0
+
+    def _false_stop_cost(self, standing: float | None) -> float:
+        if standing is None:
+            return self.c_fa
+        s = _finite("standing", standing)
+        if not 0.0 <= s <= 1.0:
+            raise ValueError(f"standing must lie in [0, 1], got {standing}")
+        return self.c_fa + self.c_best * s
 
     def decide(
         self,
@@ -360,8 +385,14 @@ class CostModel:
         epochs_done: float,
         epochs_max: float,
         prune_on: Collection[str] = DEFAULT_PRUNE_ON,
+        standing: float | None = None,
     ) -> StopDecision:
-        """:meth:`should_stop` with its numbers (for the pruner's recorded reason).
+        """:meth:`should_stop` with its numbers (for the pruner's recorded reason), and with
+        what stopping risks beyond a false alarm: the trial's ``standing`` among the trials at
+        the same step (the share of them it beats, in ``[0, 1]``; ``None`` when unknown).
+
+        A false stop then costs ``c_fa + c_best·standing``:
+        ``E[stop] = (c_fa + c_best·s)·(1 - p) + c_lead·p·r``, ``E[continue] = c_md·p·r``.
 
         Example:
             >>> from types import SimpleNamespace as D
@@ -369,10 +400,12 @@ class CostModel:
             >>> dec = CostModel().decide(d, epochs_done=50, epochs_max=100)
             >>> dec.stop, dec.cost_stop, dec.cost_continue
             (True, 0.375, 2.5)
+            >>> CostModel().decide(d, epochs_done=50, epochs_max=100, standing=1.0).stop
+            False
         """
         p = self.anomaly_probability(diagnosis, prune_on)
         r = self._remaining(epochs_done, epochs_max)
-        cost_stop = self.c_fa * (1.0 - p) + self.c_lead * p * r
+        cost_stop = self._false_stop_cost(standing) * (1.0 - p) + self.c_lead * p * r
         cost_continue = self.c_md * p * r
         # Strict: on a tie keep training (stopping is irreversible, continuing is not).
         return StopDecision(
@@ -381,7 +414,8 @@ class CostModel:
             remaining=r,
             cost_stop=cost_stop,
             cost_continue=cost_continue,
-            p_threshold=self.stop_threshold(epochs_done, epochs_max),
+            p_threshold=self.stop_threshold(epochs_done, epochs_max, standing),
+            standing=standing,
         )
 
     def should_stop(
