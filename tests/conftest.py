@@ -15,7 +15,7 @@ code (import them with ``from conftest import ...``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from core_models.calibration import ALERT_LABELS, Calibration
+from data_factory.capture import StateCapture
 from data_factory.datasets import TensorData, digits
+from data_factory.frames import Frame
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.testing import QUICK_CORPUS, train_toy_diagnostician
 
@@ -84,6 +86,25 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, data: TensorData, m
     mon.step(loss=loss.item())
     opt.step()
     return loss.item()
+
+
+def capture_frames(model: nn.Module, opt: torch.optim.Optimizer,
+                   loss_at: Callable[[int], torch.Tensor], steps: int,
+                   **capture: object) -> tuple[list[Frame], StateCapture]:
+    """Train ``steps`` steps under ``StateCapture(model, **capture)``: step ``k`` computes
+    ``loss_at(k)``, backward, ``cap.step()`` (between backward and the optimiser step, where the
+    gradients are), optimiser step. Returns the frames produced and the (closed) capture."""
+    frames = []
+    with StateCapture(model, **capture) as cap:  # type: ignore[arg-type]
+        for k in range(steps):
+            loss = loss_at(k)
+            opt.zero_grad()
+            loss.backward()
+            frame = cap.step()
+            opt.step()
+            if frame is not None:
+                frames.append(frame)
+    return frames, cap
 
 
 def val_accuracy(model: nn.Module, data: TensorData) -> float:

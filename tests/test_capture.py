@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import capture_frames
 from torch import nn
 
 from data_factory.capture import StateCapture, candidate_layers, pick_depths
@@ -110,16 +111,8 @@ def test_capture_three_layers_in_depth_order(name):
     model = build()
     before = hook_count(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    frames = []
-    with StateCapture(model, every=2, frame_size=S, stats=True) as cap:
-        for _ in range(5):
-            loss = loss_fn(model, make_batch())
-            opt.zero_grad()
-            loss.backward()
-            frame = cap.step()
-            opt.step()
-            if frame is not None:
-                frames.append(frame)
+    frames, cap = capture_frames(model, opt, lambda _: loss_fn(model, make_batch()), 5,
+                                 every=2, frame_size=S, stats=True)
     assert [f.step for f in frames] == [0, 2, 4]
     assert len(set(cap.layers)) == 3
     order = execution_order(model, make_batch(), loss_fn)
@@ -282,17 +275,12 @@ def test_zero_init_models_do_not_saturate_against_their_reference(name):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    frames = []
-    with StateCapture(model, every=2, frame_size=8) as cap:
-        for _ in range(12):
-            batch = torch.randint(0, 64, (8,))   # fresh mini-batches: a healthy run, not memorising
-            loss = nn.functional.cross_entropy(model(xs[batch]), ys[batch])
-            opt.zero_grad()
-            loss.backward()
-            frame = cap.step()
-            opt.step()
-            if frame is not None:
-                frames.append(frame)
+
+    def loss_at(_: int) -> torch.Tensor:
+        batch = torch.randint(0, 64, (8,))   # fresh mini-batches: a healthy run, not memorising
+        return nn.functional.cross_entropy(model(xs[batch]), ys[batch])
+
+    frames, _ = capture_frames(model, opt, loss_at, 12, every=2, frame_size=8)
     assert len(frames) == 6 and all(f.finite for f in frames)
     tensor = torch.stack([f.tensor.float() for f in frames])
     # Measured on the tensor itself, not on Frame.clipped, so the check means the same on any code.

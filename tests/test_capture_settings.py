@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import capture_frames
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -40,19 +41,13 @@ def batch(seed: int = 0, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 def train(model: nn.Module, steps: int = 4, every: int = 1, forward=None, **capture) -> list[Frame]:
     """Plain SGD loop with capture; ``forward(model, x)`` overrides ``model(x)``."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    frames = []
-    with StateCapture(model, every=every, frame_size=8, **capture) as cap:
-        for s in range(steps):
-            x, y = batch(s)
-            out = forward(model, x) if forward else model(x)
-            loss = nn.functional.cross_entropy(out.float(), y)
-            opt.zero_grad()
-            loss.backward()
-            frame = cap.step()
-            opt.step()
-            if frame is not None:
-                frames.append(frame)
-    return frames
+
+    def loss_at(s: int) -> torch.Tensor:
+        x, y = batch(s)
+        out = forward(model, x) if forward else model(x)
+        return nn.functional.cross_entropy(out.float(), y)
+
+    return capture_frames(model, opt, loss_at, steps, every=every, frame_size=8, **capture)[0]
 
 
 def assert_informative(frames: list[Frame], n: int) -> None:
