@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -48,31 +48,34 @@ _MLP_NORM = [((128, 128), "batch", nn.GELU, 0.0), ((256, 256, 256), "layer", nn.
              ((64, 64, 64), "batch", nn.ReLU, 0.0), ((128, 64), "layer", nn.GELU, 0.2)]
 
 
-def _mlp(d: DataSet, variant: int, dropout: bool) -> nn.Module:
-    widths, p = _MLP[variant % len(_MLP)]
+def _mlp_stack(d: DataSet, widths: Sequence[int], hidden: Callable[[int, int], list[nn.Module]],
+               p: float, dropout: bool) -> nn.Module:
+    """Flatten, then ``hidden(n_in, w)`` per width (and ``Dropout(p)`` when ``p and dropout``),
+    then the classifier head."""
     layers: list[nn.Module] = [nn.Flatten()]
     n_in = int(torch.tensor(d.input_shape).prod())
     for w in widths:
-        layers += [nn.Linear(n_in, w), nn.ReLU()]
+        layers += hidden(n_in, w)
         if p and dropout:
             layers.append(nn.Dropout(p))
         n_in = w
     layers.append(nn.Linear(n_in, d.n_classes))
     return nn.Sequential(*layers)
+
+
+def _mlp(d: DataSet, variant: int, dropout: bool) -> nn.Module:
+    widths, p = _MLP[variant % len(_MLP)]
+    return _mlp_stack(d, widths, lambda n_in, w: [nn.Linear(n_in, w), nn.ReLU()], p, dropout)
 
 
 def _mlp_norm(d: DataSet, variant: int, dropout: bool) -> nn.Module:
     widths, norm, act, p = _MLP_NORM[variant % len(_MLP_NORM)]
-    layers: list[nn.Module] = [nn.Flatten()]
-    n_in = int(torch.tensor(d.input_shape).prod())
-    for w in widths:
-        layers += [nn.Linear(n_in, w), nn.BatchNorm1d(w) if norm == "batch" else nn.LayerNorm(w),
-                   act()]
-        if p and dropout:
-            layers.append(nn.Dropout(p))
-        n_in = w
-    layers.append(nn.Linear(n_in, d.n_classes))
-    return nn.Sequential(*layers)
+
+    def hidden(n_in: int, w: int) -> list[nn.Module]:
+        return [nn.Linear(n_in, w), nn.BatchNorm1d(w) if norm == "batch" else nn.LayerNorm(w),
+                act()]
+
+    return _mlp_stack(d, widths, hidden, p, dropout)
 
 
 def _resnet18(d: DataSet, variant: int, dropout: bool) -> nn.Module:
