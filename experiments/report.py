@@ -18,6 +18,7 @@ import platform
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,4 +55,25 @@ def write_section(name: str, body: str, command: str, path: str | os.PathLike[st
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
+    return path
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """Lay ``fig`` out tightly, write it to ``path`` (creating its folder) and close it, so a
+    report that draws many figures does not keep them all open. Returns ``path``.
+
+    Example:
+        >>> import tempfile, pathlib, matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import matplotlib.pyplot as plt
+        >>> out = save_figure(plt.figure(), pathlib.Path(tempfile.mkdtemp()) / "a" / "f.png", dpi=50)
+        >>> out.exists(), plt.get_fignums()
+        (True, [])
+    """
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
     return path

@@ -27,6 +27,7 @@ from core_models.metrics import ConfidenceInterval, bootstrap_ci, event_time_aup
 from data_factory.store import Run
 from experiments.external.methods import MethodScores
 from experiments.external.truth import ExternalTruth
+from experiments.report import save_figure
 
 __all__ = ["RunOutcome", "external_tables", "plot_runs", "run_outcome", "summarise"]
 
@@ -183,8 +184,4 @@ def plot_runs(runs: Sequence[Run], truths: Mapping[str, ExternalTruth],
                      fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.legend(fontsize=6, loc="center right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -18,6 +18,7 @@ from experiments.hpo_benchmark.arms import HYPERBAND, Strategy
 from experiments.hpo_benchmark.problem import Problem
 from experiments.hpo_benchmark.replay import Event, TrialOutcome
 from experiments.hpo_benchmark.stats import _paired_delta
+from experiments.report import save_figure
 
 #: Table 23 of the paper (ResNet-34 on CIFAR-100, 64 trials, up to 150 epochs).
 PAPER_TABLE_23 = {"Hyperband": (96.3, 79.8), "Hyperband + Curve-TCN": (84.1, 79.5),
@@ -162,15 +163,9 @@ def plot_curves(events: Sequence[Event], strategies: Sequence[Strategy], path: P
 
 def _save_figure(fig: Any, ax: Any, path: Path) -> Path:
     """Grid, legend, tight layout, PNG at 120 dpi (both of the benchmark's figures)."""
-    import matplotlib.pyplot as plt
-
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def render_section(cfg: DictConfig, summary: Mapping[str, Any], verdicts: Sequence[str],
