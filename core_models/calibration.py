@@ -436,7 +436,8 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
               labels: Sequence[str] = KNOWN_LABELS, k: int = 3,
               memory_runs: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
               memory_grid: Sequence[int] = DEFAULT_MEMORY_GRID, burn_in: int = 0,
-              burn_in_grid: Sequence[int] = ()) -> Calibration:
+              burn_in_grid: Sequence[int] = (),
+              budget_groups: Sequence[Sequence[tuple[np.ndarray, str]]] = ()) -> Calibration:
     """Every step in order on validation data.
 
     With ``burn_in_grid`` (and ``memory_runs`` given un-withheld) the burn-in is chosen together
@@ -461,6 +462,11 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
         burn_in: stored in the returned :class:`Calibration` (the streams are expected to be
             withheld accordingly) when ``burn_in_grid`` is empty.
         burn_in_grid: candidate burn-ins (real frames, each ``>= 1``) to choose from.
+        budget_groups: further validation sets, each like ``runs`` (e.g. runs of held-out
+            factors, or a user-style suite), that must each keep the false-alarm budget on its
+            own: every class threshold is the largest one any set (``runs`` or a group) needs.
+            A set that mixes many easy runs with a few unlike them would otherwise spend its
+            budget on the easy ones.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -482,8 +488,10 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
         burn_in, memory = _select_burn_in_and_memory(memory_runs, burn_in_grid, memory_grid,
                                                      clip_logits, clip_labels, healthy, k)
         runs = [(withhold(z, burn_in), lab) for z, lab in runs]
+        budget_groups = [[(withhold(z, burn_in), lab) for z, lab in g] for g in budget_groups]
         memory_runs = [(withhold(z, burn_in), f) for z, f in memory_runs]
     runs = [(z[has_evidence(z)], lab) for z, lab in runs]
+    budget_groups = [[(z[has_evidence(z)], lab) for z, lab in g] for g in budget_groups]
     memory_runs = [(z[has_evidence(z)], np.asarray(f)[has_evidence(z)]) for z, f in memory_runs or ()]
     temperature = fit_temperature(clip_logits, clip_labels)
     probs, vacuity = evidential_probs(clip_logits, temperature)
@@ -494,8 +502,12 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
         memory, _ = select_memory(
             [(evidential_probs(z, temperature)[0], flags) for z, flags in memory_runs],
             memory_grid, healthy, sustain=k)
-    run_preds = [RunPredictions.from_logits(z, lab, temperature).remembered(memory, healthy, k)
-                 for z, lab in runs]
-    tau_c = fit_class_thresholds(run_preds, tau_u, target_far, labels, k=k)
+    tau_c: dict[str, float] = {}
+    # a group without healthy runs has no budget to keep (and would get the defaults)
+    for group in (runs, *(g for g in budget_groups if any(lab == HEALTHY for _, lab in g))):
+        preds = [RunPredictions.from_logits(z, lab, temperature).remembered(memory, healthy, k)
+                 for z, lab in group]
+        for c, t in fit_class_thresholds(preds, tau_u, target_far, labels, k=k).items():
+            tau_c[c] = max(t, tau_c.get(c, t))
     return Calibration(temperature=temperature, tau_u=tau_u, tau_c=tau_c, consecutive=k,
                        memory=memory, burn_in=burn_in)

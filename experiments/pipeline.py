@@ -134,6 +134,27 @@ def stream_logits(model: TEViD, runs, events, window: int, device: str, burn_in:
     return out
 
 
+def transfer_streams(model: TEViD, window: int, device: str, burn_in: int,
+                     source: str | None) -> tuple[list[tuple[np.ndarray, str, list]], list[bool]]:
+    """The held-out-factor validation streams (issue 24, point 4): the recorded external-dev runs
+    (:func:`experiments.external.transfer.dev_streams`; never external-test) as
+    :func:`stream_logits` streams, and which are healthy references. ``source`` ``None`` or
+    ``"none"``: no transfer set. Missing recordings are said, not fatal: record them with
+    ``python -m experiments.external --half dev``."""
+    if source in (None, "none"):
+        return [], []
+    from experiments.external.transfer import dev_streams
+
+    dev = dev_streams(root=None if source == "external-dev" else Path(source).expanduser())
+    if not dev:
+        print("transfer: no external-dev recordings found (python -m experiments.external "
+              "--half dev records them); choosing on factory val only")
+        return [], []
+    streams = stream_logits(model, [r for r, _, _ in dev], [ev for _, ev, _ in dev], window,
+                            device, burn_in)
+    return streams, [ref for _, _, ref in dev]
+
+
 def run_label_of(events: np.ndarray) -> str:
     """A run's label is the last event label it reaches (Healthy runs stay Healthy)."""
     return str(events[-1]) if len(events) else KNOWN_LABELS[0]
@@ -289,17 +310,28 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                                       for s in streams])
         # Operating points are budgeted on healthy references only (see reference_mask).
         reference = reference_mask(val_runs, streams)
+        # Choose on transfer: the external-dev runs (user-written models, recipes, data) join
+        # the memory / burn-in choice and keep the false-alarm budget on their own.
+        xfer, xfer_ref = transfer_streams(model, window, cfg.device, 1 if grid else burn_in,
+                                          cfg.get("transfer", "external-dev"))
         # The run memory is chosen on every val run's event labels (event-time AUPRC, what the
         # evaluation measures); the alert thresholds then on the remembered diagnoses.
         calibration = calibrate(clip_logits, clip_labels,
                                 [(s[0], s[1]) for s, keep in zip(streams, reference) if keep],
                                 target_far=cfg.target_far,
-                                memory_runs=[(s[0], np.asarray(s[2]) != HEALTHY) for s in streams],
+                                memory_runs=[(s[0], np.asarray(s[2]) != HEALTHY)
+                                             for s in streams + xfer],
                                 memory_grid=list(cfg.memory_grid), burn_in=cfg.burn_in,
-                                burn_in_grid=grid)
+                                burn_in_grid=grid,
+                                budget_groups=[[(s[0], s[1]) for s, keep in zip(xfer, xfer_ref)
+                                                if keep]])
         if grid:
             streams = [(withhold(z, calibration.burn_in), label, ev) for z, label, ev in streams]
+            xfer = [(withhold(z, calibration.burn_in), label, ev) for z, label, ev in xfer]
         metrics = validation_metrics(model, streams, calibration, reference)
+        if xfer:
+            metrics |= {f"external_dev_{k[4:]}": v for k, v in
+                        validation_metrics(model, xfer, calibration, xfer_ref).items()}
         diag = Diagnostician(model, calibration, device="cpu")
         path = diag.save_pretrained(
             out / name / "default", corpus_hash=summary["corpus_hash"], split_hash=summary["split_hash"],
@@ -372,8 +404,11 @@ def pipeline_section(summary: dict[str, Any], cfg: DictConfig) -> str:
             ("healthy-reference val runs with any alert (target ≤ 0.05)", "val_healthy_far", "{:.3f}"),
             ("every val run labelled Healthy: share with an alert", "val_labelled_healthy_far", "{:.3f}"),
             ("event-time AUPRC of the remembered diagnoses", "val_event_auprc", "{:.3f}"),
+            ("external-dev healthy references with any alert", "external_dev_healthy_far", "{:.3f}"),
+            ("external-dev event-time AUPRC", "external_dev_event_auprc", "{:.3f}"),
             ("temperature", "temperature", "{:.3f}"), ("tau_u", "tau_u", "{:.2f}"),
-            ("run memory window (chosen on val; 0 = none)", "memory", "{}")]
+            ("run memory window (chosen on val + external-dev; 0 = none)", "memory", "{}"),
+            ("burn-in (real frames before a verdict)", "burn_in", "{}")]
     for title, key, fmt in rows:
         # Summaries written before a metric existed show "–" for it.
         lines.append(f"| {title} | " + " | ".join(

@@ -264,3 +264,29 @@ def test_calibrate_end_to_end_on_constructed_predictions():
     healthy = [RunPredictions.from_logits(z, lab, cal.temperature) for z, lab in runs]
     assert false_alarm_rate(healthy, cal.tau_c, cal.tau_u) <= 0.05
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+
+
+def test_calibrate_keeps_the_budget_on_every_held_out_group():
+    """budget_groups (issue 24 point 4): a held-out set unlike the factory's val runs keeps its
+    own false-alarm budget; pooled with 40 calm runs, its three odd runs would all alarm."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, 300)
+    logits = 4.0 * np.eye(5)[y] + rng.normal(0, 1, (300, 5))
+    calm = [(rng.normal(0, 1, (10, 5)) + 3.0 * np.eye(5)[0], "Healthy") for _ in range(40)]
+    odd = np.eye(5)[KNOWN_LABELS.index(INSTABILITY)]
+    unlike = [(rng.normal(0, 1, (10, 5)) + 3.0 * np.eye(5)[0] + 8.0 * odd * (i < 3),
+               "Healthy") for i in range(10)]     # three of ten look unstable (to a factory)
+    pooled = calibrate(logits, y, calm + unlike, target_far=0.1)
+    grouped = calibrate(logits, y, calm, target_far=0.1, budget_groups=[unlike, []])
+
+    def far(cal, runs):
+        return false_alarm_rate([RunPredictions.from_logits(z, lab, cal.temperature)
+                                 for z, lab in runs], cal.tau_c, cal.tau_u)
+
+    assert far(pooled, unlike) > 0.1               # the pooled budget is spent on the odd group
+    assert far(grouped, unlike) <= 0.1 and far(grouped, calm) <= 0.1
+    assert all(grouped.tau_c[c] >= pooled.tau_c[c] for c in ALERT_LABELS)
+    # a group with no healthy run has no budget to keep: it changes nothing
+    sick = [(z, INSTABILITY) for z, _ in unlike]
+    assert calibrate(logits, y, calm, target_far=0.1, budget_groups=[sick]) == \
+        calibrate(logits, y, calm, target_far=0.1)

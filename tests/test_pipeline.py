@@ -15,13 +15,13 @@ from data_factory.runner import RunSpec, execute_run
 from data_factory.store import RunStore
 from experiments.factory import corpus_index
 from experiments.label import agreement, label_corpus
-from experiments.pipeline import CONF, reference_mask, run_pipeline
+from experiments.pipeline import CONF, load_labels, reference_mask, run_pipeline, split_runs
 from tevid_hpo.diagnostician import Diagnostician
 
 TINY = dict(epochs=3, every=5, frame_size=16, lyapunov_every=0)
 
 
-def test_pipeline_on_tiny_corpus(tmp_path):
+def test_pipeline_on_tiny_corpus(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     root = tmp_path / "corpus"
     store = RunStore(root)
@@ -42,7 +42,7 @@ def test_pipeline_on_tiny_corpus(tmp_path):
 
     conf = OmegaConf.load(CONF / "pipeline.yaml")
     conf.merge_with({"root": str(root), "out": str(tmp_path / "models"), "profile": "tiny",
-                     "device": "cpu", "ship": False, "label_workers": 1,
+                     "device": "cpu", "ship": False, "label_workers": 1, "transfer": "none",
                      "pretrain": {"epochs": 1, "batch_size": 8},
                      "finetune": {"epochs": 1, "batch_size": 8}})
     conf.pretrain.progress = False
@@ -77,6 +77,19 @@ def test_pipeline_on_tiny_corpus(tmp_path):
         assert chosen[variant]["burn_in"] in (1, 2)
         diag = Diagnostician.from_pretrained(tmp_path / "models" / variant / "default", "cpu")
         assert diag.evidence_frames == chosen[variant]["burn_in"]
+
+    # Choose on transfer (point 4): a held-out set (here the val runs again, standing in for the
+    # external-dev recordings) joins the choice and must keep the false-alarm budget on its own.
+    from experiments.external import transfer
+
+    held_out = [(r, ev, True) for r, ev in zip(*split_runs(store, load_labels(root), "val"))]
+    monkeypatch.setattr(transfer, "dev_streams", lambda root=None: held_out)
+    conf.transfer = "external-dev"
+    xfer = run_pipeline(conf)
+    for variant in ("tevid_mae", "tevid_scratch"):
+        assert xfer[variant]["external_dev_runs"] == len(held_out)
+        assert not xfer[variant]["external_dev_healthy_far"] > conf.target_far   # NaN: no healthy
+    conf.transfer = "none"
 
     # Telemetry (issue 24 point 3): MAE and tevid_mae read the training scalars; the Table 12
     # ablation adds frames-only A+G and scalars-only rows.
