@@ -9,7 +9,7 @@ import pytest
 
 from core_models.metrics import RunPrediction
 from data_factory.labels import FORGETTING, HEALTHY, INSTABILITY, KNOWN_LABELS, OVERFITTING, UNKNOWN
-from tevid_hpo.cost import CostModel, OperatingPoint
+from tevid_hpo.cost import CostModel, OperatingPoint, standing
 
 
 def make_run(label: str, scores, *, onset=None, fire=None, run_id=None) -> RunPrediction:
@@ -312,3 +312,43 @@ def test_standing_raises_the_bar_for_stopping_a_leading_trial():
         cm.decide(d, 50, 100, standing=1.5)
     with pytest.raises(ValueError, match="c_best"):
         CostModel(c_best=-1.0)
+
+
+@pytest.mark.parametrize("maximize, value, others, expected", [
+    (True, 0.9, [0.1, 0.5, 0.95], 2 / 3),            # accuracy: higher beats lower
+    (False, 0.9, [0.1, 0.5, 0.95], 1 / 3),           # loss: lower beats higher
+    (True, 0.5, [0.5, 0.5], 0.0),                    # a tie is not beaten
+    (False, 0.5, [0.5, 0.7], 0.5),
+    (True, 0.1, [float("nan"), 0.2], 0.5),           # a diverged rival is beaten by any number
+    (False, 0.1, [float("nan"), 0.2], 1.0),
+    (True, float("nan"), [0.0, float("nan")], 0.0),  # a diverged trial beats nothing
+    (False, float("-inf"), [0.0, float("inf")], 1.0),
+])
+def test_standing_is_the_share_of_rivals_beaten_in_the_study_direction(maximize, value, others,
+                                                                       expected):
+    assert standing(value, others, maximize) == pytest.approx(expected)
+
+
+def test_standing_without_rivals_is_unknown_and_reproduces_the_old_decision():
+    assert standing(0.9, [], maximize=True) is None
+    assert standing(0.9, iter(()), maximize=False) is None
+    with pytest.raises(TypeError, match="maximize"):
+        standing(0.9, [0.1], maximize="max")
+    cm = CostModel()
+    d = diag(Healthy=0.5, Overfitting=0.5)
+    old = CostModel(c_best=0.0).decide(d, 50, 100)        # no standing term at all
+    assert cm.decide(d, 50, 100, standing=standing(0.9, [], True)) == old
+    assert cm.at_standing(None) is cm
+
+
+@pytest.mark.parametrize("s", [0.0, 0.25, 1.0])
+def test_at_standing_is_decide_with_that_standing(s):
+    cm = CostModel(c_fa=2.0, c_best=4.0)
+    d = diag(Healthy=0.4, Instability=0.6)
+    at = cm.at_standing(s)
+    assert (at.c_fa, at.c_best) == (2.0 + 4.0 * s, 0.0)
+    got, want = at.decide(d, 30, 100), cm.decide(d, 30, 100, standing=s)
+    assert (got.stop, got.cost_stop, got.cost_continue, got.p_threshold) == pytest.approx(
+        (want.stop, want.cost_stop, want.cost_continue, want.p_threshold))
+    with pytest.raises(ValueError, match="standing"):
+        cm.at_standing(1.5)

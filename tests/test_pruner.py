@@ -235,6 +235,49 @@ def test_cost_rule_takes_the_budget_from_the_wrapped_hyperband():
     assert t.state == TrialState.COMPLETE
 
 
+@pytest.mark.parametrize("direction, lead, trail", [("maximize", 0.9, 0.1),
+                                                    ("minimize", 0.1, 0.9)])
+def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(direction, lead,
+                                                                              trail):
+    # Issue 25: the stop decision weighs what stopping risks, the trial's standing at its step.
+    # 5 of 10 steps used, P(anomaly) = 0.6: above the threshold at standing 0 (0.16) and
+    # unknown, below it at standing 1 (0.68).
+    pruner = TEViDPruner(None, cost=CostModel(), max_resource=10)
+    study = optuna.create_study(direction=direction, pruner=pruner)
+    for _ in range(3):   # finished rivals, mid-field at step 4
+        study.add_trial(optuna.trial.create_trial(value=0.5, intermediate_values={4: 0.5}))
+
+    def running(value):
+        t = study.ask()
+        t.set_user_attr(USER_ATTR, diagnosis(latest=latest(0.5)))
+        for step in range(5):
+            t.report(value, step)
+        return study.get_trials(deepcopy=False)[t.number]
+
+    leader, trailer = running(lead), running(trail)
+    assert pruner.prune(study, trailer) is True
+    reason = prune_reason(study.trials[trailer.number])
+    assert reason["rule"] == "cost" and reason["standing"] == 0.0
+    assert reason["p_threshold"] == round(CostModel().stop_threshold(5, 10, standing=0.0), 4)
+    assert pruner.prune(study, leader) is False               # beats all 4 rivals: standing 1
+    assert prune_reason(study.trials[leader.number]) is None
+
+
+def test_cost_rule_without_rivals_at_the_step_decides_as_before():
+    # Alone at its step (the first trial, or rivals that never reached it): standing unknown.
+    pruner = TEViDPruner(None, cost=CostModel(), max_resource=10)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.add_trial(optuna.trial.create_trial(value=0.1, intermediate_values={0: 0.1}))
+    t = study.ask()
+    t.set_user_attr(USER_ATTR, diagnosis(latest=latest(0.5)))
+    for step in range(5):
+        t.report(0.9, step)
+    assert pruner.prune(study, study.get_trials(deepcopy=False)[t.number]) is True
+    reason = prune_reason(study.trials[t.number])
+    assert reason["standing"] is None
+    assert reason["p_threshold"] == round(CostModel(c_best=0.0).stop_threshold(5, 10), 4)
+
+
 def test_without_a_cost_model_a_strong_latest_belief_alone_does_not_prune():
     _, t = run_one(TEViDPruner(None), diagnosis(latest=latest(0.99)), steps=3)
     assert t.state == TrialState.COMPLETE

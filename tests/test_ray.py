@@ -347,6 +347,32 @@ def report_to(scheduler, tc, trial, res):
     return action
 
 
+@pytest.mark.parametrize("mode, lead, trail", [("max", 0.9, 0.1), ("min", 0.1, 0.9)])
+@pytest.mark.parametrize("scheduler", ["hyperband", "asha"])
+def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(scheduler, mode,
+                                                                             lead, trail):
+    # Issue 25, as in TEViDPruner: at t=1 of 10, P(anomaly) = 0.375 is above the threshold at
+    # standing 0 (0.10) and with no rival, below it at standing 1 (0.54).
+    if scheduler == "hyperband":
+        s = TEViDHyperband(metric="acc", mode=mode, max_t=10, cost=CostModel())
+    else:
+        s = TEViDScheduler(ASHAScheduler(metric="acc", mode=mode, max_t=10), cost=CostModel())
+    tc = StoppingController(s)
+    first, rival, leader, trailer = (stub_trial(i) for i in ("first", "rival", "lead", "trail"))
+    for t in (first, rival, leader, trailer):
+        s.on_trial_add(tc, t)
+        t.set_status(Trial.RUNNING)
+    belief = {"tevid_p_Healthy": 0.6, "tevid_p_Instability": 0.4}
+    # Alone at its step: standing unknown, the decision as before standings (stop).
+    assert report_to(s, tc, first, result(1, lead, {}, **belief)) == TrialScheduler.STOP
+    assert s.stop_reason(first)["standing"] is None
+    report_to(s, tc, rival, result(1, 0.5, {}))                # no belief: never stopped
+    assert report_to(s, tc, trailer, result(1, trail, {}, **belief)) == TrialScheduler.STOP
+    assert s.stop_reason(trailer)["standing"] == 0.0           # beats neither rival
+    assert report_to(s, tc, leader, result(1, lead, {}, **belief)) != TrialScheduler.STOP
+    assert s.stop_reason(leader) is None                       # beats 2 of 3 (ties "first")
+
+
 @pytest.mark.parametrize("scheduler_cls", [TEViDHyperband, HyperBandScheduler])
 def test_a_bracket_waiting_for_an_early_stopped_trial_does_not_stall(scheduler_cls):
     s = scheduler_cls(metric="acc", mode="max", max_t=3)

@@ -12,7 +12,9 @@ rule (positive = earlier). ``C_Lead < 0`` rewards early detection. The paper's d
 :class:`CostModel` evaluates that cost for an alert policy on labelled runs
 (:meth:`CostModel.expected_cost`), finds the cost-minimising operating point
 (:meth:`CostModel.best_threshold`) and turns one live diagnosis into a stop/continue decision
-(:meth:`CostModel.should_stop`), which :class:`tevid_hpo.pruners.TEViDPruner` can consult.
+(:meth:`CostModel.should_stop`), which :class:`tevid_hpo.pruners.TEViDPruner` can consult. What
+stopping risks beyond a false alarm is the trial's :func:`standing` among the trials at the same
+step (the share of them it beats): the better it stands, the surer the diagnosis must be.
 
 Example:
     >>> from types import SimpleNamespace
@@ -28,8 +30,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +45,7 @@ from core_models.metrics import (
 )
 from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS, LABELS, OVERFITTING, UNKNOWN
 
-__all__ = ["CostModel", "OperatingPoint", "StopDecision"]
+__all__ = ["CostModel", "OperatingPoint", "StopDecision", "standing"]
 
 #: Alert labels that stop a trial unless told otherwise (DESIGN §7); every integration's default
 #: (re-exported by :mod:`tevid_hpo.decision`).
@@ -70,6 +72,36 @@ def _field(diagnosis: Any, name: str) -> Any:
     if not hasattr(diagnosis, name):
         raise TypeError(f"diagnosis has no .{name} attribute (got {type(diagnosis).__name__})")
     return getattr(diagnosis, name)
+
+
+def standing(value: float, others: Iterable[float], maximize: bool) -> float | None:
+    """The trial's standing at a step: the share of ``others`` (the values the other trials
+    reported at the same step) that its ``value`` beats, in ``[0, 1]``; ``None`` without rivals.
+
+    "Beats" is strict and follows the objective's direction (``maximize``: higher is better). A
+    tie is not beaten: stopping a trial that only ties the leader loses no configuration, since
+    an equally good one goes on. A NaN (a diverged trial) beats nothing and is beaten by any
+    number; ``±inf`` compare as numbers. This is the ``standing`` that :meth:`CostModel.decide`
+    and :meth:`CostModel.at_standing` take.
+
+    Example:
+        >>> standing(0.9, [0.5, 0.7, 0.9, 0.95], maximize=True)   # beats 2 of 4; a tie is not
+        0.5
+        >>> standing(0.3, [0.5, float("nan")], maximize=False)    # a loss: lower is better
+        1.0
+        >>> standing(0.3, [], maximize=True) is None               # no rival: unknown
+        True
+    """
+    if not isinstance(maximize, bool):
+        raise TypeError(f"maximize must be a bool, got {maximize!r}")
+    v = float(value)
+    rivals = [float(o) for o in others]
+    if not rivals:
+        return None
+    if math.isnan(v):
+        return 0.0
+    beaten = sum(math.isnan(o) or (v > o if maximize else v < o) for o in rivals)
+    return beaten / len(rivals)
 
 
 @dataclass(frozen=True)
@@ -370,6 +402,25 @@ class CostModel:
         risk = self._false_stop_cost(standing)
         denom = risk + r * (self.c_md - self.c_lead)
         return risk / denom if denom > 0 else 1.0
+
+    def at_standing(self, standing: float | None) -> CostModel:
+        """The cost model a trial at this ``standing`` faces: a false stop costs
+        ``c_fa + c_best·standing`` (``c_best`` then 0), so its :meth:`decide` without a standing
+        is this model's ``decide(..., standing=standing)``; ``None`` (unknown) returns ``self``.
+
+        For callers that hand a ``CostModel`` to code that decides without a standing (the shared
+        :func:`tevid_hpo.decision.cost_reason`).
+
+        Example:
+            >>> cm = CostModel()
+            >>> cm.at_standing(0.5).c_fa, cm.at_standing(None) is cm
+            (6.0, True)
+            >>> cm.at_standing(1.0).stop_threshold(0, 100) == cm.stop_threshold(0, 100, 1.0)
+            True
+        """
+        if standing is None:
+            return self
+        return replace(self, c_fa=self._false_stop_cost(standing), c_best=0.0)
 
     def _false_stop_cost(self, standing: float | None) -> float:
         if standing is None:

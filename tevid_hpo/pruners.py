@@ -14,9 +14,12 @@ For each ``trial.should_prune()`` call, in order:
 2. **Cost rule** (only with ``cost=CostModel(...)``). :meth:`CostModel.decide
    <tevid_hpo.cost.CostModel.decide>` on the latest diagnosis with the budget used so far
    (``trial.last_step + 1`` reported steps out of ``max_resource``) stops the trial when
-   stopping is expected to be cheaper than continuing. Off by default: with the paper's
-   coefficients a weak early belief suffices, which is only sensible with a well-calibrated
-   checkpoint.
+   stopping is expected to be cheaper than continuing. Stopping risks the trial's
+   :func:`~tevid_hpo.cost.standing` — the share of the other trials' values at the same step
+   that its value beats, in the study's direction (running, complete and pruned trials; unknown
+   when none reported that step) — so the leader needs a surer diagnosis (``c_best``). Off by
+   default: with the paper's coefficients a weak early belief suffices, which is only sensible
+   with a well-calibrated checkpoint.
 3. **Wrapped pruner.** Otherwise the decision is ``wrapped.prune(study, trial)``: a
    ``HyperbandPruner()`` by default, ``None`` for TEViD alone, or any Optuna pruner.
 
@@ -84,7 +87,8 @@ from typing import Any, Literal
 
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, SuccessiveHalvingPruner
-from optuna.trial import FrozenTrial
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 from data_factory.labels import INSTABILITY, OVERFITTING
 from tevid_hpo._optuna_private import (
@@ -96,7 +100,7 @@ from tevid_hpo._optuna_private import (
     set_trial_system_attr,
     set_trial_user_attr,
 )
-from tevid_hpo.cost import CostModel
+from tevid_hpo.cost import CostModel, standing
 from tevid_hpo.decision import TEVID, alert_reason, check_options, check_prune_on, cost_reason
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
 
@@ -109,6 +113,8 @@ logger = logging.getLogger(__name__)
 REASON_ATTR = "tevid_prune_reason"
 #: Trial system attribute with the same reason (Optuna's pruner-state namespace).
 REASON_SYSTEM_ATTR = "tevid:prune_reason"
+#: Trials whose values at a step a trial's standing is measured against (not failed/waiting).
+_PEER_STATES = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def record_prune_reason(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]
@@ -346,7 +352,7 @@ class TEViDPruner(BasePruner):
                 raise ValueError(f"unknown {USER_ATTR!r} attribute layout")
             reason = self._alert_reason(state)
             if reason is None and self._cost is not None and ERROR_ATTR not in trial.user_attrs:
-                reason = self._cost_reason(state, trial)
+                reason = self._cost_reason(state, study, trial)
         except Exception as err:
             # A malformed attribute must not fail the trial: judge it by `wrapped` alone.
             if not self._warned:
@@ -362,13 +368,29 @@ class TEViDPruner(BasePruner):
     def _alert_reason(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
         return alert_reason(state.get("alerts", {}), self._prune_on, self._min_confidence)
 
-    def _cost_reason(self, state: Mapping[str, Any], trial: FrozenTrial
-                     ) -> dict[str, Any] | None:
+    def _cost_reason(self, state: Mapping[str, Any], study: optuna.study.Study,
+                     trial: FrozenTrial) -> dict[str, Any] | None:
         budget = self._budget()
-        if budget is None or trial.last_step is None:
+        if budget is None or trial.last_step is None or self._cost is None:
             return None
-        return cost_reason(self._cost, state.get("latest"), trial.last_step + 1, budget,  # type: ignore[arg-type]
-                           self._prune_on)
+        s = self._standing(study, trial)
+        reason = cost_reason(self._cost.at_standing(s), state.get("latest"), trial.last_step + 1,
+                             budget, self._prune_on)
+        if reason is not None:
+            reason["standing"] = None if s is None else round(s, 4)
+        return reason
+
+    @staticmethod
+    def _standing(study: optuna.study.Study, trial: FrozenTrial) -> float | None:
+        """``trial``'s standing among the other trials' values at its last reported step."""
+        step = trial.last_step
+        value = trial.intermediate_values.get(step) if step is not None else None
+        if value is None:
+            return None
+        others = [t.intermediate_values[step]
+                  for t in study.get_trials(deepcopy=False, states=_PEER_STATES)
+                  if t.number != trial.number and step in t.intermediate_values]
+        return standing(value, others, study.direction == StudyDirection.MAXIMIZE)
 
     def _budget(self) -> int | None:
         if self._max_resource is not None:

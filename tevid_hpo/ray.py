@@ -84,7 +84,7 @@ from ray.tune.schedulers import (
     TrialScheduler,
 )
 
-from tevid_hpo.cost import CostModel
+from tevid_hpo.cost import CostModel, standing
 from tevid_hpo.decision import (
     DEFAULT_PRUNE_ON,
     TEVID,
@@ -278,6 +278,7 @@ def _latest_from(result: Mapping[str, Any]) -> dict[str, Any] | None:
 # rather than judging steps on the wrong axis.
 _BASE_TIME_ATTR = ((AsyncHyperBandScheduler, "_time_attr"), (MedianStoppingRule, "_time_attr"))
 _BASE_MAX_T = ((AsyncHyperBandScheduler, "_max_t"),)
+_BASE_MODE = ((AsyncHyperBandScheduler, "_mode"), (MedianStoppingRule, "_mode"))
 
 
 def _base_setting(base: TrialScheduler, table: tuple[tuple[type, str], ...], what: str,
@@ -301,7 +302,7 @@ def _time_axis(base: TrialScheduler) -> str:
 
 
 #: What TEViDHyperband uses of HyperBandScheduler's internals to keep brackets from stalling.
-_HYPERBAND_INTERNALS = ("_trial_info", "_process_bracket", "_get_n0", "_get_r0")
+_HYPERBAND_INTERNALS = ("_trial_info", "_process_bracket", "_get_n0", "_get_r0", "_mode")
 
 
 class _Rules:
@@ -320,9 +321,23 @@ class _Rules:
         self.decisions: list[dict[str, Any]] = []
         self.stops: dict[str, dict[str, Any]] = {}    # trial_id -> its STOP decision
         self.warned = False
+        self.seen: dict[Any, dict[str, float]] = {}   # time step -> trial_id -> metric
 
-    def judge(self, trial: Trial, result: Mapping[str, Any], time_attr: str
-              ) -> dict[str, Any] | None:
+    def standing(self, trial: Trial, result: Mapping[str, Any], time_attr: str,
+                 metric: str | None, mode: str | None) -> float | None:
+        """Record ``trial``'s metric at its time step; its :func:`~tevid_hpo.cost.standing`
+        among the trials seen at that step so far (``None`` without a cost model or rival)."""
+        t, value = result.get(time_attr), result.get(metric) if metric else None
+        if (self.cost is None or mode not in ("min", "max") or t is None
+                or not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return None
+        peers = self.__dict__.setdefault("seen", {}).setdefault(t, {})   # old saves lack it
+        peers[trial.trial_id] = float(value)
+        return standing(value, [v for k, v in peers.items() if k != trial.trial_id],
+                        mode == "max")
+
+    def judge(self, trial: Trial, result: Mapping[str, Any], time_attr: str,
+              standing: float | None = None) -> dict[str, Any] | None:
         """A TEViD stop reason for this result, or ``None``; never raises."""
         if "tevid_alert" not in result and ALERTS_KEY not in result:
             return None   # not a monitored trainable: the wrapped scheduler alone decides
@@ -333,8 +348,10 @@ class _Rules:
             # failure still count (as in TEViDPruner).
             if (reason is None and self.cost is not None and t is not None
                     and not result.get("tevid_error")):
-                reason = cost_reason(self.cost, _latest_from(result), t, self.max_t,
-                                     self.prune_on)
+                reason = cost_reason(self.cost.at_standing(standing), _latest_from(result), t,
+                                     self.max_t, self.prune_on)
+                if reason is not None:
+                    reason["standing"] = None if standing is None else round(standing, 4)
         except Exception as err:
             # A scheduler exception would end the whole experiment: judge by the wrapped
             # scheduler alone instead, and say so once.
@@ -347,10 +364,12 @@ class _Rules:
             reason["report_step"] = _plain(t)
         return reason
 
-    def stop_now(self, trial: Trial, result: Mapping[str, Any], time_attr: str) -> bool:
+    def stop_now(self, trial: Trial, result: Mapping[str, Any], time_attr: str,
+                 metric: str | None = None, mode: str | None = None) -> bool:
         """Whether TEViD stops ``trial`` on this result (the decision is then recorded); the
         first question of both schedulers' ``on_trial_result``."""
-        reason = self.judge(trial, result, time_attr)
+        reason = self.judge(trial, result, time_attr,
+                            self.standing(trial, result, time_attr, metric, mode))
         if reason is None:
             return False
         self.record(trial, TrialScheduler.STOP, reason)
@@ -477,7 +496,9 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
        result's ``tevid_alerts`` (or, with plain ``mon.metrics()``, its ``tevid_alert``): STOP.
     2. **Cost rule** (only with ``cost``): :meth:`CostModel.decide
        <tevid_hpo.cost.CostModel.decide>` on the latest diagnosis with ``result[time_attr]`` of
-       ``max_t`` used: STOP when stopping is expected to be cheaper.
+       ``max_t`` used: STOP when stopping is expected to be cheaper. Stopping risks the trial's
+       :func:`~tevid_hpo.cost.standing` among the trials seen at the same ``time_attr`` (by
+       ``metric`` and ``mode``), so a leading trial needs a surer diagnosis.
     3. Otherwise :class:`~ray.tune.schedulers.HyperBandScheduler` decides (CONTINUE, PAUSE at a
        rung, STOP when halved).
 
@@ -545,7 +566,7 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,
                         result: dict[str, Any]) -> str:
         time_attr, max_t = self._axis["time_attr"], self._axis["max_t"]
-        if self._tevid.stop_now(trial, result, time_attr):
+        if self._tevid.stop_now(trial, result, time_attr, self.metric, self._mode):
             return TrialScheduler.STOP
         action = super().on_trial_result(tune_controller, trial, result)
         t = result.get(time_attr)
@@ -703,7 +724,8 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,
                         result: dict[str, Any]) -> str:
-        if self._tevid.stop_now(trial, result, self._time_axis):
+        mode = _base_setting(self._base, _BASE_MODE, "the mode", None)
+        if self._tevid.stop_now(trial, result, self._time_axis, self.metric, mode):
             return TrialScheduler.STOP
         action = self._base.on_trial_result(tune_controller, trial, result)
         t = result.get(self._time_axis)
