@@ -24,7 +24,7 @@ import numpy as np
 
 from data_factory.labels import HEALTHY
 from data_factory.store import Run, RunStore
-from experiments.evaluate import LeakageError, LeakageGuard
+from experiments.evaluate.leakage import LeakageError, LeakageGuard
 from experiments.external.record import store_for
 from experiments.external.suite import DEV_HALF, TEST_HALF
 from experiments.external.truth import truth_of
