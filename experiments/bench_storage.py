@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from experiments.postgres_server import one_omp_thread_in_children
+
 __all__ = ["PhaseCounter", "StorageCost", "main", "measure"]
 
 _PHASES = ("monitor", "report", "should_prune", "optuna", "heartbeat")
@@ -248,19 +250,12 @@ def measure(url: str, workers: int = 4, trials: int = 12, epochs: int = 3,
     barrier = ctx.Barrier(workers + 1)
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         outs = [os.path.join(tmp, f"w{i}.json") for i in range(workers)]
-        env = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = "1"
-        try:
+        with one_omp_thread_in_children():
             procs = [ctx.Process(target=_worker, args=(url, name, n, epochs, steps, out,
                                                        barrier))
                      for n, out in zip(per_worker, outs)]
             for p in procs:
                 p.start()
-        finally:
-            if env is None:
-                os.environ.pop("OMP_NUM_THREADS")
-            else:
-                os.environ["OMP_NUM_THREADS"] = env
         barrier.wait(timeout=300)
         before = _server_counters(url)
         start = time.perf_counter()

@@ -11,16 +11,21 @@ PostgreSQL refuses to run as root. When run as root (CI containers do), the serv
 directory is created under ``/tmp`` and handed to that user. Durability settings are off
 (``fsync``, ``synchronous_commit``, ``full_page_writes``): a throwaway server never survives a
 machine crash, and a clean ``pg_ctl restart`` loses nothing without them.
+
+:func:`one_omp_thread_in_children` starts the benchmark's and the tests' worker processes, which
+share the machine with the server, on one OpenMP thread each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +44,35 @@ def find_bindir() -> Path | None:
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
                       key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
     return Path(versions[-1]).parent if versions else None
+
+
+@contextlib.contextmanager
+def one_omp_thread_in_children() -> Iterator[None]:
+    """``OMP_NUM_THREADS=1`` while the block starts worker processes; the old value (or its
+    absence) is restored after.
+
+    A spawned child inherits the environment at start and its OpenMP pool is sized when torch is
+    imported, before the child's own code could lower it; several workers on a few cores each
+    running one thread per core only fight over them.
+
+    Example:
+        >>> import os
+        >>> before = os.environ.get("OMP_NUM_THREADS")
+        >>> with one_omp_thread_in_children():
+        ...     os.environ["OMP_NUM_THREADS"]
+        '1'
+        >>> os.environ.get("OMP_NUM_THREADS") == before
+        True
+    """
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 def _free_port() -> int:

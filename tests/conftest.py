@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from core_models.calibration import ALERT_LABELS, Calibration
+from data_factory.architectures import small_cnn
 from data_factory.capture import StateCapture
 from data_factory.datasets import TensorData, digits
 from data_factory.frames import Frame
@@ -86,6 +87,15 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, data: TensorData, m
     mon.step(loss=loss.item())
     opt.step()
     return loss.item()
+
+
+def digits_cnn(optimizer: str, lr: float) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """``small_cnn`` for the 16×16 digits and its optimiser as the integration studies search
+    them: ``"adam"`` (Adam) or anything else (SGD with momentum 0.9), at ``lr``."""
+    model = small_cnn(in_channels=1, num_classes=10)
+    opt = (torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "adam"
+           else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+    return model, opt
 
 
 def capture_frames(model: nn.Module, opt: torch.optim.Optimizer,

@@ -16,13 +16,12 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import STEPS_PER_EPOCH, silent, train_step, val_accuracy
+from conftest import STEPS_PER_EPOCH, digits_cnn, silent, train_step, val_accuracy
 from optuna.pruners import BasePruner
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from data_factory.architectures import small_cnn
 from data_factory.datasets import digits
 from data_factory.labels import INSTABILITY
 from tevid_hpo.diagnostician import Diagnostician
@@ -45,9 +44,7 @@ def make_objective(diagnostician, data, epochs=3):
         lr = trial.suggest_float("lr", 1e-4, 1e6, log=True)
         trial.set_user_attr("pid", os.getpid())
         torch.manual_seed(trial.number)
-        model = small_cnn(in_channels=1, num_classes=10)
-        opt = (torch.optim.Adam(model.parameters(), lr=lr) if name == "adam"
-               else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+        model, opt = digits_cnn(name, lr)
         acc = 0.0
         with TrialMonitor(model, trial, diagnostician=diagnostician) as mon:
             for epoch in range(epochs):

@@ -39,13 +39,14 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import STEPS_PER_EPOCH, train_step, val_accuracy
+from conftest import STEPS_PER_EPOCH, digits_cnn, train_step, val_accuracy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from postgres_fixture import postgres  # noqa: F401  (the fixture)
 
 from data_factory.architectures import small_cnn
 from data_factory.datasets import digits
+from experiments.postgres_server import one_omp_thread_in_children
 from tevid_hpo._optuna_private import (
     OptunaInternalsError,
     fail_trials_without_heartbeat,
@@ -143,9 +144,7 @@ class Objective:
 
             diag.update = explode
         torch.manual_seed(0)
-        model = small_cnn(in_channels=1, num_classes=10)
-        opt = (torch.optim.Adam(model.parameters(), lr=lr) if name == "adam"
-               else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+        model, opt = digits_cnn(name, lr)
         acc = 0.0
         with TrialMonitor(model, trial, diagnostician=diag) as mon:
             for epoch in range(EPOCHS):
@@ -278,20 +277,13 @@ class Workers:
         self.lock, self.seq = ctx.Lock(), ctx.Value("i", 0, lock=False)
         self.barrier = ctx.Barrier(len(roles))
         lock, seq, barrier = self.lock, self.seq, self.barrier
-        env_threads = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = "1"
-        try:
+        with one_omp_thread_in_children():
             self.procs = [ctx.Process(target=worker, args=(url, study_name, str(checkpoint),
                                                            str(events_dir), lock, seq, barrier,
                                                            role), daemon=True)
                           for role in roles]
             for p in self.procs:
                 p.start()
-        finally:
-            if env_threads is None:
-                os.environ.pop("OMP_NUM_THREADS")
-            else:
-                os.environ["OMP_NUM_THREADS"] = env_threads
         self.events_dir = events_dir
 
     def join(self, timeout: float = JOIN_S) -> list[int | None]:
