@@ -7,6 +7,7 @@ that stopped naming the file, the argument or the way out would fail here.
 from __future__ import annotations
 
 import json
+import pkgutil
 import warnings
 
 import optuna
@@ -181,21 +182,40 @@ def test_diagnostician_needs_a_tevid_model():
         Diagnostician(torch.nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"wrapped": "median"}, ValueError, "wrapped must be a BasePruner, None or 'hyperband'"),
-    ({"wrapped": 3}, TypeError, "wrapped must be an optuna BasePruner or None"),
-    ({"prune_on": ("Healthy",)}, ValueError, r"prune_on must name labels from .* \(not Healthy\)"),
-    ({"prune_on": ()}, ValueError, "prune_on must name labels from"),
-    ({"cost": "cheap"}, TypeError, "cost must be a CostModel or None"),
-    ({"min_confidence": 2.0}, ValueError, r"min_confidence must lie in \[0, 1\], got 2.0"),
-    ({"max_resource": 0}, ValueError, "max_resource must be None or an int >= 1, got 0"),
-    ({"max_resource": 2.5}, ValueError, "max_resource must be None or an int >= 1, got 2.5"),
-])
-def test_pruner_arguments_are_validated(kwargs, error, message):
-    from tevid_hpo.pruners import TEViDPruner
+#: Misuse of the constructors that need no fixture: ``{"module:Class": [(kwargs, error,
+#: message), ...]}``, one parametrised test over all of them.
+BAD_ARGUMENTS = {
+    "tevid_hpo.pruners:TEViDPruner": [
+        ({"wrapped": "median"}, ValueError, "wrapped must be a BasePruner, None or 'hyperband'"),
+        ({"wrapped": 3}, TypeError, "wrapped must be an optuna BasePruner or None"),
+        ({"prune_on": ("Healthy",)}, ValueError,
+         r"prune_on must name labels from .* \(not Healthy\)"),
+        ({"prune_on": ()}, ValueError, "prune_on must name labels from"),
+        ({"cost": "cheap"}, TypeError, "cost must be a CostModel or None"),
+        ({"min_confidence": 2.0}, ValueError, r"min_confidence must lie in \[0, 1\], got 2.0"),
+        ({"max_resource": 0}, ValueError, "max_resource must be None or an int >= 1, got 0"),
+        ({"max_resource": 2.5}, ValueError, "max_resource must be None or an int >= 1, got 2.5"),
+    ],
+    "tevid_hpo.cost:CostModel": [
+        ({"c_fa": -1.0}, ValueError, "c_fa must be >= 0, got -1.0"),
+        ({"c_md": float("nan")}, ValueError, "c_md"),
+        ({"c_lead": 0.5}, ValueError, r"c_lead must be <= 0 \(a positive value would reward late"),
+    ],
+    "tevid_hpo.lightgbm:FeatureImportanceFrames": [
+        ({"frame_size": 1}, ValueError, (r"frame_size must be an int >= 2 \(a diagnostician's "
+                                        r"profile.frame_size\), got 1")),
+        ({"frame_size": 16.0}, ValueError, "frame_size must be an int >= 2"),
+        ({"layout": "spiral"}, ValueError, "layout must be 'grid' or 'pad', got 'spiral'"),
+        ({"clip": 0}, ValueError, "clip must be a finite number > 0, got 0"),
+    ],
+}
 
+
+@pytest.mark.parametrize(("constructor", "kwargs", "error", "message"),
+                         [(c, *case) for c, cases in BAD_ARGUMENTS.items() for case in cases])
+def test_constructor_arguments_are_validated(constructor, kwargs, error, message):
     with pytest.raises(error, match=message):
-        TEViDPruner(**kwargs)
+        pkgutil.resolve_name(constructor)(**kwargs)
 
 
 @pytest.mark.parametrize("every", [0, -5, 2.5, True])
@@ -206,32 +226,6 @@ def test_monitor_cadence_is_validated(untrained, every):
     with pytest.raises(ValueError, match=rf"every must be None \(the diagnostician's cadence\) "
                                          rf"or an int >= 1, got {every!r}"):
         TrialMonitor(small_cnn(in_channels=1), every=every, diagnostician=untrained)
-
-
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"c_fa": -1.0}, ValueError, "c_fa must be >= 0, got -1.0"),
-    ({"c_md": float("nan")}, ValueError, "c_md"),
-    ({"c_lead": 0.5}, ValueError, r"c_lead must be <= 0 \(a positive value would reward late"),
-])
-def test_cost_model_arguments_are_validated(kwargs, error, message):
-    from tevid_hpo.cost import CostModel
-
-    with pytest.raises(error, match=message):
-        CostModel(**kwargs)
-
-
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"frame_size": 1}, ValueError, (r"frame_size must be an int >= 2 \(a diagnostician's "
-                                    r"profile.frame_size\), got 1")),
-    ({"frame_size": 16.0}, ValueError, "frame_size must be an int >= 2"),
-    ({"layout": "spiral"}, ValueError, "layout must be 'grid' or 'pad', got 'spiral'"),
-    ({"clip": 0}, ValueError, "clip must be a finite number > 0, got 0"),
-])
-def test_feature_importance_frames_arguments_are_validated(kwargs, error, message):
-    from tevid_hpo.lightgbm import FeatureImportanceFrames
-
-    with pytest.raises(error, match=message):
-        FeatureImportanceFrames(**kwargs)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
