@@ -24,6 +24,18 @@ def _stream(pattern: str) -> np.ndarray:
     return np.array([HEALTHY_ROW if c == "h" else SICK_ROW for c in pattern], dtype=float)
 
 
+def _logits(pattern: str) -> np.ndarray:
+    """Confident logits: ``h`` Healthy, ``s`` Instability (class 2)."""
+    return np.array([[4.0, -4, -4, -4, -4] if c == "h" else [-4.0, -4, 4, -4, -4]
+                     for c in pattern])
+
+
+def _clips() -> tuple[np.ndarray, np.ndarray]:
+    """Random clip logits and labels for ``calibrate``'s temperature fit (seeded)."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(50, 5)), rng.integers(0, 5, 50)
+
+
 def test_window_zero_passes_every_diagnosis_through() -> None:
     p = _stream("hshh")
     u = np.array([0.1, 0.5, 0.2, 0.3])
@@ -121,22 +133,17 @@ def test_select_memory_prefers_the_smallest_best_window() -> None:
 
 
 def test_calibrate_chooses_the_memory_and_sets_thresholds_on_remembered_streams() -> None:
-    def logits(pattern: str) -> np.ndarray:
-        return np.array([[4.0, -4, -4, -4, -4] if c == "h" else [-4.0, -4, 4, -4, -4]
-                         for c in pattern])
-
-    rng = np.random.default_rng(0)
-    clip_logits, clip_labels = rng.normal(size=(50, 5)), rng.integers(0, 5, 50)
-    streams = [(logits("hhhssshh"), np.array([0, 0, 0, 1, 1, 1, 1, 1], bool)),
-               (logits("hhhhhhhh"), np.zeros(8, bool))]
-    cal = calibrate(clip_logits, clip_labels, [(logits("hhhhhhhh"), "Healthy")],
+    clip_logits, clip_labels = _clips()
+    streams = [(_logits("hhhssshh"), np.array([0, 0, 0, 1, 1, 1, 1, 1], bool)),
+               (_logits("hhhhhhhh"), np.zeros(8, bool))]
+    cal = calibrate(clip_logits, clip_labels, [(_logits("hhhhhhhh"), "Healthy")],
                     memory_runs=streams, memory_grid=(0, 1, 3))
     assert cal.memory == 1
     assert Calibration.from_dict(cal.to_dict()) == cal
     # Checkpoints written before the run memory existed load without one.
     old = {k: v for k, v in cal.to_dict().items() if k != "memory"}
     assert Calibration.from_dict(old).memory == 0
-    assert calibrate(clip_logits, clip_labels, [(logits("hhhh"), "Healthy")]).memory == 0
+    assert calibrate(clip_logits, clip_labels, [(_logits("hhhh"), "Healthy")]).memory == 0
 
 
 def test_diagnostician_reports_the_remembered_diagnosis() -> None:
@@ -194,21 +201,16 @@ def test_calibrate_chooses_the_burn_in_with_the_memory_on_validation() -> None:
     # Issue 24, point 1: the burn-in is decided by measurement. Healthy val runs whose first
     # windows look anomalous (a still, padded picture read as Instability) make a short burn-in
     # cost precision; runs whose anomaly starts late lose nothing by waiting.
-    def logits(pattern: str) -> np.ndarray:
-        return np.array([[4.0, -4, -4, -4, -4] if c == "h" else [-4.0, -4, 4, -4, -4]
-                         for c in pattern])
-
-    rng = np.random.default_rng(0)
-    clip_logits, clip_labels = rng.normal(size=(50, 5)), rng.integers(0, 5, 50)
-    noisy_start = (logits("sss" + "h" * 9), np.zeros(12, bool))
-    late_fault = (logits("h" * 6 + "s" * 6), np.r_[np.zeros(6, bool), np.ones(6, bool)])
+    clip_logits, clip_labels = _clips()
+    noisy_start = (_logits("sss" + "h" * 9), np.zeros(12, bool))
+    late_fault = (_logits("h" * 6 + "s" * 6), np.r_[np.zeros(6, bool), np.ones(6, bool)])
     cal = calibrate(clip_logits, clip_labels, [(noisy_start[0], "Healthy")],
                     memory_runs=[noisy_start, late_fault], memory_grid=(0, 1),
                     burn_in_grid=(1, 2, 4, 6))
     assert cal.burn_in == 6          # 4 and 6 tie at AUPRC 1.0: the longer wait wins ties
     # An anomaly that starts at once is only found with a short burn-in.
-    early_fault = (logits("s" * 12), np.ones(12, bool))
-    calm = (logits("h" * 12), np.zeros(12, bool))
+    early_fault = (_logits("s" * 12), np.ones(12, bool))
+    calm = (_logits("h" * 12), np.zeros(12, bool))
     cal = calibrate(clip_logits, clip_labels, [(calm[0], "Healthy")],
                     memory_runs=[early_fault, calm], memory_grid=(0,), burn_in_grid=(1, 4))
     assert cal.burn_in == 1
