@@ -50,6 +50,7 @@ from core_models.metrics.event_time import (
     per_class_auprc,
 )
 from core_models.metrics.lead import (
+    AlertPolicy,
     AlertSummary,
     evaluate_alerts,
     false_alarm_rate,
@@ -69,6 +70,7 @@ from core_models.metrics.scores import ScoreKind, anomaly_scores
 
 __all__ = [
     "ANOMALOUS_KNOWN",
+    "AlertPolicy",
     "AlertSummary",
     "ConfidenceInterval",
     "RiskCoverage",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import numpy as np
 
@@ -29,7 +29,11 @@ from core_models.metrics.alerts import _alert_index, _check_threshold, alert_pro
 from core_models.metrics.record import RunPrediction, _as_runs
 from core_models.metrics.scores import ScoreKind
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
+
 __all__ = [
+    "AlertPolicy",
     "AlertSummary",
     "evaluate_alerts",
     "false_alarm_rate",
@@ -37,6 +41,21 @@ __all__ = [
     "median_lead",
     "threshold_at_far",
 ]
+
+
+class AlertPolicy(TypedDict, total=False):
+    """The alert rule's settings that :func:`false_alarm_rate`, :func:`lead_times` and
+    :func:`median_lead` pass on (by keyword) to :func:`evaluate_alerts`, whose defaults apply.
+
+    Example:
+        >>> policy: AlertPolicy = {"consecutive": 2}
+        >>> sorted(AlertPolicy.__optional_keys__)
+        ['consecutive', 'score', 'vacuity_threshold']
+    """
+
+    score: ScoreKind
+    consecutive: int
+    vacuity_threshold: float | None
 
 
 def threshold_at_far(
@@ -96,13 +115,12 @@ def threshold_at_far(
 def false_alarm_rate(
     runs: Sequence[RunPrediction],
     threshold: float | None,
-    score: ScoreKind = "not_healthy",
-    consecutive: int = 3,
-    vacuity_threshold: float | None = None,
+    **policy: Unpack[AlertPolicy],
 ) -> float:
     """Fraction of Healthy runs with at least one confirmed alert (``nan`` without Healthy runs).
 
-    ``threshold=None`` uses the alerts recorded on the runs (``alert_epoch``).
+    ``threshold=None`` uses the alerts recorded on the runs (``alert_epoch``); ``policy``: see
+    :func:`evaluate_alerts`.
 
     Example:
         >>> import numpy as np
@@ -110,7 +128,7 @@ def false_alarm_rate(
         >>> false_alarm_rate([RunPrediction("h", "Healthy", range(3), range(3), p, [0] * 3)], 0.5)
         1.0
     """
-    return evaluate_alerts(runs, threshold, score, consecutive, vacuity_threshold).far
+    return evaluate_alerts(runs, threshold, **policy).far
 
 
 @dataclass(frozen=True)
@@ -245,14 +263,13 @@ def lead_times(
     runs: Sequence[RunPrediction],
     threshold: float | None,
     reference: Literal["fire", "onset"] = "fire",
-    score: ScoreKind = "not_healthy",
-    consecutive: int = 3,
-    vacuity_threshold: float | None = None,
+    **policy: Unpack[AlertPolicy],
 ) -> np.ndarray:
     """Leads (epochs, positive = earlier) of the detected anomalous runs.
 
     ``reference="fire"`` measures against the rule firing time (the paper's lead, E.2);
     ``"onset"`` against the anomaly onset (how long after it began the alert came, negated).
+    ``policy``: see :func:`evaluate_alerts`.
 
     Example:
         >>> import numpy as np
@@ -262,7 +279,7 @@ def lead_times(
         >>> lead_times([run], 0.5).tolist(), lead_times([run], 0.5, "onset").tolist()
         ([2.0], [-1.0])
     """
-    s = evaluate_alerts(runs, threshold, score, consecutive, vacuity_threshold)
+    s = evaluate_alerts(runs, threshold, **policy)
     if reference == "fire":
         return s.leads
     if reference == "onset":
@@ -274,9 +291,7 @@ def median_lead(
     runs: Sequence[RunPrediction],
     threshold: float | None,
     reference: Literal["fire", "onset"] = "fire",
-    score: ScoreKind = "not_healthy",
-    consecutive: int = 3,
-    vacuity_threshold: float | None = None,
+    **policy: Unpack[AlertPolicy],
 ) -> float:
     """Median of :func:`lead_times` (``nan`` when nothing is detected).
 
@@ -290,5 +305,5 @@ def median_lead(
         >>> median_lead([run], 0.5)
         3.0
     """
-    leads = lead_times(runs, threshold, reference, score, consecutive, vacuity_threshold)
+    leads = lead_times(runs, threshold, reference, **policy)
     return float(np.median(leads)) if leads.size else float("nan")
