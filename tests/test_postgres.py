@@ -47,11 +47,8 @@ from postgres_fixture import postgres  # noqa: F401  (the fixture)
 from data_factory.architectures import small_cnn
 from data_factory.datasets import digits
 from experiments.postgres_server import one_omp_thread_in_children
-from tevid_hpo._optuna_private import (
-    OptunaInternalsError,
-    fail_trials_without_heartbeat,
-    trials_without_heartbeat,
-)
+from tevid_hpo import fail_trials_without_heartbeat
+from tevid_hpo._optuna_private import OptunaInternalsError, trials_without_heartbeat
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import ERROR_ATTR, USER_ATTR, TrialMonitor
 from tevid_hpo.pruners import TEViDPruner, prune_reason
@@ -194,9 +191,10 @@ def recover_own_trial(study: optuna.Study, number: int, retry: Retry) -> None:
 
 
 def run_until_done(study: optuna.Study, objective: Objective, retry: Retry,
-                   deadline: float) -> int:
-    """Run waiting trials until none is waiting or running; return how often the worker
-    recovered from an error (a lost connection, a trial failed under it by the heartbeat).
+                   deadline: float, stay=None) -> int:
+    """Run waiting trials until none is waiting or running (and ``stay``, an event, is set);
+    return how often the worker recovered from an error (a lost connection, a trial failed
+    under it by the heartbeat).
 
     Each round first fails dead trials: those whose heartbeat went stale (Optuna), and those
     RUNNING without any heartbeat after the grace period (``fail_trials_without_heartbeat``:
@@ -225,7 +223,7 @@ def run_until_done(study: optuna.Study, objective: Objective, retry: Retry,
                 objective.current = None
                 study.optimize(objective, n_trials=1)
                 objective.current = None
-            elif TrialState.RUNNING in states:
+            elif TrialState.RUNNING in states or (stay is not None and not stay.is_set()):
                 objective.release()
                 time.sleep(0.25)
             else:
@@ -244,7 +242,7 @@ def run_until_done(study: optuna.Study, objective: Objective, retry: Retry,
 
 
 def worker(url: str, study_name: str, checkpoint: str, events_dir: str, lock, seq, barrier,
-           role: str) -> None:
+           stay, role: str) -> None:
     """Entry point of one worker process (spawned)."""
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -257,7 +255,7 @@ def worker(url: str, study_name: str, checkpoint: str, events_dir: str, lock, se
     try:
         recoveries = run_until_done(study, objective,
                                     storage.get_heartbeat_stale_trial_callback(),
-                                    deadline=start + WORK_S)
+                                    deadline=start + WORK_S, stay=stay)
     except Exception as err:
         objective.log(kind="gave_up", error=repr(err)[:1000], pid=os.getpid())
         raise
@@ -267,24 +265,35 @@ def worker(url: str, study_name: str, checkpoint: str, events_dir: str, lock, se
 
 # ----------------------------------------------------------------------------- test side
 class Workers:
-    """Spawned worker processes sharing one lock, counter and barrier."""
+    """Spawned worker processes sharing one lock, counter and barrier.
+
+    With ``stay=True`` a worker that finds nothing left to run keeps polling until
+    :meth:`let_go`: the test can still add work (an orphan trial) after the planned trials are
+    done, however fast the workers ran them."""
 
     def __init__(self, url: str, study_name: str, checkpoint: Path, events_dir: Path,
-                 roles: list[str]) -> None:
+                 roles: list[str], stay: bool = False) -> None:
         ctx = mp.get_context("spawn")
         # Kept on self: start() drops a Process's args, and a semaphore collected before a
         # spawned child has opened it is gone (FileNotFoundError in the child).
         self.lock, self.seq = ctx.Lock(), ctx.Value("i", 0, lock=False)
         self.barrier = ctx.Barrier(len(roles))
-        lock, seq, barrier = self.lock, self.seq, self.barrier
+        self.stay = ctx.Event()
+        if not stay:
+            self.stay.set()
+        lock, seq, barrier, stay_event = self.lock, self.seq, self.barrier, self.stay
         with one_omp_thread_in_children():
             self.procs = [ctx.Process(target=worker, args=(url, study_name, str(checkpoint),
                                                            str(events_dir), lock, seq, barrier,
-                                                           role), daemon=True)
+                                                           stay_event, role), daemon=True)
                           for role in roles]
             for p in self.procs:
                 p.start()
         self.events_dir = events_dir
+
+    def let_go(self) -> None:
+        """Let the workers return once the study has nothing left to run."""
+        self.stay.set()
 
     def join(self, timeout: float = JOIN_S) -> list[int | None]:
         """Exit codes; a worker still alive after ``timeout`` is killed (its code: -9)."""
@@ -467,7 +476,9 @@ def test_a_database_restart_mid_study_loses_nothing_finished(
     name = "tevid-restart"
     plan = [HEALTHY[0], DIVERGING, HEALTHY[1], HEALTHY[2], HEALTHY[3], HEALTHY[6], HEALTHY[7]]
     study = new_study(url, name, plan)
-    workers = Workers(url, name, toy_checkpoint, tmp_path, ["worker"] * 3)
+    # stay: the workers can finish the whole plan (3 s) before this process, polling, sees two
+    # finished trials; they must still be there to meet the orphan and the restart.
+    workers = Workers(url, name, toy_checkpoint, tmp_path, ["worker"] * 3, stay=True)
     deadline = time.monotonic() + STARTUP_S + WORK_S
     before = []
     while time.monotonic() < deadline:
@@ -486,6 +497,7 @@ def test_a_database_restart_mid_study_loses_nothing_finished(
         study.enqueue_trial(HEALTHY[4])
         orphan = study.ask().number
     postgres.restart()
+    workers.let_go()
     codes = workers.join()
     assert codes == [0, 0, 0], workers.why()
     logger.info("workers done: %s", workers.events("done"))
