@@ -164,8 +164,11 @@ DIVERSITY_SPLIT = SplitSpec(
 )
 
 
-def _p(family: str, dataset: str, optimizer: str) -> Cell:
-    return Cell(f"procedural:{family}", dataset, f"procedural:{optimizer}")
+def _procedural(*cells: tuple[str, str, str]) -> tuple[Cell, ...]:
+    """Cells given as (network family, data set, optimizer family), every one drawn
+    procedurally: ``procedural:<family>`` for the architecture and the optimizer."""
+    return tuple(Cell(f"procedural:{family}", dataset, f"procedural:{optimizer}")
+                 for family, dataset, optimizer in cells)
 
 
 #: Procedural cells (:mod:`data_factory.procedural`, :mod:`data_factory.recipes`): every run draws
@@ -175,17 +178,17 @@ def _p(family: str, dataset: str, optimizer: str) -> Cell:
 #: own. Test holds out the mixer and LSTM families, the patterns and text data and the Adagrad and
 #: Lion recipes, plus the novel intervention families.
 PROCEDURAL_SPLIT = SplitSpec(
-    train=(
-        _p("mlp", "tabular", "sgd"), _p("mlp", "digits", "adam"), _p("conv", "digits", "sgd"),
-        _p("conv", "shapes", "adam"), _p("gru", "markov", "adam"), _p("gru", "markov", "sgd"),
+    train=_procedural(
+        ("mlp", "tabular", "sgd"), ("mlp", "digits", "adam"), ("conv", "digits", "sgd"),
+        ("conv", "shapes", "adam"), ("gru", "markov", "adam"), ("gru", "markov", "sgd"),
     ),
-    val=(
-        _p("attention", "digits", "adam"), _p("attention", "shapes", "sgd"),
-        _p("conv", "shapes", "rmsprop"), _p("mlp", "tabular", "rmsprop"),
+    val=_procedural(
+        ("attention", "digits", "adam"), ("attention", "shapes", "sgd"),
+        ("conv", "shapes", "rmsprop"), ("mlp", "tabular", "rmsprop"),
     ),
-    test=(
-        _p("mixer", "patterns", "adagrad"), _p("mixer", "patterns", "lion"),
-        _p("lstm", "text", "lion"), _p("lstm", "text", "adagrad"),
+    test=_procedural(
+        ("mixer", "patterns", "adagrad"), ("mixer", "patterns", "lion"),
+        ("lstm", "text", "lion"), ("lstm", "text", "adagrad"),
     ),
     mix=_TABLE2_MIX,
 )
