@@ -28,7 +28,9 @@ from data_factory.architectures import small_cnn
 from data_factory.capture import StateCapture
 from data_factory.datasets import TensorData, digits
 from data_factory.frames import Frame
-from tevid_hpo.diagnostician import Diagnostician
+from data_factory.labels import HEALTHY, INSTABILITY
+from tevid_hpo.cost import CostModel
+from tevid_hpo.diagnostician import Diagnosis, Diagnostician
 from tevid_hpo.testing import QUICK_CORPUS, train_toy_diagnostician
 
 
@@ -131,6 +133,18 @@ def silent(toy: Diagnostician) -> Diagnostician:
     """
     return Diagnostician(toy.model, Calibration(tau_c={c: 1.0 for c in ALERT_LABELS}),
                          device="cpu")
+
+
+def contested_belief(done: float, budget: float, label: str = INSTABILITY,
+                     step: int = 10) -> Diagnosis:
+    """A diagnosis (no alert) whose belief in ``label`` ``CostModel()``'s cost rule, with
+    ``done`` of ``budget`` used, stops at standing 0 or unknown and spares at standing 1 (issue
+    25: the leader is spared where a trailing trial is stopped): midway between the two
+    thresholds."""
+    cm = CostModel()
+    p = (cm.stop_threshold(done, budget, 0.0) + cm.stop_threshold(done, budget, 1.0)) / 2
+    return Diagnosis(step=step, epoch=0, probs={HEALTHY: 1.0 - p, label: p}, vacuity=0.0,
+                     label=label if p > 0.5 else HEALTHY, alert=None, confidence=max(p, 1.0 - p))
 
 
 @pytest.fixture

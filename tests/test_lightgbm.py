@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -11,10 +13,12 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from conftest import contested_belief
 
 from core_models.calibration import Calibration
 from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS, OVERFITTING
 from experiments import gbdt_pilot
+from tevid_hpo.cost import CostModel
 from tevid_hpo.diagnostician import Diagnosis, Diagnostician
 from tevid_hpo.lightgbm import CHANNELS, GAIN_FLOOR, FeatureImportanceFrames, TEViDLightGBMCallback
 from tevid_hpo.monitor import USER_ATTR
@@ -301,6 +305,38 @@ def test_callback_defers_to_the_studys_pruner_and_checks_direction(data):
     maximize = optuna.create_study(direction="maximize")
     with pytest.raises(ValueError, match="direction"):
         maximize.optimize(objective, n_trials=1, catch=())
+
+
+def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(data):
+    # Issue 25: with an Optuna trial the standing is the run's validation loss at the round
+    # among the study's other trials' at that round; standalone there is none (unknown).
+    belief = contested_belief(1, 10, OVERFITTING)      # every round, from the first (done = 1)
+
+    class Believer(StubDiagnostician):
+        def update(self, frame, step=None):
+            super().update(frame, step)
+            return dataclasses.replace(belief, step=step)
+
+    def boost(rival_loss=None):
+        trial = None
+        if rival_loss is not None:
+            study = optuna.create_study(direction="minimize")
+            for _ in range(2):
+                study.add_trial(optuna.trial.create_trial(
+                    value=rival_loss, intermediate_values=dict.fromkeys(range(10), rival_loss)))
+            trial = study.ask()
+        cb = TEViDLightGBMCallback(Believer(at=None), trial, "binary_logloss", "valid_0",
+                                   cost=CostModel())
+        dtrain, dvalid = datasets(data)
+        with contextlib.suppress(optuna.TrialPruned):
+            lgb.train(params(), dtrain, 10, valid_sets=[dvalid], callbacks=[cb])
+        return cb.reason
+
+    alone = boost()
+    assert alone["rule"] == "cost" and alone["standing"] is None and alone["report_step"] == 0
+    trailing = boost(rival_loss=0.0)                    # beaten by both rivals
+    assert trailing["rule"] == "cost" and trailing["standing"] == 0.0
+    assert boost(rival_loss=10.0) is None               # beats both: spared every round
 
 
 # ----------------------------------------------------------------------------- pilot

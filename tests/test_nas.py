@@ -8,6 +8,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from conftest import contested_belief
 
 from data_factory.labels import INSTABILITY
 from tevid_hpo.cost import CostModel
@@ -176,6 +177,29 @@ def test_hook_check_reads_the_monitor(toy_diagnostician):
     assert low.check(alarmed, 0.7, 5) is not None          # non-finite loss alerts at p = 1
     with pytest.raises(ValueError):
         TEViDHook(toy_diagnostician, prune_on=("Healthy",))
+
+
+@pytest.mark.filterwarnings("ignore")   # the untrained "tiny" model: check() never runs it
+def test_hook_cost_rule_spares_the_leading_candidate_at_a_belief_that_stops_a_trailing_one():
+    # Issue 25: the standing is the candidate's validation accuracy at its last finished epoch
+    # among the other candidates' at that epoch, read from the study of the monitor's trial.
+    hook = TEViDHook("tiny", cost=CostModel())
+    study = optuna.create_study(direction="maximize")
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(value=0.5, intermediate_values={0: 0.5}))
+    belief = contested_belief(1.5, 5)
+
+    def monitor(accuracy=None):
+        trial = None if accuracy is None else study.ask()
+        if trial is not None:
+            trial.report(accuracy, 0)
+        return SimpleNamespace(alert=None, alerts={}, last=belief, error=None, trial=trial)
+
+    alone = hook.check(monitor(), 1.5, 5)                 # no trial: standing unknown, stops
+    assert alone["rule"] == "cost" and alone["standing"] is None
+    trailing = hook.check(monitor(0.1), 1.5, 5)
+    assert trailing["rule"] == "cost" and trailing["standing"] == 0.0
+    assert hook.check(monitor(0.9), 1.5, 5) is None       # beats all 3 rivals: standing 1
 
 
 def test_hook_without_a_checkpoint_says_so(monkeypatch, tmp_path):

@@ -8,15 +8,18 @@ monitoring failure never fails a trial.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from ConfigSpace import Configuration, ConfigurationSpace, Float
-from conftest import STEPS_PER_EPOCH, silent, train_step, val_accuracy
+from conftest import STEPS_PER_EPOCH, contested_belief, silent, train_step, val_accuracy
 from ray import cloudpickle
 from smac import MultiFidelityFacade, Scenario
 
 from data_factory.architectures import small_cnn
 from data_factory.labels import INSTABILITY
+from tevid_hpo import smac as smac_module
 from tevid_hpo.cost import CostModel
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import NONFINITE_LOSS
@@ -100,6 +103,34 @@ def test_cost_rule_stops_where_the_alert_rule_stays_silent(toy_diagnostician, di
     # ... and lets a healthy configuration train.
     _, info = target({"lr": HEALTHY}, seed=0, budget=1)
     assert not info["tevid"]["stopped"] and info["tevid"]["epochs_done"] == 1
+
+
+def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(monkeypatch):
+    # Issue 25: the standing is the trial's cost among the other trials' at the same budget and
+    # epoch, as the wrapper saw them reported. Every trial gets the same belief after epoch 0.
+    belief = contested_belief(1, 3)
+    monkeypatch.setattr(smac_module, "TrialMonitor", lambda model, diagnostician, **kw:
+                        SimpleNamespace(alert=None, alerts={}, last=belief, error=None,
+                                        history=[belief.to_dict()]))
+
+    def train(config, budget: float = 3, *, tevid):
+        tevid.monitor(None)
+        tevid.report(config["error"], epoch=0)
+        if tevid.should_stop():
+            raise TrialStopped()
+        return config["error"]
+
+    target = TEViDTarget(train, worst_cost=1.0, diagnostician="never/loaded", cost=CostModel())
+    monkeypatch.setattr(target, "diagnostician", lambda: None)
+
+    def stop(error, budget=3):
+        return target({"error": error}, budget=budget)[1]["tevid"].get("stop")
+
+    assert stop(0.5)["standing"] is None          # the first trial: no rival, stopped as before
+    assert stop(0.5)["standing"] == 0.0           # a tie is not beaten
+    assert stop(0.9)["standing"] == 0.0           # trailing
+    assert stop(0.1) is None                      # beats all 3: spared
+    assert stop(0.1, budget=9)["standing"] is None   # other budgets are not rivals
 
 
 def test_a_monitor_failure_never_fails_the_trial(toy_checkpoint, digits_data):

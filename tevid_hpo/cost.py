@@ -408,8 +408,8 @@ class CostModel:
         ``c_fa + c_best·standing`` (``c_best`` then 0), so its :meth:`decide` without a standing
         is this model's ``decide(..., standing=standing)``; ``None`` (unknown) returns ``self``.
 
-        For callers that hand a ``CostModel`` to code that decides without a standing (the shared
-        :func:`tevid_hpo.decision.cost_reason`).
+        For callers that hand a ``CostModel`` to code that decides without a standing; the shared
+        :func:`tevid_hpo.decision.cost_reason` takes the standing itself.
 
         Example:
             >>> cm = CostModel()

@@ -7,7 +7,9 @@ SMAC target function — and asks the same two questions, in this order:
 1. :func:`alert_reason` — does the trial carry a **confirmed alert** whose label is in
    ``prune_on`` (and whose confidence reaches ``min_confidence``)? The earliest such alert wins.
 2. :func:`cost_reason` — with a :class:`~tevid_hpo.cost.CostModel`, is stopping now expected to
-   be **cheaper than continuing**, given the latest diagnosis and the budget used so far?
+   be **cheaper than continuing**, given the latest diagnosis, the budget used so far and the
+   trial's :func:`~tevid_hpo.cost.standing` among the trials at the same step (what a false stop
+   loses; ``None`` where the integration sees no rival)?
 
 Both return ``None`` (no reason to stop) or a *reason*: a flat, JSON-able dict that every
 integration records in the same format, e.g.::
@@ -16,7 +18,7 @@ integration records in the same format, e.g.::
      "step": 30, "epoch": 0, "confidence": 0.8213, "vacuity": 0.2187}
     {"pruner": "TEViD", "rule": "cost", "label": "Instability", "reason": "cost", "step": 40,
      "epoch": 1, "confidence": 0.31, "vacuity": 0.4, "p_threshold": 0.12, "cost_stop": 0.58,
-     "cost_continue": 2.2, "budget_used": 2, "budget": 9}
+     "cost_continue": 2.2, "budget_used": 2, "budget": 9, "standing": 0.5}
 
 (integrations add where in *their* schedule it happened, e.g. ``report_step``).
 :func:`describe` turns a reason into the one-line text used in logs and tables.
@@ -115,7 +117,8 @@ def alert_reason(alerts: Mapping[str, Mapping[str, Any]], prune_on: Collection[s
 
 
 def cost_reason(cost: CostModel, latest: Mapping[str, Any] | None, done: float, budget: float,
-                prune_on: Collection[str]) -> dict[str, Any] | None:
+                prune_on: Collection[str], standing: float | None = None
+                ) -> dict[str, Any] | None:
     """The reason to stop by :meth:`CostModel.decide <tevid_hpo.cost.CostModel.decide>` or None.
 
     Args:
@@ -125,6 +128,9 @@ def cost_reason(cost: CostModel, latest: Mapping[str, Any] | None, done: float, 
         done: budget used so far (e.g. epochs or reported steps); clipped to ``budget``.
         budget: the trial's whole budget in the same unit.
         prune_on: labels a stop is meant to catch; the reason names the most probable of them.
+        standing: the trial's :func:`~tevid_hpo.cost.standing` among the trials at the same
+            step (``None``: unknown, a false stop costs ``c_fa`` alone); recorded, rounded, as
+            ``reason["standing"]``.
 
     Example:
         >>> latest = {"step": 40, "epoch": 1, "vacuity": 0.0,
@@ -132,11 +138,16 @@ def cost_reason(cost: CostModel, latest: Mapping[str, Any] | None, done: float, 
         >>> r = cost_reason(CostModel(), latest, done=2, budget=9, prune_on=("Instability",))
         >>> r["rule"], r["label"], r["budget_used"], r["cost_stop"] < r["cost_continue"]
         ('cost', 'Instability', 2, True)
+        >>> weak = {**latest, "probs": {"Healthy": 0.6, "Instability": 0.4}}
+        >>> cost_reason(CostModel(), weak, 2, 9, ("Instability",), standing=0.0)["standing"]
+        0.0
+        >>> cost_reason(CostModel(), weak, 2, 9, ("Instability",), standing=1.0) is None  # leader
+        True
     """
     if latest is None:
         return None
     done = min(done, budget)
-    decision = cost.decide(latest, done, budget, prune_on)
+    decision = cost.decide(latest, done, budget, prune_on, standing)
     if not decision.stop:
         return None
     probs = latest["probs"]
@@ -148,7 +159,8 @@ def cost_reason(cost: CostModel, latest: Mapping[str, Any] | None, done: float, 
             "p_threshold": round(decision.p_threshold, 4),
             "cost_stop": round(decision.cost_stop, 4),
             "cost_continue": round(decision.cost_continue, 4),
-            "budget_used": done, "budget": budget}
+            "budget_used": done, "budget": budget,
+            "standing": None if standing is None else round(standing, 4)}
 
 
 def describe(reason: Mapping[str, Any]) -> str:
@@ -205,14 +217,16 @@ class StopRules:
 
     def reason(self, alerts: Mapping[str, Mapping[str, Any]],
                latest: Mapping[str, Any] | None = None, done: float = 0,
-               budget: float | None = None) -> dict[str, Any] | None:
+               budget: float | None = None, standing: float | None = None
+               ) -> dict[str, Any] | None:
         """:func:`alert_reason`, then — with a cost model, a ``latest`` diagnosis and a
-        ``budget`` — :func:`cost_reason`; ``None`` when neither says stop.
+        ``budget`` — :func:`cost_reason` at the trial's ``standing``; ``None`` when neither
+        says stop.
 
         Pass ``latest=None`` after a monitor failure: its last diagnosis is stale, so only
         alerts confirmed before the failure count.
         """
         reason = alert_reason(alerts, self.prune_on, self.min_confidence)
         if reason is None and self.cost is not None and latest is not None and budget:
-            reason = cost_reason(self.cost, latest, done, budget, self.prune_on)
+            reason = cost_reason(self.cost, latest, done, budget, self.prune_on, standing)
         return reason

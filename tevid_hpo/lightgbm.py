@@ -98,7 +98,7 @@ from tevid_hpo.cost import CostModel
 from tevid_hpo.decision import StopRules
 from tevid_hpo.diagnostician import Diagnosis, Diagnostician
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR, alert_entry, history_entry
-from tevid_hpo.pruners import REASON_ATTR
+from tevid_hpo.pruners import REASON_ATTR, study_standing
 
 __all__ = ["CHANNELS", "FeatureImportanceFrames", "TEViDLightGBMCallback"]
 
@@ -302,6 +302,13 @@ class TEViDLightGBMCallback:
       its own stop — recording ``"tevid_prune_reason"`` — or when ``trial.should_prune()``
       says the study's pruner wants to.
 
+    The cost rule weighs what a stop risks, the run's :func:`~tevid_hpo.cost.standing`: with an
+    Optuna trial, the share of the study's other trials whose tracked metric at the same
+    boosting round the run's beats (:func:`~tevid_hpo.pruners.study_standing`, as
+    :class:`~tevid_hpo.pruners.TEViDPruner` does). Standalone the callback watches one booster
+    and no other run exists to compare it with (its own earlier rounds are the run, not
+    rivals), so the standing is unknown (``None``): the rule without standing.
+
     Args:
         diagnostician: a GBDT :class:`~tevid_hpo.diagnostician.Diagnostician` (or anything
             with its ``profile.frame_size``, ``reset()`` and ``update(frame, step=)``) or a path
@@ -495,8 +502,10 @@ class TEViDLightGBMCallback:
             self._sync()
 
     def _reason(self, done: int, budget: int) -> dict[str, Any] | None:
+        standing = (study_standing(getattr(self.trial, "study", None), self.trial)
+                    if self.cost is not None else None)
         return self.rules.reason(self.alerts, self.history[-1] if self.history else None, done,
-                                 budget)
+                                 budget, standing)
 
     def _stop(self, env: CallbackEnv, reason: dict[str, Any]) -> None:
         self.stopped_at, self.reason = env.iteration, {**reason, "report_step": env.iteration}

@@ -105,7 +105,7 @@ from tevid_hpo.decision import TEVID, alert_reason, check_options, check_prune_o
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
 
 __all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "keep_rung_places", "prune_reason",
-           "record_prune_reason"]
+           "record_prune_reason", "study_standing"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,45 @@ REASON_ATTR = "tevid_prune_reason"
 REASON_SYSTEM_ATTR = "tevid:prune_reason"
 #: Trials whose values at a step a trial's standing is measured against (not failed/waiting).
 _PEER_STATES = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def study_standing(study: optuna.study.Study | None, trial: FrozenTrial | optuna.Trial
+                   ) -> float | None:
+    """A trial's :func:`~tevid_hpo.cost.standing` at its last reported step: the share of the
+    other trials' values at that step (running, complete and pruned trials) that its value
+    beats, in the study's direction. ``None`` (unknown) without a single-objective Optuna
+    study, a reported value or a rival at that step.
+
+    ``trial`` is the ``FrozenTrial`` a pruner gets or the live ``optuna.Trial`` a training
+    loop holds (read back from the study by its number). :class:`TEViDPruner`'s cost rule uses
+    it, and so do the integrations that report to an Optuna trial themselves (the NAS hook,
+    the LightGBM callback).
+
+    Example:
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study(direction="maximize")
+        >>> for v in (0.2, 0.6):
+        ...     study.add_trial(optuna.trial.create_trial(value=v, intermediate_values={0: v}))
+        >>> trial = study.ask()
+        >>> trial.report(0.5, step=0)
+        >>> study_standing(study, trial)          # beats 0.2, not 0.6
+        0.5
+        >>> study_standing(None, trial) is None   # not an Optuna study: unknown
+        True
+    """
+    if not isinstance(study, optuna.study.Study) or len(study.directions) != 1:
+        return None
+    if not isinstance(trial, FrozenTrial):
+        # Trial numbers are the trials' positions in their study.
+        trial = study.get_trials(deepcopy=False)[trial.number]
+    step = trial.last_step
+    value = trial.intermediate_values.get(step) if step is not None else None
+    if value is None:
+        return None
+    others = [t.intermediate_values[step]
+              for t in study.get_trials(deepcopy=False, states=_PEER_STATES)
+              if t.number != trial.number and step in t.intermediate_values]
+    return standing(value, others, study.direction == StudyDirection.MAXIMIZE)
 
 
 def record_prune_reason(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]
@@ -373,24 +412,8 @@ class TEViDPruner(BasePruner):
         budget = self._budget()
         if budget is None or trial.last_step is None or self._cost is None:
             return None
-        s = self._standing(study, trial)
-        reason = cost_reason(self._cost.at_standing(s), state.get("latest"), trial.last_step + 1,
-                             budget, self._prune_on)
-        if reason is not None:
-            reason["standing"] = None if s is None else round(s, 4)
-        return reason
-
-    @staticmethod
-    def _standing(study: optuna.study.Study, trial: FrozenTrial) -> float | None:
-        """``trial``'s standing among the other trials' values at its last reported step."""
-        step = trial.last_step
-        value = trial.intermediate_values.get(step) if step is not None else None
-        if value is None:
-            return None
-        others = [t.intermediate_values[step]
-                  for t in study.get_trials(deepcopy=False, states=_PEER_STATES)
-                  if t.number != trial.number and step in t.intermediate_values]
-        return standing(value, others, study.direction == StudyDirection.MAXIMIZE)
+        return cost_reason(self._cost, state.get("latest"), trial.last_step + 1, budget,
+                           self._prune_on, study_standing(study, trial))
 
     def _budget(self) -> int | None:
         if self._max_resource is not None:

@@ -348,10 +348,8 @@ class _Rules:
             # failure still count (as in TEViDPruner).
             if (reason is None and self.cost is not None and t is not None
                     and not result.get("tevid_error")):
-                reason = cost_reason(self.cost.at_standing(standing), _latest_from(result), t,
-                                     self.max_t, self.prune_on)
-                if reason is not None:
-                    reason["standing"] = None if standing is None else round(standing, 4)
+                reason = cost_reason(self.cost, _latest_from(result), t, self.max_t,
+                                     self.prune_on, standing)
         except Exception as err:
             # A scheduler exception would end the whole experiment: judge by the wrapped
             # scheduler alone instead, and say so once.

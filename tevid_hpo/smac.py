@@ -11,6 +11,9 @@ is told about it through the returned cost and ``additional_info``:
   far, and ``tevid.should_stop()`` applies the stop rules of :mod:`tevid_hpo.decision` (a
   confirmed alert in ``prune_on``; with ``cost=CostModel(...)`` also the cost rule). End training
   when it says so: ``break``/``return``, or ``raise TrialStopped()`` from any depth.
+  What a cost stop risks is the trial's :func:`~tevid_hpo.cost.standing`: the share of the
+  other trials' costs reported at the same budget and epoch that its own beats (see
+  :class:`TEViDTarget`).
 * The wrapper then returns ``(cost, additional_info)``: the **cost at stopping, penalised** (see
   :meth:`TEViDTarget.stopped_cost`), and the diagnosis under ``additional_info["tevid"]`` —
   ``stopped``, the stop reason, the alerts, the latest diagnosis, epochs done — for every
@@ -79,7 +82,7 @@ from smac import Callback
 from smac.runhistory import TrialInfo, TrialValue
 
 from core_models.checkpoint import checkpoint_paths
-from tevid_hpo.cost import CostModel
+from tevid_hpo.cost import CostModel, standing
 from tevid_hpo.decision import DEFAULT_PRUNE_ON, TEVID, StopRules, describe
 from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
 from tevid_hpo.monitor import NONFINITE_LOSS, TrialMonitor
@@ -133,6 +136,7 @@ class TEViDTrial:
         self._epochs_done = 0
         self._stop: dict[str, Any] | None = None
         self._warned = False
+        self._id = target._new_trial_id()
 
     # ------------------------------------------------------------------ target-function calls
     def monitor(self, model: Any, **kwargs: Any) -> TrialMonitor:
@@ -156,14 +160,16 @@ class TEViDTrial:
         """
         self._value = _finite(value)
         self._epochs_done = self._epochs_done + 1 if epoch is None else int(epoch) + 1
+        self._target._record(self, value)
 
     def should_stop(self) -> bool:
         """Whether training should end now; latched once true. Cheap: call it every step.
 
         True on a confirmed alert in ``prune_on`` (confidence at least ``min_confidence``),
         or, with ``cost``, when :meth:`CostModel.decide <tevid_hpo.cost.CostModel.decide>` on
-        the latest diagnosis (epochs reported so far out of ``budget``) says stopping is
-        cheaper. A failure inside these rules is logged once and answers ``False``.
+        the latest diagnosis (epochs reported so far out of ``budget``, at the trial's standing
+        after its last report) says stopping is cheaper. A failure inside these rules is logged
+        once and answers ``False``.
         """
         if self._stop is not None:
             return True
@@ -176,7 +182,8 @@ class TEViDTrial:
             # After a monitor failure the latest diagnosis is stale: alerts only.
             latest = mon.last.to_dict() if mon.error is None and mon.last is not None else None
             reason = t.rules.reason(mon.alerts, latest, self._epochs_done,
-                                    float(budget) if budget else None)
+                                    float(budget) if budget else None,
+                                    t._standing(self) if t.cost is not None else None)
         except Exception as err:
             if not self._warned:
                 self._warned = True
@@ -238,6 +245,16 @@ class TEViDTarget:
     when it ended by ``raise TrialStopped()`` the last ``tevid.report`` value — and the record
     adds ``value_at_stop``, ``p_anomaly`` and ``cost``. Other trials return the function's cost
     unchanged. Single-objective only.
+
+    **Standing** (for the cost rule). SMAC shows a target function no other trial, so the
+    wrapper remembers every ``tevid.report`` of the trials it runs; a trial's standing is the
+    share of the other trials' costs at the same ``budget`` and epoch that its last report
+    beats (lower is better; :func:`~tevid_hpo.cost.standing`), recorded as the stop reason's
+    ``standing``. Only the same budget counts: a run at another budget follows another
+    schedule (a learning-rate decay over its budget, say), so its cost at an epoch is not
+    comparable. Trials run by other processes (dask workers each get their own copy of the
+    wrapper) are not seen; a trial with no rival seen has no standing (``None``), the rule
+    without standing.
 
     Args:
         function: the target function; must accept the keyword argument ``tevid``.
@@ -315,6 +332,10 @@ class TEViDTarget:
         self.monitor_kwargs = dict(monitor_kwargs or {})
         self._diagnostician = diagnostician
         self._local = threading.local()
+        self._reports_lock = threading.Lock()
+        # (budget, epochs done) -> trial id -> reported cost: what standings are measured on.
+        self._reports: dict[tuple[float | None, int], dict[int, float]] = {}
+        self._n_trials = 0
         # SMAC inspects the signature to decide which of seed/budget/instance to pass and warns
         # about parameters it does not set: show it the function's own, minus `tevid`.
         self.__signature__ = signature.replace(parameters=[
@@ -338,11 +359,36 @@ class TEViDTarget:
         # Dask ships the target to its workers; the per-thread diagnostician cache stays here.
         state = self.__dict__.copy()
         state.pop("_local")
+        state.pop("_reports_lock")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+        self._reports_lock = threading.Lock()
+
+    def _new_trial_id(self) -> int:
+        with self._reports_lock:
+            self._n_trials += 1
+            return self._n_trials
+
+    def _record(self, trial: TEViDTrial, value: Any) -> None:
+        try:
+            v = float(value)   # a NaN is kept: a diverged trial is beaten by every rival
+        except (TypeError, ValueError):
+            return
+        with self._reports_lock:
+            self._reports.setdefault((trial.budget, trial.epochs_done), {})[trial._id] = v
+
+    def _standing(self, trial: TEViDTrial) -> float | None:
+        """``trial``'s standing after its last report among the other trials at the same
+        budget and epoch (``None`` before a report or without a rival)."""
+        with self._reports_lock:
+            peers = dict(self._reports.get((trial.budget, trial.epochs_done), {}))
+        if trial._id not in peers:
+            return None
+        value = peers.pop(trial._id)
+        return standing(value, peers.values(), maximize=False)   # SMAC minimises the cost
 
     def diagnostician(self) -> Diagnostician:
         """This thread's diagnostician (a monitor owns its streaming state while active, so

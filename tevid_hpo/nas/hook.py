@@ -27,6 +27,7 @@ from tevid_hpo.cost import CostModel
 from tevid_hpo.decision import alert_reason, check_options, check_prune_on, cost_reason
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import TrialMonitor
+from tevid_hpo.pruners import study_standing
 
 __all__ = ["TEViDHook"]
 
@@ -39,10 +40,20 @@ class TEViDHook:
     to stop — the monitor's earliest confirmed alert among ``prune_on`` (TEViD's calibrated
     3-consecutive rule, or the monitor's non-finite-loss rule) with confidence at least
     ``min_confidence``, else, with ``cost``, a :meth:`CostModel.decide
-    <tevid_hpo.cost.CostModel.decide>` stop on the latest diagnosis — or ``None``. The rules are
+    <tevid_hpo.cost.CostModel.decide>` stop on the latest diagnosis at the candidate's standing
+    (below) — or ``None``. The rules are
     :mod:`tevid_hpo.decision`'s, shared with every integration, so a candidate stops here when
     a :class:`~tevid_hpo.pruners.TEViDPruner` would stop it as an Optuna trial (only sooner: at
     the step, not at the epoch's ``should_prune()``).
+
+    **Standing.** What a cost stop risks is the candidate's
+    :func:`~tevid_hpo.cost.standing`: the share of the other candidates' validation accuracies
+    at its last finished epoch that its own beats. The hook reads them from the Optuna study of
+    the monitor's trial (the trainer reports every epoch's accuracy there;
+    :func:`~tevid_hpo.pruners.study_standing`), as :class:`~tevid_hpo.pruners.TEViDPruner`
+    does. A candidate trained without a trial (a standalone :class:`~tevid_hpo.nas.Bananas`
+    search) has no rivals the hook can see: its standing is unknown (``None``), the rule
+    without standing.
 
     Args:
         diagnostician: a :class:`~tevid_hpo.diagnostician.Diagnostician`, a checkpoint path or
@@ -88,13 +99,16 @@ class TEViDHook:
             epochs_done: budget used so far (fractional epochs).
             epochs_max: the candidate's full budget.
             use_cost: also consult the cost rule (pass ``False`` between diagnoses: it only
-                changes when a new diagnosis arrives).
+                changes when a new diagnosis arrives). It weighs the candidate's standing in
+                the study of ``monitor.trial`` (``None`` without one).
         """
         reason = (alert_reason(monitor.alerts, self.prune_on, self.min_confidence)
                   if monitor.alert is not None else None)
         # A monitor that failed has no trustworthy latest diagnosis: alerts only.
         if (reason is None and self.cost is not None and use_cost and monitor.error is None
                 and monitor.last is not None):
+            trial = getattr(monitor, "trial", None)
+            standing = study_standing(getattr(trial, "study", None), trial)
             reason = cost_reason(self.cost, monitor.last.to_dict(), epochs_done, epochs_max,
-                                 self.prune_on)
+                                 self.prune_on, standing)
         return reason
