@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score
@@ -88,6 +89,32 @@ class RunMemory:
         self._recent: deque[tuple[np.ndarray, float]] = deque(maxlen=max(self.window, 1))
         self._means: deque[tuple[np.ndarray, float, float]] = deque(maxlen=self.sustain)
         self._latched: tuple[np.ndarray, float, float] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the memory holds of the run, JSON-serialisable (for pausing a trial).
+
+        Example:
+            >>> mem = RunMemory(window=2, sustain=1); _ = mem.update([0.3, 0.7], 0.1)
+            >>> other = RunMemory(window=2, sustain=1); other.load_state_dict(mem.state_dict())
+            >>> [round(float(x), 2) for x in other.update([0.9, 0.1], 0.1)[0]]
+            [0.6, 0.4]
+        """
+        def entry(e: tuple) -> list:
+            return [e[0].tolist(), *(float(x) for x in e[1:])]
+
+        return {"recent": [entry(e) for e in self._recent],
+                "means": [entry(e) for e in self._means],
+                "latched": entry(self._latched) if self._latched is not None else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the run :meth:`state_dict` described."""
+        def entry(e: Sequence) -> tuple:
+            return (np.asarray(e[0], dtype=np.float64), *(float(x) for x in e[1:]))
+
+        self.reset()
+        self._recent.extend(entry(e) for e in state["recent"])
+        self._means.extend(entry(e) for e in state["means"])
+        self._latched = entry(state["latched"]) if state["latched"] is not None else None
 
     def update(self, probs: Sequence[float] | np.ndarray, vacuity: float
                ) -> tuple[np.ndarray, float]:

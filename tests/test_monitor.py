@@ -17,7 +17,7 @@ from core_models.calibration import ALERT_LABELS, Calibration
 from data_factory.architectures import small_cnn
 from data_factory.labels import INSTABILITY, KNOWN_LABELS
 from tevid_hpo.diagnostician import Diagnosis, Diagnostician
-from tevid_hpo.monitor import ERROR_ATTR, NONFINITE_LOSS, USER_ATTR, TrialMonitor
+from tevid_hpo.monitor import ERROR_ATTR, NONFINITE_LOSS, USER_ATTR, WRITE_ATTEMPTS, TrialMonitor
 
 BATCH = 32
 
@@ -239,6 +239,55 @@ def test_a_failure_inside_monitoring_is_logged_once_and_never_breaks_training(
     assert "RuntimeError: boom" in attrs[ERROR_ATTR]
     assert all(not m._forward_hooks for m in model.modules())   # hooks removed at once
     assert mon.metrics()["tevid_error"] == mon.error
+
+
+class FlakyStorage:
+    """A trial whose attribute writes fail while ``down`` is set (a database outage)."""
+
+    number = 3
+
+    def __init__(self):
+        self.down, self.stored, self.failed = False, {}, 0
+
+    def set_user_attr(self, key, value):
+        if self.down:
+            self.failed += 1
+            raise ConnectionError("server closed the connection unexpectedly")
+        self.stored[key] = json.loads(json.dumps(value))
+
+
+def test_a_brief_storage_outage_is_written_over_at_the_next_sync(toy_diagnostician, digits_data):
+    """One failed write (the restart of issue 27's PostgreSQL test) must not switch monitoring
+    off for the rest of the trial: the next epoch's write carries the whole payload."""
+    model = cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    t = FlakyStorage()
+    with TrialMonitor(model, t, every=1, diagnostician=toy_diagnostician,
+                      asynchronous=False) as mon:
+        for epoch in range(3):
+            t.down = epoch == 1
+            run_steps(model, opt, digits_data, 5, mon, start=5 * epoch)
+            mon.epoch_end(epoch)
+    assert t.failed == 1 and mon.error is None and ERROR_ATTR not in t.stored
+    assert t.stored[USER_ATTR]["epochs_done"] == 3 and t.stored[USER_ATTR]["n_diagnoses"] == 15
+
+
+def test_a_storage_that_keeps_failing_ends_the_monitoring(toy_diagnostician, digits_data,
+                                                          caplog):
+    model = cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    t = FlakyStorage()
+    t.down = True
+    with caplog.at_level(logging.WARNING, logger="tevid_hpo.monitor"), \
+            TrialMonitor(model, t, every=1, diagnostician=toy_diagnostician,
+                         asynchronous=False) as mon:
+        for epoch in range(WRITE_ATTEMPTS + 2):
+            run_steps(model, opt, digits_data, 2, mon, start=2 * epoch)
+            mon.epoch_end(epoch)
+    assert f"{WRITE_ATTEMPTS} times" in mon.error
+    # the epoch writes up to the limit, then the error attribute's own (failed) write
+    assert t.failed == WRITE_ATTEMPTS + 1
+    assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_a_model_that_cannot_be_captured_disables_monitoring_not_the_trial(toy_diagnostician,

@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import warnings
@@ -51,6 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core_models.calibration import Calibration, ConsecutiveAlert
@@ -285,6 +287,54 @@ class Diagnostician:
             withheld=withheld)
         return self.last
 
+    # ------------------------------------------------------------------ streaming state
+    def state_dict(self) -> dict[str, Any]:
+        """The run so far — buffered frames, telemetry, alert streaks, run memory, latched
+        alert — JSON-serialisable, so a paused trial resumes its stream exactly
+        (:meth:`TrialMonitor.state_dict <tevid_hpo.monitor.TrialMonitor.state_dict>`).
+
+        Example:
+            >>> import json, torch, warnings; from core_models.tevid import TEViD
+            >>> from core_models.calibration import Calibration
+            >>> warnings.simplefilter("ignore")            # an uncalibrated demo model
+            >>> a = Diagnostician(TEViD("tiny"), Calibration(memory=2), device="cpu")
+            >>> b = Diagnostician(a.model, Calibration(memory=2), device="cpu")
+            >>> frames = [torch.randn(6, 16, 16) for _ in range(14)]
+            >>> for f in frames[:9]: _ = a.update(f)
+            >>> b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+            >>> a.update(frames[9]).probs == b.update(frames[9]).probs
+            True
+        """
+        frames = list(self._frames)
+        return {
+            "frames": _encode_frames(torch.stack(frames)) if frames else None,
+            "updates": int(self._updates),
+            "streaks": [int(s) for s in self._rule.streaks],
+            "first_alert": list(self.first_alert) if self.first_alert is not None else None,
+            "last": self.last.to_dict() if self.last is not None else None,
+            "telemetry": [t.tolist() for t in self._telemetry],
+            "telemetry_refs": [self._telemetry_stream._first, self._telemetry_stream._prev],
+            "memory": self._memory.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the run :meth:`state_dict` described (states saved before the run memory
+        was part of it resume with an empty memory)."""
+        self.reset()
+        if state["frames"] is not None:
+            frames = _decode_frames(state["frames"]).to(self.device)
+            self._frames.extend(frames.unbind(0))
+        self._updates = int(state["updates"])
+        self._rule.streaks = np.asarray(state["streaks"], dtype=np.int64)
+        self.first_alert = tuple(state["first_alert"]) if state["first_alert"] else None
+        self.last = Diagnosis(**state["last"]) if state["last"] is not None else None
+        self._telemetry.extend(torch.tensor(t, device=self.device)
+                               for t in state.get("telemetry", []))
+        refs = state.get("telemetry_refs") or ({}, {})
+        self._telemetry_stream._first, self._telemetry_stream._prev = dict(refs[0]), dict(refs[1])
+        if state.get("memory") is not None:
+            self._memory.load_state_dict(state["memory"])
+
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         """The checkpoint JSON: architecture, labels, calibration, provenance."""
@@ -375,3 +425,15 @@ class Diagnostician:
                    metadata={k: v for k, v in config.items() if k not in skip}, device=device)
         diag.source, diag.source_config = checkpoint_paths(path)[0], config
         return diag
+
+
+def _encode_frames(x: torch.Tensor) -> dict[str, Any]:
+    # Frames are bfloat16 from capture (and NaN-clamped to a bf16-exact value), so bf16 bytes
+    # are lossless and ~8x smaller than a JSON list of floats.
+    raw = x.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
+    return {"dtype": "bfloat16", "shape": list(x.shape), "data": base64.b64encode(raw).decode()}
+
+
+def _decode_frames(d: Mapping[str, Any]) -> torch.Tensor:
+    buf = np.frombuffer(base64.b64decode(d["data"]), dtype=np.int16).copy()
+    return torch.from_numpy(buf).view(torch.bfloat16).reshape(d["shape"]).float()

@@ -73,16 +73,13 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
 import math
-from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -105,6 +102,9 @@ ERROR_ATTR = "tevid_error"
 FORMAT_VERSION = 1
 #: ``reason`` of an alert raised by the non-finite-loss rule.
 NONFINITE_LOSS = "non-finite loss"
+#: Consecutive failed writes of ``USER_ATTR`` after which monitoring is switched off (each
+#: failure before that is retried at the next sync: storage outages are often brief).
+WRITE_ATTEMPTS = 3
 
 _DIGITS = 4
 
@@ -246,6 +246,7 @@ class TrialMonitor:
         self.optimizer = optimizer
         self._losses: list[float] = []   # losses since the previous capture
         self._since_sync = 0
+        self._write_failures = 0   # consecutive failed attribute writes
         self._error: str | None = None
         self._active = False
         self._started = False    # entered at least once (re-entry keeps the stream going)
@@ -418,7 +419,7 @@ class TrialMonitor:
         return {
             "version": FORMAT_VERSION,
             "capture": self._capture.state_dict(),
-            "diagnostician": _diagnostician_state(self.diagnostician),
+            "diagnostician": self.diagnostician.state_dict(),
             "history": list(self._history),
             "alerts": self.alerts,
             "latest": self._latest.to_dict() if self._latest is not None else None,
@@ -436,7 +437,7 @@ class TrialMonitor:
         if state.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported TrialMonitor state version {state.get('version')!r}")
         self._capture.load_state_dict(state["capture"])
-        _load_diagnostician_state(self.diagnostician, state["diagnostician"])
+        self.diagnostician.load_state_dict(state["diagnostician"])
         self._history = [dict(e) for e in state["history"]]
         self._alerts = {k: dict(v) for k, v in state["alerts"].items()}
         latest = state.get("latest")
@@ -523,8 +524,17 @@ class TrialMonitor:
             return
         try:
             self.trial.set_user_attr(USER_ATTR, self._payload())
+            self._write_failures = 0
         except Exception as err:
-            self._fail(err, "writing the diagnosis to the trial")
+            # A storage outage is often brief (a database restart): keep diagnosing and write
+            # the whole payload again at the next sync; only a storage that keeps failing ends
+            # the monitoring.
+            self._write_failures += 1
+            if self._write_failures >= WRITE_ATTEMPTS:
+                self._fail(err, f"writing the diagnosis to the trial, {WRITE_ATTEMPTS} times")
+            else:
+                logger.warning("TEViD could not store its diagnosis%s (%r); retrying at the "
+                               "next sync", self._trial_suffix(), err)
 
     def _fail(self, err: BaseException, where: str) -> None:
         if self._error is not None:
@@ -547,51 +557,3 @@ class TrialMonitor:
     def _trial_suffix(self) -> str:
         number = getattr(self.trial, "number", None)
         return f" for trial {number}" if number is not None else ""
-
-
-# ---------------------------------------------------------------------- diagnostician state
-# The streaming state lives in private attributes of Diagnostician; until it grows a public
-# state_dict()/load_state_dict() pair (used here when present) this is the one place that
-# knows about them.
-def _diagnostician_state(diag: Diagnostician) -> dict[str, Any]:
-    if hasattr(diag, "state_dict") and hasattr(diag, "load_state_dict"):
-        return {"public": diag.state_dict()}
-    frames = list(diag._frames)
-    return {
-        "frames": _encode_frames(torch.stack(frames)) if frames else None,
-        "updates": int(diag._updates),
-        "streaks": [int(s) for s in diag._rule.streaks],
-        "first_alert": list(diag.first_alert) if diag.first_alert is not None else None,
-        "last": diag.last.to_dict() if diag.last is not None else None,
-        "telemetry": [t.tolist() for t in diag._telemetry],   # telemetry models' features
-        "telemetry_refs": [diag._telemetry_stream._first, diag._telemetry_stream._prev],
-    }
-
-
-def _load_diagnostician_state(diag: Diagnostician, state: Mapping[str, Any]) -> None:
-    if "public" in state:
-        diag.load_state_dict(state["public"])
-        return
-    diag.reset()
-    if state["frames"] is not None:
-        frames = _decode_frames(state["frames"]).to(diag.device)
-        diag._frames = deque(frames.unbind(0), maxlen=diag.window)
-    diag._updates = int(state["updates"])
-    diag._rule.streaks = np.asarray(state["streaks"], dtype=np.int64)
-    diag.first_alert = tuple(state["first_alert"]) if state["first_alert"] else None
-    diag.last = Diagnosis(**state["last"]) if state["last"] is not None else None
-    diag._telemetry.extend(torch.tensor(t, device=diag.device) for t in state.get("telemetry", []))
-    refs = state.get("telemetry_refs") or ({}, {})
-    diag._telemetry_stream._first, diag._telemetry_stream._prev = dict(refs[0]), dict(refs[1])
-
-
-def _encode_frames(x: torch.Tensor) -> dict[str, Any]:
-    # Frames are bfloat16 from capture (and NaN-clamped to a bf16-exact value), so bf16 bytes
-    # are lossless and ~8x smaller than a JSON list of floats.
-    raw = x.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
-    return {"dtype": "bfloat16", "shape": list(x.shape), "data": base64.b64encode(raw).decode()}
-
-
-def _decode_frames(d: Mapping[str, Any]) -> torch.Tensor:
-    buf = np.frombuffer(base64.b64decode(d["data"]), dtype=np.int16).copy()
-    return torch.from_numpy(buf).view(torch.bfloat16).reshape(d["shape"]).float()
