@@ -280,10 +280,10 @@ class CostModel:
 
         Example:
             >>> import numpy as np
-            >>> def run(label, s, **kw):
-            ...     p = np.tile([1 - s, 0, s, 0, 0], (4, 1))
-            ...     return RunPrediction(label + str(s), label, range(4), range(4), p, [0] * 4, **kw)
-            >>> runs = [run("Healthy", 0.3), run("Instability", 0.6, onset_epoch=0, fire_epoch=2)]
+            >>> healthy, sick = (np.tile([1 - s, 0, s, 0, 0], (4, 1)) for s in (0.3, 0.6))
+            >>> runs = [RunPrediction("h", "Healthy", range(4), range(4), healthy, [0] * 4),
+            ...         RunPrediction("i", "Instability", range(4), range(4), sick, [0] * 4,
+            ...                       onset_epoch=0, fire_epoch=2)]
             >>> op = CostModel().best_threshold(runs)
             >>> round(op.threshold, 2), op.n_false_alarms, op.n_missed
             (0.6, 0, 0)
