@@ -125,6 +125,20 @@ def val_accuracy(model: nn.Module, data: TensorData) -> float:
         return (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
 
 
+def recording(diag: Diagnostician) -> list[Frame]:
+    """Make ``diag`` (a test's own) keep every frame it is given; returns that list. For tests
+    that an integration's frames carry what the monitor adds (``Frame.scalars``)."""
+    frames: list[Frame] = []
+    update = diag.update
+
+    def record(frame: Frame, *args: object, **kwargs: object) -> Diagnosis:
+        frames.append(frame)
+        return update(frame, *args, **kwargs)  # type: ignore[arg-type]
+
+    diag.update = record  # type: ignore[method-assign]
+    return frames
+
+
 def silent(toy: Diagnostician) -> Diagnostician:
     """The toy model with alert thresholds no probability reaches: diagnoses, never alerts.
 

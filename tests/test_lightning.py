@@ -21,6 +21,7 @@ L = pytest.importorskip("lightning.pytorch")
 
 import optuna
 import torch
+from conftest import recording
 from optuna.trial import TrialState
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -142,6 +143,18 @@ def test_gradient_accumulation_steps_the_monitor_once_per_optimizer_step(toy_dia
     t.fit(DigitsNet(), *loaders(digits_data))
     assert t.global_step == STEPS_PER_EPOCH // 2 == cb.optimizer_steps
     assert [h["step"] for h in cb.history] == [0, 5, 10, 15] == seen
+
+
+def test_the_monitor_reads_the_fits_optimizer_for_the_learning_rate(toy_checkpoint,
+                                                                     digits_data):
+    # A telemetry diagnostician reads the learning rate from the frames' scalars.
+    diag = Diagnostician.from_pretrained(toy_checkpoint, device="cpu")
+    frames = recording(diag)
+    cb = TEViDCallback(diagnostician=diag)
+    t = trainer(cb, max_epochs=1, limit_train_batches=11)
+    t.fit(DigitsNet(), loaders(digits_data)[0])
+    assert cb.trial_monitor.optimizer is t.optimizers[0]
+    assert [f.step for f in frames] == [0, 10] and all(f.scalars["lr"] == LR for f in frames)
 
 
 def test_non_finite_losses_stop_the_fit(toy_diagnostician, digits_data):

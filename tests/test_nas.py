@@ -8,11 +8,11 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import contested_belief
+from conftest import contested_belief, recording, train_step
 
 from data_factory.labels import INSTABILITY
 from tevid_hpo.cost import CostModel
-from tevid_hpo.diagnostician import Diagnosis
+from tevid_hpo.diagnostician import Diagnosis, Diagnostician
 from tevid_hpo.monitor import NONFINITE_LOSS, USER_ATTR
 from tevid_hpo.nas import (
     EDGES,
@@ -200,6 +200,17 @@ def test_hook_cost_rule_spares_the_leading_candidate_at_a_belief_that_stops_a_tr
     trailing = hook.check(monitor(0.1), 1.5, 5)
     assert trailing["rule"] == "cost" and trailing["standing"] == 0.0
     assert hook.check(monitor(0.9), 1.5, 5) is None       # beats all 3 rivals: standing 1
+
+
+def test_hook_monitor_reads_the_optimizer_given(toy_checkpoint, digits_data):
+    # A telemetry diagnostician reads the learning rate from the frames' scalars.
+    diag = Diagnostician.from_pretrained(toy_checkpoint, device="cpu")
+    frames = recording(diag)
+    model = CellNet(CONV3, in_channels=1, num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with TEViDHook(diag).monitor(model, optimizer=opt) as mon:
+        train_step(model, opt, digits_data, mon, 0)
+    assert mon.optimizer is opt and len(frames) == 1 and frames[0].scalars["lr"] == 0.05
 
 
 def test_hook_without_a_checkpoint_says_so(monkeypatch, tmp_path):

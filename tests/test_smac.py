@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from ConfigSpace import Configuration, ConfigurationSpace, Float
-from conftest import STEPS_PER_EPOCH, contested_belief, silent, train_step, val_accuracy
+from conftest import STEPS_PER_EPOCH, contested_belief, recording, silent, train_step, val_accuracy
 from ray import cloudpickle
 from smac import MultiFidelityFacade, Scenario
 
@@ -43,7 +43,7 @@ def make_train(data, fixed_seed=None):
         opt = (torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
                if config.get("sgd") else torch.optim.Adam(model.parameters(), lr=config["lr"]))
         error = 1.0
-        with tevid.monitor(model) as mon:
+        with tevid.monitor(model, optimizer=opt) as mon:
             for epoch in range(round(budget)):
                 for k in range(epoch * STEPS_PER_EPOCH, (epoch + 1) * STEPS_PER_EPOCH):
                     train_step(model, opt, data, mon, k)
@@ -146,6 +146,24 @@ def test_a_monitor_failure_never_fails_the_trial(toy_checkpoint, digits_data):
     tevid = info["tevid"]
     assert "diagnostician exploded" in tevid["error"] and not tevid["stopped"]
     assert tevid["epochs_done"] == 1 and 0.0 <= cost <= 1.0
+
+
+def test_the_optimizer_given_reaches_the_monitor(toy_checkpoint, digits_data):
+    # A telemetry diagnostician reads the learning rate from the frames' scalars.
+    diag = Diagnostician.from_pretrained(toy_checkpoint, device="cpu")
+    frames = recording(diag)
+
+    def train(config, *, tevid):
+        model = small_cnn(in_channels=1, num_classes=10)
+        opt = torch.optim.SGD(model.parameters(), lr=config["lr"])
+        with tevid.monitor(model, optimizer=opt) as mon:
+            train_step(model, opt, digits_data, mon, 0)
+        return float(mon.optimizer is opt)
+
+    assert TEViDTarget(train, worst_cost=1.0, diagnostician=diag)({"lr": 0.05})[0] == 1.0
+    assert len(frames) == 1 and frames[0].scalars["lr"] == 0.05
+    with pytest.raises(TypeError, match="optimizer"):      # each trial's own, not the target's
+        TEViDTarget(train, worst_cost=1.0, diagnostician=diag, monitor_kwargs={"optimizer": None})
 
 
 def test_user_info_is_kept_and_a_plain_user_stop_is_not_penalised():

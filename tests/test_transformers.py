@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 import optuna
 import torch
+from conftest import recording
 from optuna.trial import TrialState
 from torch import nn
 from torch.utils.data import Dataset
@@ -134,6 +135,17 @@ def test_gradient_accumulation_steps_the_monitor_once_per_optimizer_step(toy_dia
     trainer = run(cb, digits_data, tmp_path, epochs=1, gradient_accumulation_steps=2)
     assert trainer.state.global_step == STEPS_PER_EPOCH // 2 == cb.optimizer_steps
     assert [h["step"] for h in cb.history] == [0, 5, 10, 15] == seen
+
+
+def test_the_monitor_reads_the_trainers_optimizer_for_the_learning_rate(toy_checkpoint,
+                                                                         digits_data, tmp_path):
+    # A telemetry diagnostician reads the learning rate from the frames' scalars.
+    diag = Diagnostician.from_pretrained(toy_checkpoint, device="cpu")
+    frames = recording(diag)
+    cb = TEViDTrainerCallback(diagnostician=diag)
+    trainer = run(cb, digits_data, tmp_path, epochs=1, max_steps=11)
+    assert cb.trial_monitor.optimizer is trainer.optimizer
+    assert [f.step for f in frames] == [0, 10] and all(f.scalars["lr"] == LR for f in frames)
 
 
 def test_non_finite_losses_stop_the_run(toy_diagnostician, digits_data, tmp_path):

@@ -3,7 +3,9 @@
 :class:`RunMonitor` owns the :class:`~tevid_hpo.monitor.TrialMonitor` of one ``fit``/``train``
 call and everything about it that does not depend on the framework:
 
-* attaching it on the primary process (global rank 0 / world process zero) and closing it;
+* attaching it on the primary process (global rank 0 / world process zero), with the
+  framework's optimizer (read for its learning rate, which a telemetry diagnostician uses), and
+  closing it;
 * the step's loss, summed over the accumulated micro-batches, for the non-finite-loss rule;
 * stepping once per optimizer step and deciding every ``cadence`` optimizer steps — *before* a
   capture step hands its frame to the diagnostician, when the previous capture's diagnosis is
@@ -105,8 +107,14 @@ class RunMonitor:
         return new
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, model: nn.Module | None, primary: bool) -> int:
+    def start(self, model: nn.Module | None, primary: bool,
+              optimizer: torch.optim.Optimizer | None = None) -> int:
         """Attach a fresh monitor to ``model`` on the primary process; its cadence (else 0).
+
+        ``optimizer`` is the framework's (the first one if it has several): the monitor reads
+        its learning rate at capture steps into the frames' scalars, which a telemetry
+        diagnostician reads (without it they are unknown to it). An ``optimizer`` in the
+        callback's ``monitor_kwargs`` takes precedence.
 
         Raises:
             FileNotFoundError: ``diagnostician=None`` and no default checkpoint is installed (a
@@ -123,8 +131,9 @@ class RunMonitor:
                 p = next(model.parameters(), None)
                 diag = Diagnostician.from_pretrained(
                     diag, device=p.device if p is not None else "cpu")
+            options = {"optimizer": optimizer, **self.monitor_kwargs}
             mon = TrialMonitor(model, self.trial, every=self.every, diagnostician=diag,
-                               loggers=[self, *self.loggers], **self.monitor_kwargs)
+                               loggers=[self, *self.loggers], **options)
             self.trial_monitor = mon
             mon.__enter__()
             self._entered = True

@@ -3,7 +3,9 @@
 ``Trainer(callbacks=[TEViDCallback()])`` is all it takes:
 
 * ``on_fit_start`` attaches a :class:`~tevid_hpo.monitor.TrialMonitor` to the LightningModule
-  (on global rank 0 only: one diagnosis per run, not per process);
+  (on global rank 0 only: one diagnosis per run, not per process) with the fit's first optimizer
+  (``trainer.optimizers[0]``, set up by then), whose learning rate a telemetry diagnostician
+  reads;
 * ``on_before_optimizer_step`` steps it once per *optimizer step* — after the gradients of all
   ``accumulate_grad_batches`` micro-batches are accumulated (and unscaled under AMP), which is
   where a hand-written loop calls ``mon.step()`` — with the step's loss (the sum of its
@@ -163,7 +165,9 @@ class TEViDCallback(RunResults, pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.pruned, self.pruned_epoch = False, None
         self._distributed = trainer.world_size > 1
-        cadence = self.core.start(pl_module, primary=trainer.is_global_zero)
+        optimizers = trainer.optimizers    # configured before on_fit_start
+        cadence = self.core.start(pl_module, primary=trainer.is_global_zero,
+                                  optimizer=optimizers[0] if optimizers else None)
         self.core.cadence = int(trainer.strategy.broadcast(cadence, src=0))
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule,

@@ -105,7 +105,8 @@ def _train(trial: optuna.Trial, data: TensorData, epochs: int, seed: int,
     g = torch.Generator().manual_seed(seed * 1_000_003 + trial.number)
     passes = steps_per_epoch * BATCH_SIZE * epochs // size + 1
     order = torch.cat([torch.randperm(size, generator=g) for _ in range(passes)])
-    monitor = (TrialMonitor(model, trial, diagnostician=diagnostician)
+    # optimizer=: its learning rate, which a telemetry diagnostician reads (the toy ignores it).
+    monitor = (TrialMonitor(model, trial, diagnostician=diagnostician, optimizer=opt)
                if diagnostician is not None else contextlib.nullcontext())
     best = 0.0
     with monitor as mon:

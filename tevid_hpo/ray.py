@@ -34,7 +34,8 @@ Example:
     >>> def train(config):
     ...     model = small_cnn(in_channels=1)
     ...     opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    ...     mon = TrialMonitor(model, diagnostician=Diagnostician.from_pretrained(config["ckpt"]))
+    ...     mon = TrialMonitor(model, optimizer=opt,       # its lr: telemetry models read it
+    ...                        diagnostician=Diagnostician.from_pretrained(config["ckpt"]))
     ...     state, start = restore(mon), 0                 # a resumed trial continues its stream
     ...     if state is not None:
     ...         model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])

@@ -6,8 +6,9 @@ cost the target function returns. So the early stop happens inside the target fu
 is told about it through the returned cost and ``additional_info``:
 
 * :class:`TEViDTarget` wraps your target function. It hands it a :class:`TEViDTrial` as the
-  keyword argument ``tevid``; ``tevid.monitor(model)`` is a
-  :class:`~tevid_hpo.monitor.TrialMonitor`, ``tevid.report(value, epoch)`` records the cost so
+  keyword argument ``tevid``; ``tevid.monitor(model, optimizer=opt)`` is a
+  :class:`~tevid_hpo.monitor.TrialMonitor` (the optimizer is read for its learning rate, which
+  a telemetry diagnostician uses), ``tevid.report(value, epoch)`` records the cost so
   far, and ``tevid.should_stop()`` applies the stop rules of :mod:`tevid_hpo.decision` (a
   confirmed alert in ``prune_on``; with ``cost=CostModel(...)`` also the cost rule). End training
   when it says so: ``break``/``return``, or ``raise TrialStopped()`` from any depth.
@@ -46,7 +47,7 @@ Example:
     ...     model = small_cnn(in_channels=1)
     ...     opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
     ...     error = 1.0
-    ...     with tevid.monitor(model) as mon:
+    ...     with tevid.monitor(model, optimizer=opt) as mon:   # opt: for its learning rate
     ...         for epoch in range(round(budget)):
     ...             for _ in range(30):
     ...                 x, y = torch.randn(32, 1, 16, 16), torch.randint(0, 10, (32,))
@@ -78,6 +79,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+import torch
 from smac import Callback
 from smac.runhistory import TrialInfo, TrialValue
 
@@ -139,15 +141,31 @@ class TEViDTrial:
         self._id = target._new_trial_id()
 
     # ------------------------------------------------------------------ target-function calls
-    def monitor(self, model: Any, **kwargs: Any) -> TrialMonitor:
+    def monitor(self, model: Any, optimizer: torch.optim.Optimizer | None = None,
+                **kwargs: Any) -> TrialMonitor:
         """The trial's :class:`~tevid_hpo.monitor.TrialMonitor` on ``model`` (use it as
-        ``with tevid.monitor(model) as mon:``); ``kwargs`` override the target's
-        ``monitor_kwargs``. One monitor per trial."""
+        ``with tevid.monitor(model, optimizer=opt) as mon:``); ``kwargs`` override the
+        target's ``monitor_kwargs``. One monitor per trial.
+
+        ``optimizer`` is read only for its learning rate at capture steps: a telemetry
+        diagnostician reads it (without it the learning rate is unknown to it).
+
+        Example:
+            >>> import warnings
+            >>> def train(config, *, tevid):
+            ...     model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(3)])
+            ...     opt = torch.optim.SGD(model.parameters(), lr=config["lr"])
+            ...     return float(tevid.monitor(model, optimizer=opt).optimizer is opt)
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")            # "tiny": an untrained model
+            ...     TEViDTarget(train, worst_cost=1.0, diagnostician="tiny")({"lr": 0.1})[0]
+            1.0
+        """
         if self._monitor is not None:
             raise RuntimeError("tevid.monitor() was already called in this trial")
         options = {**self._target.monitor_kwargs, **kwargs}
         self._monitor = TrialMonitor(model, diagnostician=self._target.diagnostician(),
-                                     **options)
+                                     optimizer=optimizer, **options)
         return self._monitor
 
     def report(self, value: float, epoch: int | None = None) -> None:
@@ -264,17 +282,18 @@ class TEViDTarget:
         diagnostician: a :class:`~tevid_hpo.diagnostician.Diagnostician`, a checkpoint path
             (loaded once per worker thread, on CPU, at the first ``tevid.monitor()``), or
             ``None`` for the shipped default.
-
-    Raises:
-        FileNotFoundError: ``diagnostician=None`` and no default checkpoint is installed (here,
-            once, rather than in every trial).
         prune_on: alert labels that stop a trial.
         cost: a :class:`~tevid_hpo.cost.CostModel` to also stop on the cost rule; ``None``
             (default) stops on confirmed alerts only. Penalties use
             :meth:`CostModel.anomaly_probability` either way.
         min_confidence: ignore alerts whose probability for their label is below this.
         max_budget: epochs for the cost rule when SMAC passes no ``budget``.
-        monitor_kwargs: defaults for :meth:`TEViDTrial.monitor` (``every``, ``layers``, ...).
+        monitor_kwargs: defaults for :meth:`TEViDTrial.monitor` (``every``, ``layers``, ...;
+            not ``optimizer``, which is each trial's own: ``tevid.monitor(model, optimizer=opt)``).
+
+    Raises:
+        FileNotFoundError: ``diagnostician=None`` and no default checkpoint is installed (here,
+            once, rather than in every trial).
 
     Example:
         >>> def train(config, budget: float = 1, *, tevid):
@@ -315,7 +334,9 @@ class TEViDTarget:
         if monitor_kwargs is not None and not isinstance(monitor_kwargs, Mapping):
             raise TypeError(f"monitor_kwargs must be a mapping of TrialMonitor arguments, got "
                             f"{type(monitor_kwargs).__name__}")
-        allowed = set(inspect.signature(TrialMonitor).parameters) - {"model", "diagnostician"}
+        # The optimizer is the trial's own: it goes to tevid.monitor(model, optimizer=opt).
+        allowed = set(inspect.signature(TrialMonitor).parameters) - {"model", "diagnostician",
+                                                                     "optimizer"}
         unknown = sorted(set(monitor_kwargs or {}) - allowed)
         if unknown:
             raise TypeError(f"monitor_kwargs has unknown TrialMonitor arguments {unknown}; "

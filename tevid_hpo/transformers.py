@@ -3,9 +3,10 @@
 ``Trainer(..., callbacks=[TEViDTrainerCallback()])``:
 
 * ``on_train_begin`` attaches a :class:`~tevid_hpo.monitor.TrialMonitor` to the model (on the
-  world's process zero only) and a forward hook on it that keeps the training loss the model
-  returns (``outputs["loss"]``, as ``Trainer.compute_loss`` reads it) for the monitor's
-  non-finite-loss rule;
+  world's process zero only) with the Trainer's optimizer (the event's ``optimizer``, created by
+  then), whose learning rate a telemetry diagnostician reads; and a forward hook on the model
+  that keeps the training loss it returns (``outputs["loss"]``, as ``Trainer.compute_loss``
+  reads it) for the monitor's non-finite-loss rule;
 * ``on_pre_optimizer_step`` steps the monitor once per *optimizer step*: after the gradients of
   all ``gradient_accumulation_steps`` micro-batches are accumulated and clipped, just before
   ``optimizer.step()`` — where a hand-written loop calls ``mon.step()``;
@@ -130,10 +131,11 @@ class TEViDTrainerCallback(RunResults, TrainerCallback):
     # ------------------------------------------------------------------ Trainer events
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, model: nn.Module | None = None,
-                       **kwargs: Any) -> None:
+                       optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> None:
         self._close()
         self._epoch, self._logged_stop, self._latest = 0, False, None
-        cadence = self.core.start(model, primary=state.is_world_process_zero)
+        cadence = self.core.start(model, primary=state.is_world_process_zero,
+                                  optimizer=optimizer)
         if self.core.active and model is not None:
             self._hook = model.register_forward_hook(self._keep_loss)
         self.core.cadence = int(_broadcast(args, cadence))

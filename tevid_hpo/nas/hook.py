@@ -20,6 +20,7 @@ from collections.abc import Collection
 from typing import Any
 
 import optuna
+import torch
 from torch import nn
 
 from data_factory.labels import INSTABILITY, OVERFITTING
@@ -36,7 +37,8 @@ class TEViDHook:
     """Watches one candidate's training and says when to end it.
 
     :meth:`monitor` wraps the model in a :class:`~tevid_hpo.monitor.TrialMonitor` (which also
-    writes the diagnosis to an Optuna trial when one is given); :meth:`check` returns a reason
+    writes the diagnosis to an Optuna trial when one is given; pass the candidate's optimizer
+    for the learning rate a telemetry diagnostician reads); :meth:`check` returns a reason
     to stop — the monitor's earliest confirmed alert among ``prune_on`` (TEViD's calibrated
     3-consecutive rule, or the monitor's non-finite-loss rule) with confidence at least
     ``min_confidence``, else, with ``cost``, a :meth:`CostModel.decide
@@ -86,9 +88,24 @@ class TEViDHook:
         self.cost = cost
         self.every = every
 
-    def monitor(self, model: nn.Module, trial: optuna.Trial | None = None) -> TrialMonitor:
-        """A :class:`TrialMonitor` of ``model`` (use it as a context manager)."""
-        return TrialMonitor(model, trial, every=self.every, diagnostician=self.diagnostician)
+    def monitor(self, model: nn.Module, trial: optuna.Trial | None = None,
+                optimizer: torch.optim.Optimizer | None = None) -> TrialMonitor:
+        """A :class:`TrialMonitor` of ``model`` (use it as a context manager).
+
+        ``optimizer`` (the candidate's) is read only for its learning rate at capture steps:
+        a telemetry diagnostician reads it (without it the learning rate is unknown to it).
+
+        Example:
+            >>> import warnings
+            >>> model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(3)])
+            >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")                       # untrained model
+            ...     TEViDHook("tiny").monitor(model, optimizer=opt).optimizer is opt
+            True
+        """
+        return TrialMonitor(model, trial, every=self.every, diagnostician=self.diagnostician,
+                            optimizer=optimizer)
 
     def check(self, monitor: TrialMonitor, epochs_done: float, epochs_max: float,
               *, use_cost: bool = True) -> dict[str, Any] | None:
