@@ -150,6 +150,12 @@ def transfer_streams(model: TEViD, window: int, device: str, burn_in: int,
         print("transfer: no external-dev recordings found (python -m experiments.external "
               "--half dev records them); choosing on factory val only")
         return [], []
+    p = model.profile
+    shape = tuple(dev[0][0].frames.tensor.shape[1:])
+    if shape != (p.in_chans, p.frame_size, p.frame_size):
+        print(f"transfer: the external-dev recordings have frames {shape}, profile {p.name!r} "
+              "reads other ones (record them with this profile); choosing on factory val only")
+        return [], []
     streams = stream_logits(model, [r for r, _, _ in dev], [ev for _, ev, _ in dev], window,
                             device, burn_in)
     return streams, [ref for _, _, ref in dev]
