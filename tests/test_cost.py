@@ -338,17 +338,3 @@ def test_standing_without_rivals_is_unknown_and_reproduces_the_old_decision():
     d = diag(Healthy=0.5, Overfitting=0.5)
     old = CostModel(c_best=0.0).decide(d, 50, 100)        # no standing term at all
     assert cm.decide(d, 50, 100, standing=standing(0.9, [], True)) == old
-    assert cm.at_standing(None) is cm
-
-
-@pytest.mark.parametrize("s", [0.0, 0.25, 1.0])
-def test_at_standing_is_decide_with_that_standing(s):
-    cm = CostModel(c_fa=2.0, c_best=4.0)
-    d = diag(Healthy=0.4, Instability=0.6)
-    at = cm.at_standing(s)
-    assert (at.c_fa, at.c_best) == (2.0 + 4.0 * s, 0.0)
-    got, want = at.decide(d, 30, 100), cm.decide(d, 30, 100, standing=s)
-    assert (got.stop, got.cost_stop, got.cost_continue, got.p_threshold) == pytest.approx(
-        (want.stop, want.cost_stop, want.cost_continue, want.p_threshold))
-    with pytest.raises(ValueError, match="standing"):
-        cm.at_standing(1.5)

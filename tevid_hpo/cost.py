@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,7 +82,7 @@ def standing(value: float, others: Iterable[float], maximize: bool) -> float | N
     tie is not beaten: stopping a trial that only ties the leader loses no configuration, since
     an equally good one goes on. A NaN (a diverged trial) beats nothing and is beaten by any
     number; ``±inf`` compare as numbers. This is the ``standing`` that :meth:`CostModel.decide`
-    and :meth:`CostModel.at_standing` take.
+    takes.
 
     Example:
         >>> standing(0.9, [0.5, 0.7, 0.9, 0.95], maximize=True)   # beats 2 of 4; a tie is not
@@ -402,25 +402,6 @@ class CostModel:
         risk = self._false_stop_cost(standing)
         denom = risk + r * (self.c_md - self.c_lead)
         return risk / denom if denom > 0 else 1.0
-
-    def at_standing(self, standing: float | None) -> CostModel:
-        """The cost model a trial at this ``standing`` faces: a false stop costs
-        ``c_fa + c_best·standing`` (``c_best`` then 0), so its :meth:`decide` without a standing
-        is this model's ``decide(..., standing=standing)``; ``None`` (unknown) returns ``self``.
-
-        For callers that hand a ``CostModel`` to code that decides without a standing; the shared
-        :func:`tevid_hpo.decision.cost_reason` takes the standing itself.
-
-        Example:
-            >>> cm = CostModel()
-            >>> cm.at_standing(0.5).c_fa, cm.at_standing(None) is cm
-            (6.0, True)
-            >>> cm.at_standing(1.0).stop_threshold(0, 100) == cm.stop_threshold(0, 100, 1.0)
-            True
-        """
-        if standing is None:
-            return self
-        return replace(self, c_fa=self._false_stop_cost(standing), c_best=0.0)
 
     def _false_stop_cost(self, standing: float | None) -> float:
         if standing is None:
