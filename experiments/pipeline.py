@@ -134,31 +134,29 @@ def stream_logits(model: TEViD, runs, events, window: int, device: str, burn_in:
     return out
 
 
-def transfer_streams(model: TEViD, window: int, device: str, burn_in: int,
-                     source: str | None) -> tuple[list[tuple[np.ndarray, str, list]], list[bool]]:
-    """The held-out-factor validation streams (issue 24, point 4): the recorded external-dev runs
-    (:func:`experiments.external.transfer.dev_streams`; never external-test) as
-    :func:`stream_logits` streams, and which are healthy references. ``source`` ``None`` or
-    ``"none"``: no transfer set. Missing recordings are said, not fatal: record them with
+def transfer_runs(source: str | None, profile: Any) -> list[tuple[Any, np.ndarray, bool]]:
+    """The held-out-factor validation runs (issue 24, point 4): the recorded external-dev runs
+    as ``[(run, per-frame event labels, healthy reference)]``
+    (:func:`experiments.external.transfer.dev_streams`; never external-test). ``source``
+    ``None`` or ``"none"``: no transfer set. Missing recordings, or recordings of another frame
+    geometry than ``profile``'s, are said, not fatal: record them with
     ``python -m experiments.external --half dev``."""
     if source in (None, "none"):
-        return [], []
+        return []
     from experiments.external.transfer import dev_streams
 
     dev = dev_streams(root=None if source == "external-dev" else Path(source).expanduser())
     if not dev:
         print("transfer: no external-dev recordings found (python -m experiments.external "
               "--half dev records them); choosing on factory val only")
-        return [], []
-    p = model.profile
+        return []
     shape = tuple(dev[0][0].frames.tensor.shape[1:])
-    if shape != (p.in_chans, p.frame_size, p.frame_size):
-        print(f"transfer: the external-dev recordings have frames {shape}, profile {p.name!r} "
-              "reads other ones (record them with this profile); choosing on factory val only")
-        return [], []
-    streams = stream_logits(model, [r for r, _, _ in dev], [ev for _, ev, _ in dev], window,
-                            device, burn_in)
-    return streams, [ref for _, _, ref in dev]
+    if shape != (profile.in_chans, profile.frame_size, profile.frame_size):
+        print(f"transfer: the external-dev recordings have frames {shape}, profile "
+              f"{profile.name!r} reads other ones (record them with this profile); choosing on "
+              "factory val only")
+        return []
+    return dev
 
 
 def run_label_of(events: np.ndarray) -> str:
@@ -297,6 +295,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         if telemetry:
             variants |= {"tevid_frames": (True, "both", 0),
                          "tevid_scalars": (True, "none", telemetry)}
+    dev = transfer_runs(cfg.get("transfer", "external-dev"), mae.profile)   # read once
     summary: dict[str, Any] = {"corpus_hash": corpus_hash(root), "split_hash": split_hash(cells),
                                "train_runs": len(train_runs), "val_runs": len(val_runs),
                                "pretrain_final_loss": pre.history[-1]["loss"] if pre.history else None}
@@ -318,8 +317,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         reference = reference_mask(val_runs, streams)
         # Choose on transfer: the external-dev runs (user-written models, recipes, data) join
         # the memory / burn-in choice and keep the false-alarm budget on their own.
-        xfer, xfer_ref = transfer_streams(model, window, cfg.device, 1 if grid else burn_in,
-                                          cfg.get("transfer", "external-dev"))
+        xfer = stream_logits(model, [r for r, _, _ in dev], [ev for _, ev, _ in dev], window,
+                             cfg.device, 1 if grid else burn_in)
+        xfer_ref = [ref for _, _, ref in dev]
         # The run memory is chosen on every val run's event labels (event-time AUPRC, what the
         # evaluation measures); the alert thresholds then on the remembered diagnoses.
         calibration = calibrate(clip_logits, clip_labels,
