@@ -484,14 +484,15 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
     keep = has_evidence(clip_logits)
     clip_logits, clip_labels = clip_logits[keep], clip_labels[keep]
     memory, healthy = 0, list(labels).index(HEALTHY)
+    # Every set that must keep the false-alarm budget on its own; a set without healthy runs has
+    # no budget to keep (and would get the defaults).
+    groups = [runs, *(g for g in budget_groups if any(lab == HEALTHY for _, lab in g))]
     if burn_in_grid and memory_runs:
         burn_in, memory = _select_burn_in_and_memory(memory_runs, burn_in_grid, memory_grid,
                                                      clip_logits, clip_labels, healthy, k)
-        runs = [(withhold(z, burn_in), lab) for z, lab in runs]
-        budget_groups = [[(withhold(z, burn_in), lab) for z, lab in g] for g in budget_groups]
+        groups = [[(withhold(z, burn_in), lab) for z, lab in g] for g in groups]
         memory_runs = [(withhold(z, burn_in), f) for z, f in memory_runs]
-    runs = [(z[has_evidence(z)], lab) for z, lab in runs]
-    budget_groups = [[(z[has_evidence(z)], lab) for z, lab in g] for g in budget_groups]
+    groups = [[(z[has_evidence(z)], lab) for z, lab in g] for g in groups]
     memory_runs = [(z[has_evidence(z)], np.asarray(f)[has_evidence(z)]) for z, f in memory_runs or ()]
     temperature = fit_temperature(clip_logits, clip_labels)
     probs, vacuity = evidential_probs(clip_logits, temperature)
@@ -503,8 +504,7 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
             [(evidential_probs(z, temperature)[0], flags) for z, flags in memory_runs],
             memory_grid, healthy, sustain=k)
     tau_c: dict[str, float] = {}
-    # a group without healthy runs has no budget to keep (and would get the defaults)
-    for group in (runs, *(g for g in budget_groups if any(lab == HEALTHY for _, lab in g))):
+    for group in groups:
         preds = [RunPredictions.from_logits(z, lab, temperature).remembered(memory, healthy, k)
                  for z, lab in group]
         for c, t in fit_class_thresholds(preds, tau_u, target_far, labels, k=k).items():
