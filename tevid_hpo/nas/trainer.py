@@ -144,7 +144,7 @@ class CandidateTrainer:
         curve: list[float] = []
         reason: dict[str, Any] | None = None
         step = 0
-        with (hook.monitor(model, trial) if hook is not None
+        with (hook.monitor(model, trial, optimizer=opt) if hook is not None
               else contextlib.nullcontext()) as mon:
             for epoch in range(s.epochs):
                 order = torch.randperm(n, generator=g)
