@@ -60,6 +60,7 @@ class Plan:
         augment: whether light augmentation (shift + noise) is applied to image batches.
         warmup_steps: linear warm-up length.
         schedule: ``"cosine"`` decay to 10 % after the warm-up, or ``"constant"``.
+        label_smoothing: of the training loss (a procedural recipe's; registry runs use none).
     """
 
     lr: float
@@ -70,6 +71,7 @@ class Plan:
     augment: bool = True
     warmup_steps: int = 20
     schedule: str = "cosine"
+    label_smoothing: float = 0.0
 
 
 class Intervention:
@@ -129,6 +131,10 @@ class Intervention:
     def lr_factor(self, step: int) -> float:
         return 1.0
 
+    def faulty_lr(self, step: int, lr: float) -> float:
+        """The learning rate at ``step`` given the run's own scheduled ``lr``."""
+        return lr * self.lr_factor(step)
+
     def batch(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
 
@@ -163,7 +169,10 @@ class Overfitting(Intervention):
         self.details["train_fraction"] = round(fraction, 3)
         # A quarter of the reference lr: memorisation then takes several epochs instead of one,
         # so the gap's history exists before it diverges (App. A's practical-significance test).
-        return replace(plan, lr=plan.lr * 0.25, weight_decay=0.0, augment=False,
+        # Label smoothing goes too: it caps confidence, so memorised labels never turn the
+        # validation loss up (procedural recipes draw it; 3 of 7 overfitting runs on digits in a
+        # pilot plateaued with it).
+        return replace(plan, lr=plan.lr * 0.25, weight_decay=0.0, augment=False, label_smoothing=0.0,
                        train_fraction=fraction, epochs=int(round(plan.epochs * 1.5)),
                        schedule="constant")
 
@@ -198,6 +207,25 @@ class Instability(Intervention):
             return self.factor
         phase = ((step - self.start_step) % self.period) / self.period  # cyclical: triangle wave
         return 1.0 + (self.factor - 1.0) * (1.0 - abs(2.0 * phase - 1.0))
+
+    #: The top of the learning-rate range a run's optimizer is normally used at (0: unknown).
+    #: While the fault is on, the multiplier applies to at least this, not to the run's own lr: a
+    #: procedural recipe's drawn lr (or a schedule's tail) can sit so low that 20-300x of it is
+    #: still a trainable step (a pilot: 9 of 28 instability runs stayed Healthy that way).
+    reference_lr: float = 0.0
+
+    def faulty_lr(self, step: int, lr: float) -> float:
+        """``lr`` times the fault's multiplier, applied to at least :attr:`reference_lr`.
+
+        Example:
+            >>> iv = make_intervention("instability", np.random.default_rng(0), total_steps=600)
+            >>> iv.reference_lr = 0.01
+            >>> f = iv.lr_factor(599)
+            >>> iv.faulty_lr(599, 1e-5) == (0.01 * f if f > 1 else 1e-5)
+            True
+        """
+        factor = self.lr_factor(step)
+        return lr * factor if factor <= 1.0 else max(lr, self.reference_lr) * factor
 
 
 class Forgetting(Intervention):

@@ -39,12 +39,14 @@ from torch import nn
 from data_factory.architectures import ARCHITECTURES, build_model
 from data_factory.capture import StateCapture
 from data_factory.datasets import DATASETS, TensorData, load_dataset
-from data_factory.interventions import ConceptBias, Forgetting, Plan, add_shortcut, make_intervention
+from data_factory.interventions import (ConceptBias, Forgetting, Instability, Plan, add_shortcut,
+                                       make_intervention)
 from data_factory.optimizers import OPTIMIZERS, build_optimizer
 from data_factory.procedural import FAMILIES, build_procedural, family_of
-from data_factory.recipes import (Recipe, build_recipe_optimizer, lr_factors, recipe_family,
-                                  sample_recipe)
+from data_factory.recipes import (Recipe, build_recipe_optimizer, lr_factors, lr_range,
+                                  recipe_family, sample_recipe)
 from data_factory.store import RunStore
+from data_factory.validated import Draw, draw_validated
 
 logger = logging.getLogger(__name__)
 
@@ -185,23 +187,31 @@ def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
         raise ValueError(f"{spec.arch} ({arch_modality}) cannot train on {spec.dataset} ({dset.modality})")
     modality = dset.modality
     seed = _run_seed(spec)
+    data = _dataset(spec.dataset, spec.data_seed)
     # drawn before the rng below, from seeds of their own, so registry runs stay bit-identical
-    recipe: Recipe | None = sample_recipe(proc_opt, seed) if proc_opt else None
+    draw: Draw | None = None
+    if proc_arch and proc_opt:  # a procedural network and recipe: only a draw that learns
+        draw = draw_validated(proc_arch, proc_opt, data, seed, _loss)
+        recipe: Recipe | None = draw.recipe
+    else:
+        recipe = sample_recipe(proc_opt, seed, arch=proc_arch) if proc_opt else None
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
 
-    data = _dataset(spec.dataset, spec.data_seed)
     if recipe is None:
         base = Plan(lr=OPTIMIZERS[spec.optimizer].reference_lr, epochs=spec.epochs,
                     batch_size=spec.batch_size, augment=modality == "image")
     else:
         base = Plan(lr=recipe.lr, weight_decay=recipe.weight_decay, epochs=spec.epochs,
-                    batch_size=recipe.batch_size, augment=modality == "image")
+                    batch_size=recipe.batch_size, augment=modality == "image",
+                    label_smoothing=recipe.label_smoothing)
     n_full = len(data.y_train)
     steps_full = math.ceil(n_full / base.batch_size)
     iv = make_intervention(spec.intervention, rng, total_steps=steps_full * base.epochs,
                            severity=spec.severity, start_step=spec.start_step)
+    if recipe is not None and isinstance(iv, Instability):
+        iv.reference_lr = 10 ** lr_range(recipe.family, proc_arch)[1]
     if modality not in iv.modalities:
         raise ValueError(f"intervention {iv.kind} is not defined for {modality} data")
     plan = iv.hparams(base)
@@ -222,7 +232,9 @@ def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
 
     input_shape = tuple(data.x_train.shape[1:])
     arch_desc = None
-    if proc_arch:
+    if draw is not None:
+        model, arch_desc = draw.model, draw.arch_desc
+    elif proc_arch:
         model, arch_desc = build_procedural(proc_arch, input_shape, data.num_classes, seed)
     else:
         model = build_model(spec.arch, input_shape, data.num_classes)
@@ -248,6 +260,8 @@ def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
         meta["procedural_arch"] = arch_desc
     if recipe is not None:
         meta["recipe"] = asdict(recipe)
+    if draw is not None:
+        meta["draw"] = {"attempt": draw.attempt, "accepted": draw.accepted, "probes": draw.probes}
     with store.create(spec.run_id, meta, overwrite=overwrite) as writer, \
             StateCapture(model, every=spec.every, frame_size=spec.frame_size, stats=True) as cap:
         summary = _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap, probe,
@@ -278,7 +292,7 @@ def _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap,
           recipe: Recipe | None = None) -> dict[str, Any]:
     step, diverged_step, bad_streak, frames = 0, None, 0, 0
     factors = None if recipe is None else lr_factors(recipe, total_steps)
-    smoothing = 0.0 if recipe is None else recipe.label_smoothing
+    smoothing = plan.label_smoothing
     clip = 0.0 if recipe is None else recipe.clip_norm
     before_correct = None
     epoch = 0
@@ -294,7 +308,7 @@ def _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap,
             if plan.augment and modality == "image":
                 x = _augment(x, gen)
             x, y = iv.batch(step, x, y)
-            lr = _lr_at(step, plan, total_steps, factors) * iv.lr_factor(step)
+            lr = iv.faulty_lr(step, _lr_at(step, plan, total_steps, factors))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = model(x)

@@ -90,6 +90,25 @@ def test_instability_lr_schedules():
         assert before == (after if variant == "extreme" else 1.0)
 
 
+def test_instability_multiplies_at_least_the_reference_lr():
+    iv = make_intervention("instability", np.random.default_rng(1), 400, severity=0.0, start_step=100)
+    iv.variant = "jump"
+    assert iv.faulty_lr(50, 1e-4) == 1e-4  # before the fault: the run's own lr
+    assert iv.faulty_lr(150, 1e-4) == pytest.approx(1e-4 * iv.factor)  # no reference: as before
+    iv.reference_lr = 0.01
+    assert iv.faulty_lr(50, 1e-4) == 1e-4
+    assert iv.faulty_lr(150, 1e-4) == pytest.approx(0.01 * iv.factor)  # a low lr is lifted
+    assert iv.faulty_lr(150, 0.1) == pytest.approx(0.1 * iv.factor)  # a high one is not lowered
+
+
+def test_overfitting_drops_every_regulariser():
+    plan = Plan(lr=0.1, weight_decay=1e-2, label_smoothing=0.1, augment=True)
+    iv = make_intervention("overfitting", np.random.default_rng(0), 400, severity=0.5)
+    out = iv.hparams(plan)
+    assert (out.weight_decay, out.label_smoothing, out.augment) == (0.0, 0.0, False)
+    assert make_intervention("healthy", np.random.default_rng(0), 400).hparams(plan) == plan
+
+
 @pytest.mark.parametrize("kind, variant", [(k, None) for k in INTERVENTIONS if k != "instability"]
                          + [("instability", v) for v in ("extreme", "cyclical", "jump")])
 def test_fault_step_is_where_the_intervention_first_changes_training(kind, variant):
