@@ -202,6 +202,20 @@ def test_hook_cost_rule_spares_the_leading_candidate_at_a_belief_that_stops_a_tr
     assert hook.check(monitor(0.9), 1.5, 5) is None       # beats all 3 rivals: standing 1
 
 
+def test_standalone_hook_weighs_the_candidates_it_watched_before():
+    # Without a study the rivals are the curves the hook recorded (a standalone search).
+    hook = TEViDHook("tiny", cost=CostModel())
+    belief = contested_belief(1.5, 5)
+    mon = SimpleNamespace(alert=None, alerts={}, last=belief, error=None, trial=None)
+    assert hook.check(mon, 1.5, 5, curve=[0.9])["standing"] is None   # no rival yet: unknown
+    hook.record([0.5, 0.6])
+    hook.record([0.4])
+    trailing = hook.check(mon, 1.5, 5, curve=[0.1])
+    assert trailing["rule"] == "cost" and trailing["standing"] == 0.0
+    assert hook.check(mon, 1.5, 5, curve=[0.9]) is None              # leads both: spared
+    assert hook.check(mon, 2.5, 5, curve=[0.9, 0.1])["standing"] == 0.0  # epoch 1: one rival
+
+
 def test_hook_monitor_reads_the_optimizer_given(toy_checkpoint, digits_data):
     # A telemetry diagnostician reads the learning rate from the frames' scalars.
     diag = Diagnostician.from_pretrained(toy_checkpoint, device="cpu")
@@ -223,7 +237,8 @@ def test_hook_without_a_checkpoint_says_so(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 def test_trainer_prunes_a_divergent_candidate_and_completes_a_sane_one(toy_diagnostician):
-    trainer = CandidateTrainer(settings=SHORT, hook=TEViDHook(toy_diagnostician))
+    hook = TEViDHook(toy_diagnostician)
+    trainer = CandidateTrainer(settings=SHORT, hook=hook)
     bad = trainer(Candidate(CONV3, DIVERGENT_LR))
     assert bad.pruned and bad.alert == INSTABILITY
     assert bad.reason["pruner"] == "TEViD" and bad.reason["label"] == INSTABILITY
@@ -231,6 +246,8 @@ def test_trainer_prunes_a_divergent_candidate_and_completes_a_sane_one(toy_diagn
     good = trainer(Candidate(CONV3, 0.1))
     assert not good.pruned and good.epochs == 2.0 and len(good.val_curve) == 2
     assert good.val_accuracy > 0.5 and good.test_accuracy is not None
+    # both were recorded as rivals for later candidates: only the good one reached epoch 0
+    assert hook.standing([0.0]) == 0.0 and hook.standing([1.0]) == 1.0
     # Determinism: same candidate, same seed, same result.
     again = CandidateTrainer(settings=SHORT)(Candidate(CONV3, 0.1))
     assert again.val_accuracy == good.val_accuracy and again.diagnoses == 0

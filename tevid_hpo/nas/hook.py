@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import optuna
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from data_factory.labels import INSTABILITY, OVERFITTING
-from tevid_hpo.cost import CostModel
+from tevid_hpo.cost import CostModel, standing
 from tevid_hpo.decision import alert_reason, check_options, check_prune_on, cost_reason
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import TrialMonitor
@@ -54,8 +54,10 @@ class TEViDHook:
     the monitor's trial (the trainer reports every epoch's accuracy there;
     :func:`~tevid_hpo.pruners.study_standing`), as :class:`~tevid_hpo.pruners.TEViDPruner`
     does. A candidate trained without a trial (a standalone :class:`~tevid_hpo.nas.Bananas`
-    search) has no rivals the hook can see: its standing is unknown (``None``), the rule
-    without standing.
+    search) is weighed against the candidates this hook watched before it: the trainer hands
+    :meth:`check` the candidate's curve so far and :meth:`record`\ s each finished (or stopped)
+    curve, and :meth:`standing` compares them at the same epoch. With no curve yet, or no rival
+    that reached that epoch, the standing is unknown (``None``), the rule without standing.
 
     Args:
         diagnostician: a :class:`~tevid_hpo.diagnostician.Diagnostician`, a checkpoint path or
@@ -87,6 +89,7 @@ class TEViDHook:
         self.min_confidence = check_options(cost, min_confidence)
         self.cost = cost
         self.every = every
+        self._curves: list[list[float]] = []
 
     def monitor(self, model: nn.Module, trial: optuna.Trial | None = None,
                 optimizer: torch.optim.Optimizer | None = None) -> TrialMonitor:
@@ -107,8 +110,32 @@ class TEViDHook:
         return TrialMonitor(model, trial, every=self.every, diagnostician=self.diagnostician,
                             optimizer=optimizer)
 
+    def record(self, curve: Sequence[float]) -> None:
+        """Remember a finished (or stopped) candidate's validation accuracies per epoch: a rival
+        for the :meth:`standing` of the candidates after it.
+
+        Example:
+            >>> import warnings
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")                       # untrained model
+            ...     hook = TEViDHook("tiny")
+            >>> hook.record([0.3, 0.6]); hook.record([0.5])
+            >>> hook.standing([0.4]), hook.standing([0.4, 0.7]), hook.standing([0.1, 0.2, 0.3])
+            (0.5, 1.0, None)
+        """
+        self._curves.append([float(v) for v in curve])
+
+    def standing(self, curve: Sequence[float]) -> float | None:
+        """The :func:`~tevid_hpo.cost.standing` of a candidate whose accuracies so far are
+        ``curve``, among the recorded candidates at its last epoch (``None``: unknown)."""
+        if not curve:
+            return None
+        epoch = len(curve) - 1
+        rivals = [c[epoch] for c in self._curves if len(c) > epoch]
+        return standing(float(curve[epoch]), rivals, maximize=True)
+
     def check(self, monitor: TrialMonitor, epochs_done: float, epochs_max: float,
-              *, use_cost: bool = True) -> dict[str, Any] | None:
+              *, use_cost: bool = True, curve: Sequence[float] = ()) -> dict[str, Any] | None:
         """A reason to stop now, or ``None``.
 
         Args:
@@ -117,7 +144,10 @@ class TEViDHook:
             epochs_max: the candidate's full budget.
             use_cost: also consult the cost rule (pass ``False`` between diagnoses: it only
                 changes when a new diagnosis arrives). It weighs the candidate's standing in
-                the study of ``monitor.trial`` (``None`` without one).
+                the study of ``monitor.trial``, or without one among the :meth:`record`\ ed
+                candidates.
+            curve: the candidate's validation accuracies per finished epoch (read without a
+                study).
         """
         reason = (alert_reason(monitor.alerts, self.prune_on, self.min_confidence)
                   if monitor.alert is not None else None)
@@ -125,7 +155,8 @@ class TEViDHook:
         if (reason is None and self.cost is not None and use_cost and monitor.error is None
                 and monitor.last is not None):
             trial = getattr(monitor, "trial", None)
-            standing = study_standing(getattr(trial, "study", None), trial)
+            study = getattr(trial, "study", None)
+            rank = study_standing(study, trial) if study is not None else self.standing(curve)
             reason = cost_reason(self.cost, monitor.last.to_dict(), epochs_done, epochs_max,
-                                 self.prune_on, standing)
+                                 self.prune_on, rank)
         return reason

@@ -159,7 +159,7 @@ class CandidateTrainer:
                     if hook is not None and mon is not None:
                         diagnosis = mon.step(loss=loss.item(), epoch=epoch)
                         reason = hook.check(mon, step / steps_per_epoch, s.epochs,
-                                            use_cost=diagnosis is not None)
+                                            use_cost=diagnosis is not None, curve=curve)
                         if reason is not None:
                             break
                     opt.step()
@@ -176,6 +176,8 @@ class CandidateTrainer:
                             "report_step": epoch})
                         break
         pruned = reason is not None
+        if hook is not None:
+            hook.record(curve)  # a rival for the standing of the candidates after this one
         if reason is not None and trial is not None and reason.get("pruner") == TEVID:
             trial.set_user_attr(REASON_ATTR, reason)
         val = curve[-1] if curve and len(curve) * steps_per_epoch == step else _accuracy(
