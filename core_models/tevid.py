@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from einops import rearrange, reduce, repeat
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.layers.attention import Attention
 from torch import nn
+from torch.nn import functional as F
 
 from core_models.checkpoint import load_checkpoint
 from core_models.edl import EvidentialOutput, evidential_output
@@ -49,6 +49,10 @@ __all__ = ["CHANNEL_SETS", "DividedSpaceTimeBlock", "TEViD"]
 #: ``"none"`` (every frame zeroed) is the scalars-only row and needs ``telemetry > 0``.
 CHANNEL_SETS: dict[str, tuple[int, ...]] = {"both": (0, 1, 2, 3, 4, 5), "act": (0, 1, 2),
                                             "grad": (3, 4, 5), "none": ()}
+
+
+def _keep(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class DividedSpaceTimeBlock(nn.Module):
@@ -69,23 +73,89 @@ class DividedSpaceTimeBlock(nn.Module):
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # In eval the block calls the same kernels as timm's fused attention and Mlp directly:
+        # one streaming update runs ~130 modules, and their calls (Identity norms, p=0
+        # dropouts) were ~10% of it (issue 22). Only for the plain layers built here; any
+        # other configuration goes through timm's modules.
+        self._direct = all(getattr(a, "fused_attn", False) and getattr(a, "gate", None) is None
+                           and all(isinstance(getattr(a, m, nn.Identity()), nn.Identity)
+                                   for m in ("q_norm", "k_norm", "norm"))
+                           for a in (self.temporal_attn, self.attn)) \
+            and isinstance(self.mlp.norm, nn.Identity)
 
-    def forward(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, t = x.shape[:2]
+    def _self_attention(self, attn: Attention, x: torch.Tensor, first: int | None = None
+                        ) -> torch.Tensor:
+        """``attn(x)``, or only its outputs for the first ``first`` tokens (every token is
+        still a key and value)."""
+        if self.training or not self._direct:
+            out = attn(x)
+            return out if first is None else out[:, :first]
+        b, n, c = x.shape
+        h, hd = attn.num_heads, attn.head_dim
+        w, bias = attn.qkv.weight, attn.qkv.bias
+        if first is None:
+            q, k, v = F.linear(x, w, bias).reshape(b, n, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        else:   # queries of the first tokens only: the rest would be computed and dropped
+            inner = h * hd
+            q = F.linear(x[:, :first], w[:inner], None if bias is None else bias[:inner])
+            q = q.reshape(b, first, h, hd).transpose(1, 2)
+            kv = F.linear(x, w[inner:], None if bias is None else bias[inner:])
+            k, v = kv.reshape(b, n, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+            n = first
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, h * hd)
+        return F.linear(out, attn.proj.weight, attn.proj.bias)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP branch (drop path included)."""
+        if self.training or not self._direct:
+            return self.drop_path(self.mlp(x))
+        m = self.mlp
+        return F.linear(m.act(F.linear(x, m.fc1.weight, m.fc1.bias)), m.fc2.weight, m.fc2.bias)
+
+    def _attend(self, cls: torch.Tensor, x: torch.Tensor, cls_only: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Temporal then spatial attention: ``(cls, x)`` before the MLP (``cls_only``: ``x``
+        is left before its spatial update, which nothing reads then)."""
+        b, t, n, d = x.shape
+        drop = self.drop_path if self.training else _keep   # DropPath is the identity in eval
+        # Plain reshapes instead of einops: the same views and copies without einops' per-call
+        # parsing, which was a measurable share of a streaming update (issue 22).
         # Temporal: each patch location attends over the time slots. [CLS] sits out (as in
         # TimeSformer): it has no single location and collects time through the spatial step.
-        xt = self.temporal_attn(self.temporal_norm(rearrange(x, "b t n d -> (b n) t d")))
-        x = x + self.drop_path(self.temporal_fc(rearrange(xt, "(b n) t d -> b t n d", b=b)))
+        xt = self._self_attention(self.temporal_attn,
+                                  self.temporal_norm(x.transpose(1, 2).reshape(b * n, t, d)))
+        x = x + drop(self.temporal_fc(xt.view(b, n, t, d).transpose(1, 2)))
         # Spatial: per slot, [CLS] joins as an anchor; its T copies are averaged back.
-        xs = torch.cat([repeat(cls, "b 1 d -> (b t) 1 d", t=t),
-                        rearrange(x, "b t n d -> (b t) n d")], dim=1)
-        xs = self.attn(self.norm1(xs))
-        cls = cls + self.drop_path(reduce(xs[:, :1], "(b t) 1 d -> b 1 d", "mean", b=b))
-        x = x + self.drop_path(rearrange(xs[:, 1:], "(b t) n d -> b t n d", b=b))
+        xs = torch.cat([cls.expand(b, t, d).reshape(b * t, 1, d), x.reshape(b * t, n, d)], dim=1)
+        xs = self._self_attention(self.attn, self.norm1(xs), 1 if cls_only else None)
+        cls = cls + drop(xs[:, :1].reshape(b, t, 1, d).mean(1))
+        if not cls_only:
+            x = x + drop(xs[:, 1:].reshape(b, t, n, d))
+        return cls, x
+
+    def forward(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls, x = self._attend(cls, x)
         # MLP on every token, [CLS] included.
         tokens = torch.cat([cls, x.flatten(1, 2)], dim=1)
-        tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
+        tokens = tokens + self._mlp(self.norm2(tokens))
         return tokens[:, :1], tokens[:, 1:].view_as(x)
+
+    def forward_cls(self, cls: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Only the updated [CLS] ``B×1×D`` of :meth:`forward` (what the last block must give).
+
+        The MLP acts on each token alone and only [CLS]'s spatial query reaches [CLS], so the
+        patch tokens' MLP and spatial queries, about half a block's work, are skipped; [CLS]
+        comes out as :meth:`forward` computes it (float32 rounding aside).
+
+        Example:
+            >>> import torch
+            >>> blk = DividedSpaceTimeBlock(32, 2).eval()
+            >>> cls, x = torch.randn(2, 1, 32), torch.randn(2, 3, 4, 32)
+            >>> bool(torch.allclose(blk.forward_cls(cls, x), blk(cls, x)[0], atol=1e-6))
+            True
+        """
+        cls, _ = self._attend(cls, x, cls_only=True)
+        return cls + self._mlp(self.norm2(cls))
 
 
 class TEViD(ClipStem, nn.Module):
@@ -155,8 +225,10 @@ class TEViD(ClipStem, nn.Module):
         if tele is not None:   # one more "patch" per slot: the blocks treat it like the others
             x = torch.cat([x, tele], dim=2)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
-        for blk in self.blocks:
+        for blk in self.blocks[:-1]:
             cls, x = blk(cls, x)
+        # Only [CLS] leaves the encoder: the last block skips its patch tokens' MLP.
+        cls = self.blocks[-1].forward_cls(cls, x)
         return self.norm(cls[:, 0])
 
     def forward(self, clips: torch.Tensor, temperature: float | None = None,

@@ -23,6 +23,7 @@ from core_models.calibration import (
     fit_temperature,
     run_alert_scores,
 )
+from core_models.edl import evidential_output
 from core_models.profiles import get_profile
 from core_models.tevid import TEViD
 from data_factory.frames import Frame
@@ -290,3 +291,52 @@ def test_calibrate_keeps_the_budget_on_every_held_out_group():
     sick = [(z, INSTABILITY) for z, _ in unlike]
     assert calibrate(logits, y, calm, target_far=0.1, budget_groups=[sick]) == \
         calibrate(logits, y, calm, target_far=0.1)
+
+
+def _straightforward_probs(model: TEViD, clip: torch.Tensor,
+                           telemetry: torch.Tensor | None = None) -> torch.Tensor:
+    """TEViD as written before issue 22's speed-up: the Conv3d tubelet embedding and every
+    block in full through timm's modules, [CLS] read after the last block."""
+    x = model.input_norm(clip) * model.channel_mask
+    x = model.patch_embed.proj(x.permute(0, 2, 1, 3, 4))            # b d t h w
+    x = model.pos_embed(x.flatten(3).permute(0, 2, 3, 1))           # b t (h w) d
+    tele = model._telemetry_tokens(telemetry, x.shape[0], x.device)
+    if tele is not None:
+        x = torch.cat([x, tele], dim=2)
+    cls = model.cls_token.expand(x.shape[0], -1, -1)
+    for blk in model.blocks:
+        b, t, n, d = x.shape
+        xt = blk.temporal_attn(blk.temporal_norm(x.transpose(1, 2).reshape(b * n, t, d)))
+        x = x + blk.temporal_fc(xt.reshape(b, n, t, d).transpose(1, 2))
+        xs = blk.attn(blk.norm1(torch.cat([cls.expand(b, t, d).reshape(b * t, 1, d),
+                                           x.reshape(b * t, n, d)], dim=1)))
+        cls = cls + xs[:, :1].reshape(b, t, 1, d).mean(1)
+        x = x + xs[:, 1:].reshape(b, t, n, d)
+        tokens = torch.cat([cls, x.flatten(1, 2)], dim=1)
+        tokens = tokens + blk.mlp(blk.norm2(tokens))
+        cls, x = tokens[:, :1], tokens[:, 1:].view_as(x)
+    logits = model.head(model.norm(cls[:, 0]))
+    return evidential_output(logits, model.temperature).probs.double().numpy()
+
+
+@pytest.mark.parametrize("profile,telemetry", [("cpu", 0), ("tiny", 11)])
+def test_fast_update_path_gives_the_straightforward_probabilities(profile, telemetry):
+    """Issue 22: the last block computes only [CLS], the tubelet embedding is one matmul and the
+    eval blocks call the kernels directly; the diagnoses must not move (1e-6)."""
+    torch.manual_seed(0)
+    p = get_profile(profile)
+    model = TEViD(profile, telemetry=telemetry).eval()
+    for blk in model.blocks:                        # a trained model's temporal branch is live
+        torch.nn.init.normal_(blk.temporal_fc.weight, std=0.05)
+    d = Diagnostician(model, Calibration(burn_in=1), device="cpu")
+    g = torch.Generator().manual_seed(4)
+    stream = [Frame(torch.randn(6, p.frame_size, p.frame_size, generator=g).to(torch.bfloat16),
+                    step=i, scalars={"loss": 2.0 / (i + 1), "lr": 0.1, "grad_norm": 1.0 + i})
+              for i in range(p.window + 3)]
+    with torch.inference_mode():
+        for i, f in enumerate(stream):
+            out = d.update(f)
+            tele = torch.stack(tuple(d._telemetry))[None] if telemetry else None
+            want = _straightforward_probs(model, torch.stack(tuple(d._frames))[None], tele)[0]
+            np.testing.assert_allclose([out.probs[c] for c in KNOWN_LABELS], want, atol=1e-6,
+                                       rtol=0, err_msg=f"update {i}")
