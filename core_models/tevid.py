@@ -210,17 +210,45 @@ class TEViD(ClipStem, nn.Module):
                 nn.init.zeros_(blk.temporal_fc.weight)
                 nn.init.zeros_(blk.temporal_fc.bias)
 
-    def embed(self, clips: torch.Tensor, telemetry: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-normalised [CLS] embedding ``B×D`` (used by the Embedding-CPD baseline).
+    def tubelets(self, clips: torch.Tensor) -> torch.Tensor:
+        """Tubelet tokens ``B×T'×N×D`` (normalised, channel-masked, embedded; no position yet)
+        of clips ``B×T×6×S×S`` whose length ``T`` is any multiple of ``tubelet_t``.
+
+        Each token depends only on its own ``tubelet_t`` frames, so a stream can embed each
+        group of frames once and pass the window's slots to :meth:`embed` as ``tubelets``
+        (what :class:`~tevid_hpo.diagnostician.Diagnostician` does).
+
+        Example:
+            >>> import torch
+            >>> m = TEViD("tiny")
+            >>> clips = torch.randn(1, 4, 6, 16, 16)
+            >>> halves = torch.cat([m.tubelets(clips[:, :2]), m.tubelets(clips[:, 2:])], dim=1)
+            >>> bool(torch.allclose(m.embed(clips), m.embed(None, tubelets=halves), atol=1e-6))
+            True
+        """
+        return self.patch_embed(self.input_norm(clips) * self.channel_mask)
+
+    def embed(self, clips: torch.Tensor | None, telemetry: torch.Tensor | None = None,
+              tubelets: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-normalised [CLS] embedding ``B×D`` (used by the Embedding-CPD baseline);
+        ``tubelets`` (:meth:`tubelets` of the clips, ``B×T'×N×D``) stands in for ``clips``.
 
         Example:
             >>> import torch
             >>> TEViD("tiny").embed(torch.zeros(1, 4, 6, 16, 16)).shape
             torch.Size([1, 32])
         """
-        self._check_clips(clips)
-        x = self.input_norm(clips) * self.channel_mask
-        x = self.pos_embed(self.patch_embed(x))
+        if tubelets is None:
+            if clips is None:
+                raise ValueError("embed needs clips or tubelets")
+            self._check_clips(clips)
+            tubelets = self.tubelets(clips)
+        p = self.profile
+        expected = (p.num_slots, p.grid_size ** 2, p.embed_dim)
+        if tubelets.dim() != 4 or tuple(tubelets.shape[1:]) != expected:
+            raise ValueError(f"expected tubelets of shape (B, {', '.join(map(str, expected))}), "
+                             f"got {tuple(tubelets.shape)}")
+        x = self.pos_embed(tubelets)
         tele = self._telemetry_tokens(telemetry, x.shape[0], x.device)
         if tele is not None:   # one more "patch" per slot: the blocks treat it like the others
             x = torch.cat([x, tele], dim=2)
@@ -231,11 +259,13 @@ class TEViD(ClipStem, nn.Module):
         cls = self.blocks[-1].forward_cls(cls, x)
         return self.norm(cls[:, 0])
 
-    def forward(self, clips: torch.Tensor, temperature: float | None = None,
-                telemetry: torch.Tensor | None = None) -> EvidentialOutput:
+    def forward(self, clips: torch.Tensor | None, temperature: float | None = None,
+                telemetry: torch.Tensor | None = None,
+                tubelets: torch.Tensor | None = None) -> EvidentialOutput:
         """``clips`` ``B×W×6×S×S`` (+ ``telemetry`` ``B×W×F`` for a telemetry model) →
-        :class:`EvidentialOutput` (``temperature`` overrides ``T``)."""
-        logits = self.head(self.embed(clips, telemetry))
+        :class:`EvidentialOutput` (``temperature`` overrides ``T``; ``tubelets`` as in
+        :meth:`embed`)."""
+        logits = self.head(self.embed(clips, telemetry, tubelets))
         return evidential_output(logits, self.temperature if temperature is None else temperature)
 
     @torch.no_grad()

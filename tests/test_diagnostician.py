@@ -340,3 +340,15 @@ def test_fast_update_path_gives_the_straightforward_probabilities(profile, telem
             want = _straightforward_probs(model, torch.stack(tuple(d._frames))[None], tele)[0]
             np.testing.assert_allclose([out.probs[c] for c in KNOWN_LABELS], want, atol=1e-6,
                                        rtol=0, err_msg=f"update {i}")
+        # the cached tubelets follow in-place weight changes and a resumed state
+        model.patch_embed.proj.weight.mul_(1.5)
+        resumed = Diagnostician(model, Calibration(burn_in=1), device="cpu")
+        resumed.load_state_dict(d.state_dict())
+        for f in stream[:3]:
+            for diag in (d, resumed):
+                out = diag.update(f)
+                tele = torch.stack(tuple(diag._telemetry))[None] if telemetry else None
+                want = _straightforward_probs(model, torch.stack(tuple(diag._frames))[None],
+                                              tele)[0]
+                np.testing.assert_allclose([out.probs[c] for c in KNOWN_LABELS], want,
+                                           atol=1e-6, rtol=0)

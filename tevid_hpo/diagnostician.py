@@ -215,6 +215,11 @@ class Diagnostician:
         # Telemetry models: the frames' scalars as features, padded and windowed like frames.
         self._telemetry_stream = TelemetryStream()
         self._telemetry: deque[torch.Tensor] = deque(maxlen=self.window)
+        # Tubelet tokens of every run of ``tubelet_t`` consecutive frames in the window: each
+        # update embeds only the newest group (issue 22); see _window_tubelets.
+        self._groups: deque[torch.Tensor] = deque(
+            maxlen=self.window - self.profile.tubelet_t + 1)
+        self._groups_key: tuple[int, ...] | None = None
         self._updates = 0
         self._rule.reset()
         self._memory.reset()
@@ -269,9 +274,8 @@ class Diagnostician:
             raw_vacuity = 1.0
         else:
             with torch.inference_mode():
-                clip = torch.stack(tuple(self._frames))[None]
-                out = (self.model(clip, telemetry=torch.stack(tuple(self._telemetry))[None])
-                       if self._telemetry else self.model(clip))
+                tele = torch.stack(tuple(self._telemetry))[None] if self._telemetry else None
+                out = self.model(None, telemetry=tele, tubelets=self._window_tubelets())
             raw, raw_vacuity = out.probs[0].double().cpu(), float(out.vacuity[0])
         remembered, vacuity = self._memory.update(raw.numpy(), raw_vacuity)
         probs = remembered.tolist()
@@ -287,6 +291,29 @@ class Diagnostician:
             withheld=withheld)
         return self.last
 
+    def _window_tubelets(self) -> torch.Tensor:
+        """The window's tubelet tokens ``1×T'×N×D``, as ``model.tubelets`` of the whole window.
+
+        The window's slots are every ``tubelet_t``-th group of consecutive frames, and the
+        window slides by one frame, so the groups an update needs were embedded at earlier
+        updates; only the newest one is new. The cache is rebuilt from the frames when it is
+        not from the previous update (start, burn-in, a loaded state) or when the embedding's
+        weights were replaced or changed in place since (``_version``).
+        """
+        m, pt = self.model, self.profile.tubelet_t
+        stem = (m.patch_embed.proj.weight, m.patch_embed.proj.bias, m.input_norm.mean,
+                m.input_norm.std, m.channel_mask)
+        key = (self._updates, *(id(t) for t in stem), *(t._version for t in stem))
+        frames = tuple(self._frames)
+        fresh = self._groups_key == (key[0] - 1, *key[1:]) \
+            and len(self._groups) == self._groups.maxlen
+        # One group per call, also when rebuilding: the same call on the same frames gives the
+        # same bits, so a resumed stream continues exactly (a batched call may round otherwise).
+        for i in range(self._groups.maxlen - 1 if fresh else 0, self._groups.maxlen):
+            self._groups.append(m.tubelets(torch.stack(frames[i:i + pt])[None])[0, 0])
+        self._groups_key = key
+        return torch.stack(tuple(self._groups)[::pt])[None]
+
     # ------------------------------------------------------------------ streaming state
     def state_dict(self) -> dict[str, Any]:
         """The run so far — buffered frames, telemetry, alert streaks, run memory, latched
@@ -299,7 +326,7 @@ class Diagnostician:
             >>> warnings.simplefilter("ignore")            # an uncalibrated demo model
             >>> a = Diagnostician(TEViD("tiny"), Calibration(memory=2), device="cpu")
             >>> b = Diagnostician(a.model, Calibration(memory=2), device="cpu")
-            >>> frames = [torch.randn(6, 16, 16) for _ in range(14)]
+            >>> frames = [torch.randn(6, 16, 16).bfloat16() for _ in range(14)]   # as captured
             >>> for f in frames[:9]: _ = a.update(f)
             >>> b.load_state_dict(json.loads(json.dumps(a.state_dict())))
             >>> a.update(frames[9]).probs == b.update(frames[9]).probs
