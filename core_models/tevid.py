@@ -90,7 +90,7 @@ class DividedSpaceTimeBlock(nn.Module):
         if self.training or not self._direct:
             out = attn(x)
             return out if first is None else out[:, :first]
-        b, n, c = x.shape
+        b, n, _ = x.shape
         h, hd = attn.num_heads, attn.head_dim
         w, bias = attn.qkv.weight, attn.qkv.bias
         if first is None:

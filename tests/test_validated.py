@@ -37,7 +37,7 @@ def test_a_draw_that_learns_is_the_plain_draw(tabular: TensorData) -> None:
 
 
 def test_a_draw_that_does_not_learn_is_replaced(tabular: TensorData, monkeypatch) -> None:
-    import data_factory.validated as validated
+    from data_factory import validated
 
     def frozen_first(family: str, seed: int, arch: str | None = None):
         recipe = sample_recipe(family, seed, arch=arch)

@@ -55,9 +55,10 @@ class TEViDHook:
     :func:`~tevid_hpo.pruners.study_standing`), as :class:`~tevid_hpo.pruners.TEViDPruner`
     does. A candidate trained without a trial (a standalone :class:`~tevid_hpo.nas.Bananas`
     search) is weighed against the candidates this hook watched before it: the trainer hands
-    :meth:`check` the candidate's curve so far and :meth:`record`\ s each finished (or stopped)
-    curve, and :meth:`standing` compares them at the same epoch. With no curve yet, or no rival
-    that reached that epoch, the standing is unknown (``None``), the rule without standing.
+    :meth:`check` the candidate's curve so far and hands :meth:`record` each finished (or
+    stopped) curve, and :meth:`standing` compares them at the same epoch. With no curve yet, or
+    no rival that reached that epoch, the standing is unknown (``None``), the rule without
+    standing.
 
     Args:
         diagnostician: a :class:`~tevid_hpo.diagnostician.Diagnostician`, a checkpoint path or
@@ -144,8 +145,8 @@ class TEViDHook:
             epochs_max: the candidate's full budget.
             use_cost: also consult the cost rule (pass ``False`` between diagnoses: it only
                 changes when a new diagnosis arrives). It weighs the candidate's standing in
-                the study of ``monitor.trial``, or without one among the :meth:`record`\ ed
-                candidates.
+                the study of ``monitor.trial``, or without one among the candidates given to
+                :meth:`record`.
             curve: the candidate's validation accuracies per finished epoch (read without a
                 study).
         """
