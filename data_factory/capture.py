@@ -11,6 +11,12 @@ falls back to leaf modules that own parameters (linear, conv, recurrent, embeddi
 order is the order in which modules run, observed on the first forward pass, not the order in
 which they were registered.
 
+Small models are captured too: with fewer than three such leaves, parameter-free leaves
+(activations, pooling) count as well, and a model that still has fewer than three (a two-layer
+GRU classifier, a logistic regression) fills the missing depth slots by repeating its layers, so
+a slot reads the same maps as its neighbour; a warning says so. Only a model with no capturable
+leaf at all needs ``layers=``.
+
 Example:
     >>> import torch, torch.nn as nn
     >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
@@ -55,6 +61,11 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
+# Leaves whose output is (up to scale) their input: never a layer of their own.
+_ECHO_TYPES: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten,
+                                            nn.Unflatten)
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,8 @@ def candidate_layers(model: nn.Module,
     """Modules eligible for capture, in registration order (execution order is found later).
 
     Known residual blocks (at least three of them) win; otherwise every leaf module that owns
-    parameters, except normalisation layers, is a candidate.
+    parameters, except normalisation layers, is a candidate; with fewer than three of those,
+    every leaf except normalisation, dropout and identity layers is.
 
     Example:
         >>> import torchvision
@@ -144,25 +156,30 @@ def candidate_layers(model: nn.Module,
         blocks.append(HookPoint(f"{name}.{sub}" if name else sub, module.get_submodule(sub), batch_first))
     if len(blocks) >= 3:
         return blocks
-    leaves = []
-    for name, module in model.named_modules():
-        if any(True for _ in module.children()) or isinstance(module, _NORM_TYPES):
-            continue
-        if not any(True for _ in module.parameters(recurse=False)):
-            continue
-        leaves.append(HookPoint(name, module, bool(getattr(module, "batch_first", True))))
-    return leaves
+    leaves = [(name, module) for name, module in model.named_modules()
+              if not any(True for _ in module.children()) and not isinstance(module, _NORM_TYPES)]
+    owning = [(n, m) for n, m in leaves if any(True for _ in m.parameters(recurse=False))]
+    if len(owning) < len(DEPTHS):
+        # Activations and pooling still carry a map and a gradient; dropout and identity only
+        # echo their neighbour.
+        owning = [(n, m) for n, m in leaves if n and not isinstance(m, _ECHO_TYPES)]
+    return [HookPoint(n, m, bool(getattr(m, "batch_first", True))) for n, m in owning]
 
 
 def pick_depths(n: int, depths: Sequence[float] = DEPTHS) -> list[int]:
     """Indices of ``len(depths)`` distinct layers at the given relative depths among ``n``.
 
+    With fewer than ``len(depths)`` layers each slot takes the layer at its depth, so layers
+    repeat (shallow slots first get the shallowest).
+
     Example:
-        >>> pick_depths(8), pick_depths(3), pick_depths(12)
-        ([2, 4, 6], [0, 1, 2], [3, 6, 9])
+        >>> pick_depths(8), pick_depths(3), pick_depths(12), pick_depths(2), pick_depths(1)
+        ([2, 4, 6], [0, 1, 2], [3, 6, 9], [0, 1, 1], [0, 0, 0])
     """
+    if n < 1:
+        raise ValueError("need at least one candidate layer, found 0")
     if n < len(depths):
-        raise ValueError(f"need at least {len(depths)} candidate layers, found {n}")
+        return [min(n - 1, math.floor(q * n)) for q in depths]
     picked: list[int] = []
     for q in depths:
         i = min(n - 1, math.floor(q * n))
@@ -254,10 +271,10 @@ class StateCapture:
             self._install(self._points)
         else:
             self._candidates = candidate_layers(self.model, self._adapters)
-            if len(self._candidates) < 3:
+            if not self._candidates:
                 raise ValueError(
-                    f"{type(self.model).__name__} has only {len(self._candidates)} capturable "
-                    "layers; pass layers=[three module names]")
+                    f"{type(self.model).__name__} has no capturable layers (no leaf module); "
+                    "pass layers=[three module names]")
             self._discovering = True
             self._install(self._candidates)
         return self
@@ -331,6 +348,11 @@ class StateCapture:
             raise RuntimeError("no forward pass of the model ran inside StateCapture before step()")
         # _order holds candidate indices in execution order; keep 3 at 25/50/75 % of it.
         chosen = [self._order[i] for i in pick_depths(len(self._order))]
+        if len(set(chosen)) < len(chosen):
+            names = [self._candidates[c].name for c in chosen]
+            logger.warning("%s runs only %d capturable layers; the three depth slots read %s "
+                           "(pass layers= to choose others)", type(self.model).__name__,
+                           len(self._order), names)
         self._acts = {k: self._acts[c] for k, c in enumerate(chosen) if c in self._acts}
         self._grads = {k: self._grads[c] for k, c in enumerate(chosen) if c in self._grads}
         for handle in self._handles:

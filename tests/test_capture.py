@@ -149,7 +149,7 @@ def test_explicit_layers_and_errors():
     with pytest.raises(ValueError, match="exactly 3"):
         StateCapture(model, layers=["0"])
     with pytest.raises(ValueError, match="capturable"):
-        StateCapture(nn.Linear(3, 3)).__enter__()
+        StateCapture(nn.Sequential(nn.BatchNorm1d(3))).__enter__()
 
 
 def test_non_capture_steps_do_no_tensor_work(monkeypatch):
@@ -216,8 +216,9 @@ def test_state_dict_resumes_step_and_layers():
 def test_pick_depths_and_layouts():
     assert pick_depths(4) == [1, 2, 3]
     assert pick_depths(100) == [25, 50, 75]
+    assert pick_depths(2) == [0, 1, 1]
     with pytest.raises(ValueError):
-        pick_depths(2)
+        pick_depths(0)
     assert reduce_to_map(torch.ones(2, 64, 5)).shape == (8, 8)          # sequence
     assert reduce_to_map(torch.ones(2, 50, 5)).shape == (7, 7)          # 49 tokens + CLS
     assert reduce_to_map(torch.ones(2, 10)).shape == (4, 4)             # vector, padded

@@ -50,12 +50,12 @@ def train(model: nn.Module, steps: int = 4, every: int = 1, forward=None, **capt
     return capture_frames(model, opt, loss_at, steps, every=every, frame_size=8, **capture)[0]
 
 
-def assert_informative(frames: list[Frame], n: int) -> None:
+def assert_informative(frames: list[Frame], n: int, max_clipped: float = 0.01) -> None:
     assert len(frames) == n and all(f.finite for f in frames)
     stack = torch.stack([f.tensor.float() for f in frames])
     for c in range(6):  # every channel moves after the reference frame
         assert (stack[1:, c] - stack[0, c]).abs().max() > 0, f"channel {c} never changes"
-    assert max(max(f.clipped) for f in frames[1:]) <= 0.01
+    assert max(max(f.clipped) for f in frames[1:]) <= max_clipped
 
 
 def test_reference_setting():
@@ -275,8 +275,44 @@ def test_parameter_free_blocks_can_be_named():
     assert frames[0].layers == ("1", "5", "7")
 
 
-def test_too_few_parameterised_layers_is_a_clear_error():
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match=r"only 2 capturable layers; pass layers=\[three module names\]"):
-        with StateCapture(model):
+def test_two_layer_mlp_counts_its_activation():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, 3))
+    frames = train(model)               # two Linear layers: the ReLU between them is the middle
+    assert frames[0].layers == ("1", "2", "3")
+    # a 16-unit layer's map has 16 pixels, so one pixel past the clip is already 6 %
+    assert_informative(frames, 4, max_clipped=0.2)
+
+
+class GRUClassifier(nn.Module):
+    """A GRU reading each image as 64 steps of 3 features: only two leaves, both with weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = nn.GRU(3, 16, num_layers=2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x.flatten(2).transpose(1, 2))
+        return self.head(out[:, -1])
+
+
+def test_fewer_than_three_leaves_repeat_a_layer_and_say_so(caplog):
+    with caplog.at_level("WARNING", logger="data_factory.capture"):
+        frames = train(GRUClassifier())
+    assert frames[0].layers == ("rnn", "head", "head")
+    assert "runs only 2 capturable layers" in caplog.text
+    stack = torch.stack([f.tensor.float() for f in frames])
+    moved = (stack[1:] - stack[:1]).abs().flatten(2).amax(dim=(0, 2))
+    # Every channel moves but the GRU's gradient: the head reads only the last time step, so
+    # dL/d(output) is 0 at 63 of 64 positions and the map has no spread to normalise against.
+    assert moved[[0, 1, 2, 4, 5]].min() > 0 and moved[3] == 0
+    assert torch.equal(stack[:, 1], stack[:, 2]) and torch.equal(stack[:, 4], stack[:, 5])
+
+
+def test_a_model_without_capturable_leaves_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"no capturable layers .*pass layers=\[three module names\]"):
+        with StateCapture(nn.Sequential(nn.LayerNorm(4))):
             pass
+
+

@@ -292,7 +292,7 @@ def test_a_storage_that_keeps_failing_ends_the_monitoring(toy_diagnostician, dig
 
 def test_a_model_that_cannot_be_captured_disables_monitoring_not_the_trial(toy_diagnostician,
                                                                            caplog):
-    model = nn.Linear(4, 2)                                     # fewer than three layers
+    model = nn.Sequential(nn.LayerNorm(4))                      # no capturable layer at all
     t = trial()
     with caplog.at_level(logging.WARNING, logger="tevid_hpo.monitor"), \
             TrialMonitor(model, t, diagnostician=toy_diagnostician) as mon:
