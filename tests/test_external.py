@@ -209,7 +209,7 @@ def test_offline_scoring_reproduces_the_live_diagnoses(smoke: SimpleNamespace) -
         worst = max(worst, float(np.abs(probs - run.arrays["tevid_probs"]).max()),
                     float(np.abs(vac - run.arrays["tevid_vacuity"]).max()))
         diag.reset()      # the same frames streamed through a fresh Diagnostician now
-        live = [diag.update(f, step=f.step, epoch=f.epoch) for f in run.frames]
+        live = [diag.update(f, step=f.step, epoch=f.epoch) for f in ext_methods.replay_frames(run)]
         sp = np.array([[d.probs[k] for k in diag.known_labels] for d in live])
         worst_stream = max(worst_stream, float(np.abs(probs - sp).max()),
                            float(np.abs(vac - np.array([d.vacuity for d in live])).max()))
@@ -223,6 +223,31 @@ def test_offline_scoring_reproduces_the_live_diagnoses(smoke: SimpleNamespace) -
     for run in smoke.runs["external-dev"] + smoke.runs["external-test"]:
         if bool(run.steps["finite"].all()):
             assert ext_methods.replay_alert(diag, run) == ext_methods._live_alert(run)
+
+
+def test_replay_gives_each_frame_the_scalars_the_monitor_saw(smoke: SimpleNamespace) -> None:
+    """A telemetry checkpoint replayed on stored runs reads the loss, lr and gradient norm the
+    live monitor passed with each frame (the store keeps them in steps.csv, not on frames)."""
+    import pandas as pd
+
+    from core_models.telemetry import capture_scalars
+
+    class Spy:
+        first_alert = None
+
+        def reset(self) -> None:
+            self.seen: list[dict[str, float]] = []
+
+        def update(self, frame: Any, step: int, epoch: int) -> None:
+            self.seen.append(dict(frame.scalars))
+
+    spy = Spy()
+    for run in smoke.runs["external-dev"][:2]:
+        ext_methods.replay_alert(spy, run)
+        want = capture_scalars(run.steps, run.frames.steps)
+        assert len(spy.seen) == len(run.frames.steps)
+        assert pd.DataFrame(spy.seen).equals(pd.DataFrame(want))         # NaN == NaN here
+        assert all({"loss", "lr", "grad_norm"} <= set(s) for s in want[1:])
 
 
 def test_dev_streams_label_frames_and_refuse_external_test(smoke: SimpleNamespace) -> None:

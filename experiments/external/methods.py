@@ -41,6 +41,8 @@ from omegaconf import OmegaConf
 from core_models.baselines import BASELINES, make_baseline, run_id_of
 from core_models.baselines.base import RunScores
 from core_models.metrics import RunPrediction, evaluate_alerts, threshold_at_far
+from core_models.telemetry import capture_scalars
+from data_factory.frames import Frame
 from data_factory.labels import HEALTHY, KNOWN_LABELS
 from data_factory.store import Run
 from experiments.evaluate import LeakageGuard, predictions
@@ -48,8 +50,8 @@ from experiments.external.rules import USER_RULES
 from experiments.external.suite import DEV_HALF, TEST_HALF
 from experiments.external.truth import ExternalTruth
 
-__all__ = ["SCORED", "MethodScores", "score_methods", "replay_alert", "tevid_live_scores",
-           "tevid_offline_scores"]
+__all__ = ["SCORED", "MethodScores", "score_methods", "replay_alert", "replay_frames",
+           "tevid_live_scores", "tevid_offline_scores"]
 
 _HEALTHY = KNOWN_LABELS.index(HEALTHY)
 #: Baselines scored (``core_models.baselines`` names) and how the tables call them.
@@ -115,17 +117,34 @@ def tevid_offline_scores(diag: Any, run: Run) -> RunScores:
     return tevid_run_scores(diag, run, "tevid")
 
 
+def replay_frames(run: Run) -> list[Frame]:
+    """``run``'s recorded frames with the training scalars the live monitor gave each of them.
+
+    The store keeps scalars in ``steps.csv``, not on the frames; a telemetry checkpoint streamed
+    bare frames would read every scalar as unknown, which no live run does.
+
+    Example:
+        >>> callable(replay_frames)
+        True
+    """
+    frames = list(run.frames)
+    if run.steps is None:
+        return frames
+    scalars = capture_scalars(run.steps, [f.step for f in frames])
+    return [f if f.scalars else dataclasses.replace(f, scalars=s) for f, s in zip(frames, scalars)]
+
+
 def replay_alert(diag: Any, run: Run) -> int | None:
-    """``diag``'s own first alert on ``run``, streaming its recorded frames through
-    :meth:`Diagnostician.update` (run memory and alert rule included); the monitor's
-    non-finite-loss rule from ``steps.csv``'s ``finite``.
+    """``diag``'s own first alert on ``run``, streaming its recorded frames (with their training
+    scalars, :func:`replay_frames`) through :meth:`Diagnostician.update` (run memory and alert
+    rule included); the monitor's non-finite-loss rule from ``steps.csv``'s ``finite``.
 
     Example:
         >>> callable(replay_alert)
         True
     """
     diag.reset()
-    for f in run.frames:
+    for f in replay_frames(run):
         diag.update(f, step=f.step, epoch=f.epoch)
     first = diag.first_alert[0] if diag.first_alert is not None else None
     st = run.steps
