@@ -311,8 +311,8 @@ def test_fewer_than_three_leaves_repeat_a_layer_and_say_so(caplog):
 
 
 def test_a_model_without_capturable_leaves_is_a_clear_error():
+    model = nn.Sequential(nn.LayerNorm(4))
     with pytest.raises(ValueError, match=r"no capturable layers .*pass layers=\[three module names\]"):
-        with StateCapture(nn.Sequential(nn.LayerNorm(4))):
-            pass
+        StateCapture(model).__enter__()
 
 
