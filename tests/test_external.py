@@ -156,6 +156,18 @@ def test_truth_follows_what_happened(smoke: SimpleNamespace) -> None:
     assert any(t.reference for t in smoke.truths.values() if t.kind == "healthy")
 
 
+def test_steps_log_the_learning_rate_in_use(smoke: SimpleNamespace) -> None:
+    """steps.csv (and so the telemetry TEViD reads) shows the injected jump: the lr of each step
+    is the one the optimizer used, not the schedule's next, unscaled value."""
+    jump = next(r for rs in smoke.runs.values() for r in rs
+                if smoke.truths[r.run_id].kind == "lr_jump")
+    st = jump.steps
+    onset = smoke.truths[jump.run_id].label.onset
+    before = float(st.loc[st["step"] == onset - 1, "lr"].iloc[0])
+    after = float(st.loc[st["step"] == onset, "lr"].iloc[0])
+    assert after / before > 5          # a x10-x30 jump, whatever the schedule did in one step
+
+
 def test_external_test_never_reaches_fitting_or_selection(smoke: SimpleNamespace) -> None:
     assert smoke.seen, "nothing was admitted: the wiretap is not on the path"
     assert {split for _, split in smoke.seen} <= {"train", "val", "external-dev"}

@@ -111,11 +111,11 @@ def _profile_geometry(checkpoint: str | os.PathLike[str] | None) -> bytes:
 
 def cache_key(checkpoint: str | os.PathLike[str] | None = None) -> str:
     """Hash of what a recording's frames and scalars depend on besides its spec (each run id
-    carries its spec hash): the frame encoder and capture code and the profile's frame
-    geometry / cadence — not the checkpoint's weights, so any checkpoint scores the same
+    carries its spec hash): the frame encoder and capture code, this training loop and the
+    profile's frame geometry / cadence — not the checkpoint's weights, so any checkpoint scores the same
     recordings offline (:func:`experiments.external.methods.tevid_offline_scores`)."""
     root = Path(data_factory.__file__).parent
-    h = hashlib.sha256(_file_hash(root / "frames.py", root / "capture.py").encode())
+    h = hashlib.sha256(_file_hash(root / "frames.py", root / "capture.py", Path(__file__)).encode())
     h.update(_profile_geometry(checkpoint))
     return h.hexdigest()[:16]
 
@@ -161,7 +161,9 @@ def record_run(spec: RunSpec, store: RunStore, checkpoint: str | None = None,
     epochs: list[dict[str, float]] = []
     t0 = time.time()
     step = 0
-    with TrialMonitor(model, trial=None, diagnostician=diag, asynchronous=False) as mon:
+    # optimizer= as the README's loop passes it: the live frames carry the lr in use
+    with TrialMonitor(model, trial=None, diagnostician=diag, asynchronous=False,
+                      optimizer=opt) as mon:
         for epoch in range(recipe.epochs):
             inj.epoch_start(epoch, model)
             labels = inj.labels(epoch, ytr, data.n_classes)
@@ -173,6 +175,7 @@ def record_run(spec: RunSpec, store: RunStore, checkpoint: str | None = None,
                 x, y = xtr[idx], labels[idx]
                 for g, lr in zip(opt.param_groups, sched.get_last_lr()):
                     g["lr"] = lr * scale
+                lr_used = float(opt.param_groups[0]["lr"])   # sched.step() overwrites it below
                 out = model(x)
                 loss = F.cross_entropy(out, y, label_smoothing=recipe.label_smoothing)
                 opt.zero_grad()
@@ -188,7 +191,7 @@ def record_run(spec: RunSpec, store: RunStore, checkpoint: str | None = None,
                 opt.step()
                 sched.step()
                 steps.append({"step": step, "epoch": epoch, "loss": lv,
-                              "lr": opt.param_groups[0]["lr"], "grad_norm": gn,
+                              "lr": lr_used, "grad_norm": gn,
                               "grad_absmean": absmean, "finite": int(math.isfinite(lv))})
                 tot += lv * len(y)
                 correct += int((out.argmax(1) == y).sum())
