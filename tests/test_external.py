@@ -12,6 +12,7 @@ fit or a threshold choice is wiretapped independently of the guard.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -277,3 +278,22 @@ def test_dev_streams_label_frames_and_refuse_external_test(smoke: SimpleNamespac
             assert set(labels[run.frames.steps >= onset]) == {t.label.label}
     with pytest.raises(LeakageError):
         dev_streams(store=smoke.store, half="external-test")
+
+
+def test_recordings_key_follows_the_code_that_makes_them(monkeypatch) -> None:
+    """A change to the data sets, models, recipes or fault injection must record afresh: the
+    v1 key hashed only the frame / capture code and the loop, so a changed data generator
+    would have been scored from stale recordings."""
+    from experiments.external import record
+
+    hashed: list[str] = []
+    real = record._file_hash
+
+    def spy(*paths):
+        hashed.extend(Path(p).name for p in paths)
+        return real(*paths)
+
+    monkeypatch.setattr(record, "_file_hash", spy)
+    record.cache_key()
+    assert {"frames.py", "capture.py", "record.py", "data.py", "models.py", "recipes.py",
+            "scenarios.py"} <= set(hashed)

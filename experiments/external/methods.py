@@ -50,8 +50,15 @@ from experiments.external.rules import USER_RULES
 from experiments.external.suite import DEV_HALF, TEST_HALF
 from experiments.external.truth import ExternalTruth
 
-__all__ = ["SCORED", "MethodScores", "score_methods", "replay_alert", "replay_frames",
-           "tevid_live_scores", "tevid_offline_scores"]
+__all__ = [
+    "SCORED",
+    "MethodScores",
+    "replay_alert",
+    "replay_frames",
+    "score_methods",
+    "tevid_live_scores",
+    "tevid_offline_scores",
+]
 
 _HEALTHY = KNOWN_LABELS.index(HEALTHY)
 #: Baselines scored (``core_models.baselines`` names) and how the tables call them.

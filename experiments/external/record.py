@@ -111,11 +111,14 @@ def _profile_geometry(checkpoint: str | os.PathLike[str] | None) -> bytes:
 
 def cache_key(checkpoint: str | os.PathLike[str] | None = None) -> str:
     """Hash of what a recording's frames and scalars depend on besides its spec (each run id
-    carries its spec hash): the frame encoder and capture code, this training loop and the
-    profile's frame geometry / cadence — not the checkpoint's weights, so any checkpoint scores the same
-    recordings offline (:func:`experiments.external.methods.tevid_offline_scores`)."""
-    root = Path(data_factory.__file__).parent
-    h = hashlib.sha256(_file_hash(root / "frames.py", root / "capture.py", Path(__file__)).encode())
+    carries its spec hash): the frame encoder and capture code, this training loop, the data
+    sets, models, recipes and fault injection it builds from, and the profile's frame geometry /
+    cadence — not the checkpoint's weights, so any checkpoint scores the same recordings offline
+    (:func:`experiments.external.methods.tevid_offline_scores`)."""
+    root, here = Path(data_factory.__file__).parent, Path(__file__).parent
+    h = hashlib.sha256(_file_hash(
+        root / "frames.py", root / "capture.py", Path(__file__),
+        *(here / f"{m}.py" for m in ("data", "models", "recipes", "scenarios"))).encode())
     h.update(_profile_geometry(checkpoint))
     return h.hexdigest()[:16]
 
