@@ -105,6 +105,60 @@ def test_alert_needs_three_consecutive_confident_predictions():
     assert d.first_alert == (20, INSTABILITY)
 
 
+def with_loss(fs: list[Frame], losses: list[float | None]) -> list[Frame]:
+    return [Frame(f.tensor, step=f.step, epoch=f.epoch,
+                  scalars={} if x is None else {"loss": x}) for f, x in zip(fs, losses)]
+
+
+def test_loss_confirmation_vetoes_instability_while_the_loss_keeps_falling():
+    """A confident Instability streak is no alert while the training loss (mean of 3 captures)
+    is at its best; the first capture whose mean is ``loss_confirm`` x the best confirms it."""
+    inst = [-10.0, -10.0, 80.0, -10.0, -10.0]
+    falling = [2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    d = biased(inst, burn_in=4, loss_confirm=1.5)
+    outs = [d.update(x) for x in with_loss(frames(9), falling)]
+    assert [o.label for o in outs][3:] == [INSTABILITY] * 6 and d.first_alert is None
+    d.reset()
+    rising = [2.0, 1.5, 1.2, 1.0, 1.0, 1.6, 2.5, 4.0, 8.0]   # mean of 3: 1.2 < 1.6, then 1.7
+    outs = [d.update(x) for x in with_loss(frames(9), rising)]
+    assert [o.alert for o in outs] == [None] * 6 + [INSTABILITY] * 3
+    assert d.first_alert == (60, INSTABILITY)
+    # Without the check (the default, 0) the falling run alerts once the rule confirms it.
+    d0 = biased(inst, burn_in=4)
+    [d0.update(x) for x in with_loss(frames(9), falling)]
+    assert d0.first_alert == (50, INSTABILITY)
+
+
+def test_loss_confirmation_leaves_other_alerts_and_unknown_losses_alone():
+    falling = [2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7]
+    over = biased([-10.0, 80.0, -10.0, -10.0, -10.0], burn_in=4, loss_confirm=1.5)
+    [over.update(x) for x in with_loss(frames(7), falling)]
+    assert over.first_alert == (50, "Overfitting")      # validation shows it, not training loss
+    inst = [-10.0, -10.0, 80.0, -10.0, -10.0]
+    blind = biased(inst, burn_in=4, loss_confirm=1.5)
+    [blind.update(x) for x in with_loss(frames(7), [None] * 7)]
+    assert blind.first_alert == (50, INSTABILITY)       # no loss given: nothing to veto with
+    nan = biased(inst, burn_in=4, loss_confirm=1.5)
+    [nan.update(x) for x in with_loss(frames(7), falling[:6] + [float("nan")])]
+    assert nan.first_alert == (60, INSTABILITY)         # vetoed at 0.8, a non-finite loss confirms
+
+
+def test_loss_confirmation_state_survives_a_pause_and_the_checkpoint():
+    inst = [-10.0, -10.0, 80.0, -10.0, -10.0]
+    losses = [2.0, 1.5, 1.2, 1.0, 1.0, 1.0]
+    d = biased(inst, burn_in=4, loss_confirm=1.5)
+    [d.update(x) for x in with_loss(frames(5), losses[:5])]
+    e = biased(inst, burn_in=4, loss_confirm=1.5)
+    e.load_state_dict(json.loads(json.dumps(d.state_dict())))
+    f = with_loss(frames(1, start=5), [1.0])[0]
+    assert e.update(f).alert is None and d.update(f).alert is None   # both: 1.0 is no rise
+    assert e._loss_check.best == d._loss_check.best
+    assert Calibration.from_dict(Calibration(loss_confirm=1.5).to_dict()).loss_confirm == 1.5
+    assert Calibration.from_dict({}).loss_confirm == 0.0                       # older checkpoints
+    with pytest.raises(ValueError, match="loss_confirm"):
+        diagnostician(loss_confirm=-1.0)
+
+
 def test_no_verdict_before_the_window_holds_real_frames():
     # Issue 24, point 1: with the default burn-in (the whole window W) the first W - 1
     # diagnoses are withheld — not run through the model, no class, no alert — even from a

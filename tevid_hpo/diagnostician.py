@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core_models.calibration import Calibration, ConsecutiveAlert
+from core_models.calibration import Calibration, ConsecutiveAlert, LossConfirmation
 from core_models.checkpoint import (
     CheckpointError,
     checkpoint_paths,
@@ -135,6 +135,9 @@ def _check_calibration(cal: Calibration) -> None:
     if cal.burn_in < 0:
         raise ValueError(f"calibration.burn_in must be >= 0 (0: the model's window), "
                          f"got {cal.burn_in!r}")
+    if not cal.loss_confirm >= 0:
+        raise ValueError(f"calibration.loss_confirm must be >= 0 (0: off), "
+                         f"got {cal.loss_confirm!r}")
 
 
 class Diagnostician:
@@ -185,6 +188,7 @@ class Diagnostician:
                              f"labels are {self.known_labels}")
         healthy = self.known_labels.index(HEALTHY) if HEALTHY in self.known_labels else 0
         self._memory = RunMemory(self.calibration.memory, healthy, self.calibration.consecutive)
+        self._loss_check = LossConfirmation(self.calibration.loss_confirm)
         self.reset()
 
     # ------------------------------------------------------------------ streaming
@@ -223,6 +227,7 @@ class Diagnostician:
         self._updates = 0
         self._rule.reset()
         self._memory.reset()
+        self._loss_check.reset()
         self.first_alert: tuple[int, str] | None = None
         self.last: Diagnosis | None = None
 
@@ -281,7 +286,9 @@ class Diagnostician:
         probs = remembered.tolist()
         abstained = withheld or vacuity > self.calibration.tau_u
         best = max(range(len(probs)), key=probs.__getitem__)
-        alert = self._rule.update(probs, vacuity)
+        loss = scalars.get("loss")
+        confirmed = self._loss_check.update(None if loss is None else float(loss))
+        alert = self._loss_check.vet(self._rule.update(probs, vacuity), confirmed)
         if alert is not None and self.first_alert is None:
             self.first_alert = (int(step), alert)
         self.last = Diagnosis(
@@ -342,6 +349,8 @@ class Diagnostician:
             "telemetry": [t.tolist() for t in self._telemetry],
             "telemetry_refs": [self._telemetry_stream._first, self._telemetry_stream._prev],
             "memory": self._memory.state_dict(),
+            "loss_best": None if math.isinf(self._loss_check.best) else self._loss_check.best,
+            "loss_recent": list(self._loss_check.recent),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -355,6 +364,9 @@ class Diagnostician:
         self._rule.streaks = np.asarray(state["streaks"], dtype=np.int64)
         self.first_alert = tuple(state["first_alert"]) if state["first_alert"] else None
         self.last = Diagnosis(**state["last"]) if state["last"] is not None else None
+        if state.get("loss_best") is not None:
+            self._loss_check.best = float(state["loss_best"])
+        self._loss_check.recent = [float(x) for x in state.get("loss_recent", [])]
         self._telemetry.extend(torch.tensor(t, device=self.device)
                                for t in state.get("telemetry", []))
         refs = state.get("telemetry_refs") or ({}, {})
