@@ -13,7 +13,7 @@ is exactly what is committed.
 Example:
     >>> halves = {s.half for s in SUITE}
     >>> sorted(halves), len(DEV), len(TEST)
-    (['external-dev', 'external-test'], 37, 35)
+    (['external-dev', 'external-test'], 37, 48)
     >>> check_disjoint(DEV, TEST)
 """
 
