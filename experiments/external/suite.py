@@ -13,7 +13,7 @@ is exactly what is committed.
 Example:
     >>> halves = {s.half for s in SUITE}
     >>> sorted(halves), len(DEV), len(TEST)
-    (['external-dev', 'external-test'], 37, 48)
+    (['external-dev', 'external-test'], 50, 48)
     >>> check_disjoint(DEV, TEST)
 """
 
@@ -185,6 +185,24 @@ DEV: tuple[RunSpec, ...] = _rows(DEV_HALF, [
     ("conv1d", 1, "sines", _ADAM, _high(30), 63),
     ("conv1d", 0, "sines", _OVER, _over(), 64),
     ("conv1d", 1, "sines", replace(_ADAM, schedule="onecycle"), _freeze(2), 65),
+    # v2 (2026-12-06): more healthy references and learning-rate jumps to choose settings on
+    # (jump epochs and factors drawn with numpy.random.default_rng(24) and pasted)
+    ("mlp", 1, "breast_cancer", replace(_SGD, lr=0.01, batch_size=16), H, 70),
+    ("mlp", 2, "digits", replace(_RMS, schedule="cosine", batch_size=64), H, 71),
+    ("mlp", 4, "digits", replace(_ADAM, weight_decay=1e-4, batch_size=64, label_smoothing=0.1),
+     H, 72),
+    ("mixer", 1, "gratings", replace(_RMS, schedule="cosine", warmup_epochs=1), H, 73),
+    ("lstm", 0, "markov", replace(_ADAM, schedule="onecycle", batch_size=64, clip=1.0), H, 74),
+    ("lstm", 1, "markov", replace(_SGD, lr=0.5, momentum=0.9, clip=1.0), H, 75),
+    ("conv1d", 0, "sines", replace(_RMS, schedule="step"), H, 76),
+    ("conv1d", 1, "sines", replace(_SGD, lr=0.02, schedule="cosine", warmup_epochs=1), H, 77),
+    ("mlp", 2, "digits", replace(_RMS, schedule="cosine", batch_size=64), _jump(3, 16), 78),
+    ("conv1d", 0, "sines", replace(_RMS, schedule="step"), _jump(5, 18), 79),
+    ("lstm", 0, "markov", replace(_ADAM, schedule="onecycle", batch_size=64, clip=1.0),
+     _jump(5, 22), 80),
+    ("mixer", 1, "gratings", replace(_RMS, schedule="cosine", warmup_epochs=1), _jump(2, 20),
+     81),
+    ("mlp", 1, "breast_cancer", replace(_SGD, lr=0.01, batch_size=16), _jump(3, 21), 82),
 ])
 
 # ------------------------------------------------------------------------------------------
