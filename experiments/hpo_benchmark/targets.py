@@ -66,6 +66,20 @@ def pareto_front(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return front
 
 
+_ONE_SEED = "; one seed, no interval: the point estimate decides"
+
+
+def _not_lower(estimate: float, high: float) -> bool:
+    """Not lower beyond noise: the interval's upper end reaches 0; with one seed there is no
+    interval, and a lower point estimate is then no evidence of "not lower".
+
+    Example:
+        >>> _not_lower(-0.1, 0.02), _not_lower(-0.1, float("nan")), _not_lower(0.0, float("nan"))
+        (True, False, True)
+    """
+    return estimate >= 0.0 if math.isnan(high) else high >= 0.0
+
+
 def base_targets(summary: Mapping[str, Mapping[str, Any]], outcomes: Sequence[TrialOutcome],
                  strategies: Sequence[Strategy], n_resamples: int) -> list[str]:
     """One markdown bullet per base X with ``X + TEViD``: each target, measured, met or not."""
@@ -85,10 +99,10 @@ def base_targets(summary: Mapping[str, Mapping[str, Any]], outcomes: Sequence[Tr
                          f"({'met' if v >= SAVING_TARGET else 'not met'}: ≥ 20 %)")
         if delta is not None:
             lo, hi = _bounds(delta)
-            ok = hi >= 0.0 or math.isnan(hi)   # 1 seed: no interval, not "lower beyond noise"
+            ok = _not_lower(_est(delta), hi)
             parts.append(f"Δ best val {100 * _est(delta):+.1f} pp [{100 * lo:+.1f}, "
                          f"{100 * hi:+.1f}] ({'met' if ok else 'not met'}: not lower beyond "
-                         "noise)")
+                         f"noise{_ONE_SEED if math.isnan(hi) else ''})")
         fs = tv["false_stops"].get(SIGNAL_NAMES["tevid"], 0)
         parts.append(f"false stops by TEViD {fs} ({'met' if fs == 0 else 'not met'})")
         for signal in ("cheap", "pfn"):
@@ -100,7 +114,7 @@ def base_targets(summary: Mapping[str, Mapping[str, Any]], outcomes: Sequence[Tr
                 continue
             d_ep, d_val = pair
             fewer = d_ep.estimate < 0
-            equal = d_val.high >= 0 or math.isnan(d_val.high)
+            equal = _not_lower(d_val.estimate, d_val.high)
             verdict = "met" if fewer and equal else (
                 "not met: lower accuracy" if fewer else
                 "not met: the same epochs" if d_ep.estimate == 0 else
