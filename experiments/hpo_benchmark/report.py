@@ -168,6 +168,20 @@ def _save_figure(fig: Any, ax: Any, path: Path) -> Path:
     return save_figure(fig, path, dpi=120)
 
 
+def _model_name(problem: Problem) -> str:
+    """What the searched model is, for the report's opening line.
+
+    Example:
+        >>> from types import SimpleNamespace as N
+        >>> _model_name(N(arch="resnet", source="factory")), _model_name(N(arch="gru", source="external"))
+        ('a small ResNet (`resnet`)', "the external suite's `gru`")
+    """
+    if problem.source == "factory" and problem.arch == "resnet":
+        return "a small ResNet (`resnet`)"
+    where = "the external suite's" if problem.source == "external" else "the factory's"
+    return f"{where} `{problem.arch}`"
+
+
 def render_section(cfg: DictConfig, summary: Mapping[str, Any], verdicts: Sequence[str],
                    problem: Problem, diag_source: str, curve_source: str | None,
                    figure: str | None) -> str:
@@ -177,7 +191,7 @@ def render_section(cfg: DictConfig, summary: Mapping[str, Any], verdicts: Sequen
     parts = [
         "## Appendix M: HPO with and without TEViD (Table 23 analogue)",
         "",
-        (f"{len(seeds)} seeds × {cfg.n_trials} trials of a small ResNet (`{problem.arch}`) on "
+        (f"{len(seeds)} seeds × {cfg.n_trials} trials of {_model_name(problem)} on "
         f"`{problem.dataset}` ({problem.optimizer}, lr log-uniform {problem.lr_range}, weight "
         f"decay log-uniform {problem.weight_decay_range}, training subset "
         f"{list(problem.train_sizes)}), at most {problem.max_epochs} epochs, trials reporting "
