@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -361,13 +362,31 @@ class LossConfirmation:
     def reset(self) -> None:
         """Forget the run's losses (new run)."""
         self.best = math.inf
-        self.recent: list[float] = []
+        self.recent: deque[float] = deque(maxlen=self.window)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the check holds of the run, JSON-serialisable (for pausing a trial).
+
+        Example:
+            >>> a = LossConfirmation(1.5, window=1); _ = a.update(1.0)
+            >>> b = LossConfirmation(1.5, window=1); b.load_state_dict(a.state_dict())
+            >>> b.update(1.2), b.update(1.6)
+            (False, True)
+        """
+        return {"best": None if math.isinf(self.best) else self.best,
+                "recent": list(self.recent)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the run :meth:`state_dict` described."""
+        self.reset()
+        self.best = math.inf if state["best"] is None else float(state["best"])
+        self.recent.extend(float(x) for x in state["recent"])
 
     def update(self, loss: float | None) -> bool:
         """Feed this capture's mean training loss; returns whether it confirms an alert now."""
         if loss is None:
             return True
-        self.recent = [*self.recent, float(loss)][-self.window:]
+        self.recent.append(float(loss))
         if not all(math.isfinite(x) for x in self.recent):
             return True
         if len(self.recent) < self.window:

@@ -349,8 +349,7 @@ class Diagnostician:
             "telemetry": [t.tolist() for t in self._telemetry],
             "telemetry_refs": [self._telemetry_stream._first, self._telemetry_stream._prev],
             "memory": self._memory.state_dict(),
-            "loss_best": None if math.isinf(self._loss_check.best) else self._loss_check.best,
-            "loss_recent": list(self._loss_check.recent),
+            "loss_check": self._loss_check.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -364,9 +363,8 @@ class Diagnostician:
         self._rule.streaks = np.asarray(state["streaks"], dtype=np.int64)
         self.first_alert = tuple(state["first_alert"]) if state["first_alert"] else None
         self.last = Diagnosis(**state["last"]) if state["last"] is not None else None
-        if state.get("loss_best") is not None:
-            self._loss_check.best = float(state["loss_best"])
-        self._loss_check.recent = [float(x) for x in state.get("loss_recent", [])]
+        if state.get("loss_check") is not None:   # states saved before it existed: a fresh one
+            self._loss_check.load_state_dict(state["loss_check"])
         self._telemetry.extend(torch.tensor(t, device=self.device)
                                for t in state.get("telemetry", []))
         refs = state.get("telemetry_refs") or ({}, {})
