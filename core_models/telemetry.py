@@ -18,6 +18,15 @@ function) do not become a fingerprint:
 * ``gn_step``       log(grad_norm / previous finite grad_norm);
 * ``lr_log10``      log10(lr) (a hyperparameter; 0 lr reads as the floor -CLIP);
 * ``lr_step``       log(lr / previous lr) — schedule jumps;
+* ``lr_over_peak``  log(lr / the schedule's first peak), floored at 0 — persistent where
+  ``lr_step`` is a one-capture spike. The peak is the largest lr up to the first capture at
+  which the lr did not rise (the end of a warm-up; the first lr of a constant, step or cosine
+  schedule), so every schedule that never exceeds its first peak (warm-up + cosine, OneCycle,
+  step decay, warm restarts) reads 0 throughout, and a learning rate pushed above it reads
+  the excess for as long as it lasts. 0 until the peak is known;
+* ``loss_over_best`` log(loss / lowest finite loss so far), floored at 0 — how far the loss
+  has climbed back from its best (a divergence, a switched task), persistent where
+  ``loss_step`` is a spike; saturates at +CLIP when the loss is non-finite;
 * ``loss_nonfinite``, ``gn_nonfinite``: 1 when the value is NaN/inf (its ``*_rel``/``*_step``
   then saturate at +CLIP, as the frames saturate on divergence);
 * ``loss_present``, ``gn_present``, ``lr_present``: 1 when the value was given.
@@ -49,7 +58,7 @@ __all__ = ["CLIP", "FEATURES", "NUM_FEATURES", "TelemetryStream", "capture_scala
 
 FEATURES: tuple[str, ...] = ("loss_rel", "loss_step", "gn_rel", "gn_step", "lr_log10", "lr_step",
                              "loss_nonfinite", "gn_nonfinite", "loss_present", "gn_present",
-                             "lr_present")
+                             "lr_present", "lr_over_peak", "loss_over_best")
 #: Features per capture (the ``telemetry`` size of a telemetry-enabled TEViD / DYNAMICS-MAE).
 NUM_FEATURES = len(FEATURES)
 #: Every feature is clipped to ±CLIP (e^8 ≈ 3000× the run's first loss is "diverged" enough).
@@ -131,9 +140,35 @@ class TelemetryStream:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the run's references (first/previous values)."""
+        """Forget the run's references (first/previous/best values, the lr peak)."""
         self._first: dict[str, float] = {}
         self._prev: dict[str, float] = {}
+        self._best_loss: float | None = None
+        self._lr_peak: float | None = None     # the largest lr so far while still rising
+        self._peak_known = False               # set at the first capture whose lr did not rise
+
+    def state_dict(self) -> dict[str, object]:
+        """The run's references, JSON-serialisable (a paused trial resumes its features exactly).
+
+        Example:
+            >>> a, b = TelemetryStream(), TelemetryStream()
+            >>> _ = a.update(loss=1.0, lr=0.1)
+            >>> b.load_state_dict(a.state_dict())
+            >>> bool((a.update(loss=2.0, lr=1.0) == b.update(loss=2.0, lr=1.0)).all())
+            True
+        """
+        return {"first": dict(self._first), "prev": dict(self._prev), "best_loss": self._best_loss,
+                "lr_peak": self._lr_peak, "peak_known": self._peak_known}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Continue the run :meth:`state_dict` described (missing keys: a fresh reference)."""
+        self.reset()
+        self._first = dict(state.get("first") or {})   # type: ignore[call-overload]
+        self._prev = dict(state.get("prev") or {})     # type: ignore[call-overload]
+        best, peak = state.get("best_loss"), state.get("lr_peak")
+        self._best_loss = None if best is None else float(best)   # type: ignore[arg-type]
+        self._lr_peak = None if peak is None else float(peak)     # type: ignore[arg-type]
+        self._peak_known = bool(state.get("peak_known", False))
 
     def _relative(self, out: np.ndarray, key: str, x: float | None) -> None:
         if x is None:
@@ -149,18 +184,41 @@ class TelemetryStream:
         out[_IDX[f"{key}_step"]] = _clip(_log(x) - _log(prev))
         self._prev[key] = x
 
+    def _loss_over_best(self, out: np.ndarray, loss: float | None) -> None:
+        if loss is None:
+            return
+        if not math.isfinite(loss):
+            out[_IDX["loss_over_best"]] = CLIP
+            return
+        self._best_loss = loss if self._best_loss is None else min(self._best_loss, loss)
+        out[_IDX["loss_over_best"]] = _clip(max(_log(loss) - _log(self._best_loss), 0.0))
+
+    def _lr_over_peak(self, out: np.ndarray, lr: float, prev: float | None) -> None:
+        if not self._peak_known:
+            # Still in the schedule's first rise (or at the first capture): extend the peak.
+            if prev is not None and lr <= prev:
+                self._peak_known = True
+            else:
+                self._lr_peak = lr if self._lr_peak is None else max(self._lr_peak, lr)
+                return
+        assert self._lr_peak is not None
+        out[_IDX["lr_over_peak"]] = _clip(max(_log(lr) - _log(self._lr_peak), 0.0))
+
     def update(self, loss: float | None = None, lr: float | None = None,
                grad_norm: float | None = None) -> np.ndarray:
         """Features (float32, ``(NUM_FEATURES,)``) of one capture; ``None`` = unknown."""
         out = np.zeros(NUM_FEATURES, dtype=np.float32)
-        self._relative(out, "loss", _value(loss))
+        loss_v = _value(loss)
+        self._relative(out, "loss", loss_v)
+        self._loss_over_best(out, loss_v)
         self._relative(out, "gn", _value(grad_norm))
         lr_v = _value(lr)
         if lr_v is not None and math.isfinite(lr_v):
             out[_IDX["lr_present"]] = 1.0
             out[_IDX["lr_log10"]] = _clip(math.log10(max(lr_v, _EPS)))
-            prev = self._prev.get("lr", lr_v)
-            out[_IDX["lr_step"]] = _clip(_log(lr_v) - _log(prev))
+            prev = self._prev.get("lr")
+            out[_IDX["lr_step"]] = _clip(_log(lr_v) - _log(lr_v if prev is None else prev))
+            self._lr_over_peak(out, lr_v, prev)
             self._prev["lr"] = lr_v
         return out
 
@@ -221,7 +279,7 @@ def run_telemetry(steps: pd.DataFrame, frame_steps: Sequence[int] | np.ndarray) 
         >>> steps = pd.DataFrame({"step": [0, 1], "loss": [2.0, 1.0], "lr": [0.1, 0.1],
         ...                       "grad_norm": [1.0, 1.0]})
         >>> run_telemetry(steps, [0, 1]).shape
-        (2, 11)
+        (2, 13)
     """
     stream = TelemetryStream()
     rows = [stream.update_scalars(d) for d in capture_scalars(steps, frame_steps)]

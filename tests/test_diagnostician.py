@@ -25,6 +25,7 @@ from core_models.calibration import (
 )
 from core_models.edl import evidential_output
 from core_models.profiles import get_profile
+from core_models.telemetry import NUM_FEATURES
 from core_models.tevid import TEViD
 from data_factory.frames import Frame
 from data_factory.labels import INSTABILITY, KNOWN_LABELS, LABELS, UNKNOWN
@@ -373,7 +374,7 @@ def _straightforward_probs(model: TEViD, clip: torch.Tensor,
     return evidential_output(logits, model.temperature).probs.double().numpy()
 
 
-@pytest.mark.parametrize("profile,telemetry", [("cpu", 0), ("tiny", 11)])
+@pytest.mark.parametrize("profile,telemetry", [("cpu", 0), ("tiny", NUM_FEATURES)])
 def test_fast_update_path_gives_the_straightforward_probabilities(profile, telemetry):
     """Issue 22: the last block computes only [CLS], the tubelet embedding is one matmul and the
     eval blocks call the kernels directly; the diagnoses must not move (1e-6)."""

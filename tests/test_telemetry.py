@@ -166,7 +166,7 @@ def test_monitor_fills_frame_scalars_and_resumes_them(digits_data):
     mon2 = TrialMonitor(model, diagnostician=diag2, every=5, asynchronous=False, optimizer=opt)
     mon2.load_state_dict(json.loads(json.dumps(state)))
     assert torch.equal(torch.stack(tuple(diag2._telemetry)), torch.stack(tuple(diag._telemetry)))
-    assert diag2._telemetry_stream._first == diag._telemetry_stream._first
+    assert diag2._telemetry_stream.state_dict() == diag._telemetry_stream.state_dict()
 
 
 def test_clip_dataset_and_training_loops_carry_telemetry(tmp_path):
@@ -253,3 +253,56 @@ def test_telemetry_token_learns_what_the_frames_cannot_show():
     pred = predict(model, ClipDataset(*runs(32, 1), window=4, min_frames=4, telemetry=True),
                    device="cpu")
     assert (pred["probs"].argmax(1) == pred["labels"]).mean() >= 0.9
+
+
+def _lr_over_peak(lrs: list[float]) -> np.ndarray:
+    stream = TelemetryStream()
+    return np.array([stream.update(lr=lr)[FEATURES.index("lr_over_peak")] for lr in lrs])
+
+
+@pytest.mark.parametrize("name,lrs", [
+    ("constant", [0.1] * 8),
+    ("warm-up + cosine", [0.01, 0.04, 0.07, 0.1, 0.09, 0.06, 0.03, 0.01]),
+    ("step decay", [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]),
+    ("warm restarts", [0.1, 0.05, 0.01, 0.1, 0.05, 0.01, 0.1]),
+    ("OneCycle", [0.004, 0.05, 0.1, 0.07, 0.03, 0.001]),
+])
+def test_lr_over_peak_reads_zero_on_every_healthy_schedule(name, lrs):
+    assert not _lr_over_peak(lrs).any(), name
+
+
+def test_lr_over_peak_persists_after_a_jump_and_clears_when_it_ends():
+    # Warm-up to 0.1, cosine, then the lr multiplied by 20 at capture 5 for three captures.
+    lrs = [0.02, 0.06, 0.1, 0.09, 0.08, 1.4, 1.2, 1.0, 0.05]
+    f = _lr_over_peak(lrs)
+    assert (f[:5] == 0).all() and f[-1] == 0
+    np.testing.assert_allclose(f[5:8], np.log(np.array([1.4, 1.2, 1.0]) / 0.1), rtol=1e-6)
+    # lr_step sees only the first capture of the jump.
+    stream = TelemetryStream()
+    steps = [stream.update(lr=lr)[FEATURES.index("lr_step")] for lr in lrs]
+    assert steps[5] > 0 and steps[6] < 0
+
+
+def test_loss_over_best_is_persistent_and_saturates_on_nonfinite():
+    stream = TelemetryStream()
+    i = FEATURES.index("loss_over_best")
+    f = [stream.update(loss=x)[i] for x in (2.0, 1.0, 0.5, 2.0, 2.0, float("nan"), 0.4)]
+    assert f[:3] == [0.0, 0.0, 0.0]
+    assert f[3] == f[4] == pytest.approx(math.log(4.0))
+    assert f[5] == CLIP and f[6] == 0.0
+
+
+def test_stream_state_round_trips_mid_run():
+    a = TelemetryStream()
+    for lr, loss in [(0.01, 2.0), (0.1, 1.0), (0.1, 0.8)]:
+        a.update(loss=loss, lr=lr, grad_norm=1.0)
+    b = TelemetryStream()
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for lr, loss in [(2.0, 3.0), (2.0, float("inf")), (0.05, 0.7)]:
+        np.testing.assert_array_equal(a.update(loss=loss, lr=lr, grad_norm=2.0),
+                                      b.update(loss=loss, lr=lr, grad_norm=2.0))
+
+
+def test_a_checkpoint_with_another_feature_count_is_refused():
+    with pytest.raises(ValueError, match="retrain"):
+        Diagnostician(TEViD("tiny", telemetry=F - 2), device="cpu")

@@ -65,7 +65,7 @@ from core_models.checkpoint import (
 )
 from core_models.memory import RunMemory
 from core_models.profiles import PROFILES, Profile
-from core_models.telemetry import TelemetryStream
+from core_models.telemetry import FEATURES, NUM_FEATURES, TelemetryStream
 from core_models.tevid import TEViD
 from data_factory.frames import Frame
 from data_factory.labels import HEALTHY, KNOWN_LABELS, LABELS, UNKNOWN
@@ -167,6 +167,10 @@ class Diagnostician:
             raise ValueError(f"labels must be distinct non-empty class names, got {labels!r}")
         if len(labels) != model.num_classes:
             raise ValueError(f"{len(labels)} labels for a head with {model.num_classes} outputs")
+        if model.telemetry and model.telemetry != NUM_FEATURES:
+            raise ValueError(f"the model reads {model.telemetry} telemetry features per frame but "
+                             f"this version computes {NUM_FEATURES} ({', '.join(FEATURES)}): "
+                             "retrain it (python -m experiments.pipeline telemetry=true)")
         if calibration is not None and not isinstance(calibration, Calibration):
             raise TypeError(f"calibration must be a core_models.calibration.Calibration or None, "
                             f"got {type(calibration).__name__}")
@@ -347,7 +351,7 @@ class Diagnostician:
             "first_alert": list(self.first_alert) if self.first_alert is not None else None,
             "last": self.last.to_dict() if self.last is not None else None,
             "telemetry": [t.tolist() for t in self._telemetry],
-            "telemetry_refs": [self._telemetry_stream._first, self._telemetry_stream._prev],
+            "telemetry_stream": self._telemetry_stream.state_dict(),
             "memory": self._memory.state_dict(),
             "loss_check": self._loss_check.state_dict(),
         }
@@ -367,8 +371,11 @@ class Diagnostician:
             self._loss_check.load_state_dict(state["loss_check"])
         self._telemetry.extend(torch.tensor(t, device=self.device)
                                for t in state.get("telemetry", []))
-        refs = state.get("telemetry_refs") or ({}, {})
-        self._telemetry_stream._first, self._telemetry_stream._prev = dict(refs[0]), dict(refs[1])
+        if state.get("telemetry_stream") is not None:
+            self._telemetry_stream.load_state_dict(state["telemetry_stream"])
+        elif state.get("telemetry_refs"):   # states saved before the stream kept its own
+            first, prev = state["telemetry_refs"]
+            self._telemetry_stream.load_state_dict({"first": first, "prev": prev})
         if state.get("memory") is not None:
             self._memory.load_state_dict(state["memory"])
 
