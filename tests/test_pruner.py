@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from data_factory.labels import FORGETTING, INSTABILITY, OVERFITTING
 from tevid_hpo.cost import CostModel
-from tevid_hpo.monitor import ERROR_ATTR, USER_ATTR
+from tevid_hpo.monitor import ERROR_ATTR, NONFINITE_LOSS, USER_ATTR
 from tevid_hpo.pruners import REASON_ATTR, REASON_SYSTEM_ATTR, TEViDPruner, prune_reason
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -276,6 +276,45 @@ def test_cost_rule_without_rivals_at_the_step_decides_as_before():
     reason = prune_reason(study.trials[t.number])
     assert reason["standing"] is None
     assert reason["p_threshold"] == round(CostModel(c_best=0.0).stop_threshold(5, 10), 4)
+
+
+@pytest.mark.parametrize("direction, lead, trail", [("maximize", 0.9, 0.1),
+                                                    ("minimize", 0.1, 0.9)])
+def test_leader_guard_spares_an_alerted_leader_until_it_falls_behind(direction, lead, trail):
+    # The gru_text false stops: a diagnosis alone must not stop the trial that leads.
+    study = optuna.create_study(direction=direction)
+    for _ in range(3):   # finished rivals, mid-field at steps 2 and 3
+        study.add_trial(optuna.trial.create_trial(value=0.5,
+                                                  intermediate_values={2: 0.5, 3: 0.5}))
+    handles = {}
+
+    def running(value, attrs):
+        t = study.ask()
+        t.set_user_attr(USER_ATTR, attrs)
+        t.report(value, 2)
+        handles[t.number] = t
+        return t.number
+
+    overfit = diagnosis([alert(OVERFITTING, step=20)])
+    nan = diagnosis([alert(INSTABILITY, step=20, confidence=1.0, reason=NONFINITE_LOSS)])
+    leader, trailer, dead = running(lead, overfit), running(trail, overfit), running(lead, nan)
+    frozen = lambda n: study.get_trials(deepcopy=False)[n]      # noqa: E731
+    guarded, unguarded = TEViDPruner(None), TEViDPruner(None, spare_leaders=None)
+    assert guarded.prune(study, frozen(leader)) is False        # beats the 3 rivals (+ trailer)
+    assert prune_reason(study.trials[leader]) is None
+    assert guarded.prune(study, frozen(trailer)) is True        # beats none: pruned
+    assert guarded.prune(study, frozen(dead)) is True           # a NaN loss is never spared
+    assert prune_reason(study.trials[dead])["reason"] == NONFINITE_LOSS
+    assert unguarded.prune(study, frozen(leader)) is True       # the guard off: alert prunes
+    # The alert stays latched: once the leader falls behind at a later step, it is pruned.
+    handles[leader].report(trail, 3)
+    assert guarded.prune(study, frozen(leader)) is True
+
+
+def test_leader_guard_setting_is_validated():
+    for bad in (0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="spare_leaders"):
+            TEViDPruner(None, spare_leaders=bad)
 
 
 def test_without_a_cost_model_a_strong_latest_belief_alone_does_not_prune():

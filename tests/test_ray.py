@@ -373,6 +373,30 @@ def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(sch
     assert s.stop_reason(leader) is None                       # beats 2 of 3 (ties "first")
 
 
+@pytest.mark.parametrize("scheduler", ["hyperband", "asha"])
+def test_leader_guard_spares_an_alerted_leader_but_not_a_nan_loss(scheduler):
+    def make(**kw):
+        if scheduler == "hyperband":
+            return TEViDHyperband(metric="acc", mode="max", max_t=10, **kw)
+        return TEViDScheduler(ASHAScheduler(metric="acc", mode="max", max_t=10), **kw)
+
+    nan_alert = {INSTABILITY: ALERT[INSTABILITY] | {"confidence": 1.0, "reason": NONFINITE_LOSS}}
+    for s, leader_stops in ((make(), False), (make(spare_leaders=None), True)):
+        tc = StoppingController(s)
+        rival, trailer, leader, dead = (stub_trial(i) for i in ("r", "trail", "lead", "dead"))
+        for t in (rival, trailer, leader, dead):
+            s.on_trial_add(tc, t)
+            t.set_status(Trial.RUNNING)
+        report_to(s, tc, rival, result(1, 0.5, {}))
+        assert report_to(s, tc, trailer, result(1, 0.1, ALERT)) == TrialScheduler.STOP
+        stopped = report_to(s, tc, leader, result(1, 0.9, ALERT)) == TrialScheduler.STOP
+        assert stopped is leader_stops
+        assert report_to(s, tc, dead, result(1, 0.95, nan_alert)) == TrialScheduler.STOP
+        assert s.stop_reason(dead)["reason"] == NONFINITE_LOSS
+    with pytest.raises(ValueError, match="spare_leaders"):
+        make(spare_leaders=2.0)
+
+
 @pytest.mark.parametrize("scheduler_cls", [TEViDHyperband, HyperBandScheduler])
 def test_a_bracket_waiting_for_an_early_stopped_trial_does_not_stall(scheduler_cls):
     s = scheduler_cls(metric="acc", mode="max", max_t=3)

@@ -11,7 +11,15 @@ SMAC target function — and asks the same two questions, in this order:
    trial's :func:`~tevid_hpo.cost.standing` among the trials at the same step (what a false stop
    loses; ``None`` where the integration sees no rival)?
 
-Both return ``None`` (no reason to stop) or a *reason*: a flat, JSON-able dict that every
+Then one guard, :func:`spares`: a trial whose value at its step beats at least
+``spare_leaders`` of its rivals' (its :func:`~tevid_hpo.cost.standing`; default: the top half)
+is not stopped by a diagnosis — only by the non-finite-loss rule. Stopping a trial that leads
+loses the user's best configuration if the diagnosis is wrong, and out of distribution it
+was: on the ``gru_text`` HPO task every seed's best trial was alerted as Overfitting at epoch 5
+while it led its seed (docs/hpo_benchmark.md). A spared trial that falls behind is stopped at
+its next report, as its alert stays latched.
+
+Both questions return ``None`` (no reason to stop) or a *reason*: a flat, JSON-able dict that every
 integration records in the same format, e.g.::
 
     {"pruner": "TEViD", "rule": "alert", "label": "Instability", "reason": "diagnosis",
@@ -45,11 +53,14 @@ from typing import Any
 from data_factory.labels import HEALTHY, LABELS
 from tevid_hpo.cost import DEFAULT_PRUNE_ON, CostModel
 
-__all__ = ["DEFAULT_PRUNE_ON", "TEVID", "StopRules", "alert_reason", "check_options",
-           "check_prune_on", "cost_reason", "describe"]
+__all__ = ["DEFAULT_PRUNE_ON", "DEFAULT_SPARE_LEADERS", "TEVID", "StopRules", "alert_reason",
+           "check_options", "check_prune_on", "check_spare_leaders", "cost_reason", "describe",
+           "spares"]
 
 #: Name under which TEViD's own decisions are recorded (``reason["pruner"]``).
 TEVID = "TEViD"
+#: A diagnosis does not stop a trial that beats at least this share of its rivals at its step.
+DEFAULT_SPARE_LEADERS = 0.5
 
 
 def check_prune_on(prune_on: Collection[str]) -> tuple[str, ...]:
@@ -91,6 +102,48 @@ def check_options(cost: CostModel | None, min_confidence: float) -> float:
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"min_confidence must lie in [0, 1], got {min_confidence}")
     return float(min_confidence)
+
+
+def check_spare_leaders(spare_leaders: float | None) -> float | None:
+    """Validate ``spare_leaders``: ``None`` (no guard) or a share in ``(0, 1]``.
+
+    Example:
+        >>> check_spare_leaders(0.5), check_spare_leaders(None)
+        (0.5, None)
+        >>> check_spare_leaders(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: spare_leaders must be None or lie in (0, 1], got 0
+    """
+    if spare_leaders is None:
+        return None
+    if isinstance(spare_leaders, bool) or not isinstance(spare_leaders, (int, float)) \
+            or not 0.0 < spare_leaders <= 1.0:
+        raise ValueError(f"spare_leaders must be None or lie in (0, 1], got {spare_leaders!r}")
+    return float(spare_leaders)
+
+
+def spares(reason: Mapping[str, Any], standing: float | None,
+           spare_leaders: float | None) -> bool:
+    """Whether the leader guard keeps a trial that ``reason`` would stop.
+
+    True when a guard is set, the trial's ``standing`` (the share of its rivals' values at the
+    same step it beats; ``None``: no rival seen) reaches ``spare_leaders``, and the reason is a
+    diagnosis or the cost rule — never the non-finite-loss rule: a NaN loss is dead whatever
+    its rank.
+
+    Example:
+        >>> alert = {"pruner": "TEViD", "rule": "alert", "reason": "diagnosis"}
+        >>> spares(alert, 0.9, 0.5), spares(alert, 0.3, 0.5), spares(alert, None, 0.5)
+        (True, False, False)
+        >>> spares({**alert, "reason": "non-finite loss"}, 1.0, 0.5)
+        False
+    """
+    # Imported here: the monitor (and torch) is not needed to validate settings.
+    from tevid_hpo.monitor import NONFINITE_LOSS
+
+    return (spare_leaders is not None and standing is not None and standing >= spare_leaders
+            and reason.get("reason") != NONFINITE_LOSS)
 
 
 def alert_reason(alerts: Mapping[str, Mapping[str, Any]], prune_on: Collection[str],
@@ -196,6 +249,7 @@ class StopRules:
         prune_on: alert labels that stop a trial (:func:`check_prune_on`).
         cost: a :class:`~tevid_hpo.cost.CostModel` for the cost rule, or ``None`` (alerts only).
         min_confidence: alerts whose probability for their label is below this are ignored.
+        spare_leaders: the leader guard (:func:`spares`); ``None`` turns it off.
 
     Example:
         >>> rules = StopRules(("Instability",), cost=CostModel())
@@ -205,15 +259,22 @@ class StopRules:
         'cost'
         >>> StopRules(("Instability",)).reason({}, latest, done=2, budget=9) is None
         True
+        >>> alerts = {"Instability": {"label": "Instability", "step": 30, "confidence": 0.9}}
+        >>> StopRules(("Instability",)).reason(alerts, standing=0.8) is None   # leads: spared
+        True
+        >>> StopRules(("Instability",)).reason(alerts, standing=0.2)["rule"]
+        'alert'
     """
 
     prune_on: tuple[str, ...] = DEFAULT_PRUNE_ON
     cost: CostModel | None = None
     min_confidence: float = 0.0
+    spare_leaders: float | None = DEFAULT_SPARE_LEADERS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_on", check_prune_on(self.prune_on))
         object.__setattr__(self, "min_confidence", check_options(self.cost, self.min_confidence))
+        object.__setattr__(self, "spare_leaders", check_spare_leaders(self.spare_leaders))
 
     def reason(self, alerts: Mapping[str, Mapping[str, Any]],
                latest: Mapping[str, Any] | None = None, done: float = 0,
@@ -221,7 +282,7 @@ class StopRules:
                ) -> dict[str, Any] | None:
         """:func:`alert_reason`, then — with a cost model, a ``latest`` diagnosis and a
         ``budget`` — :func:`cost_reason` at the trial's ``standing``; ``None`` when neither
-        says stop.
+        says stop or the leader guard :func:`spares` the trial at that ``standing``.
 
         Pass ``latest=None`` after a monitor failure: its last diagnosis is stale, so only
         alerts confirmed before the failure count.
@@ -229,4 +290,6 @@ class StopRules:
         reason = alert_reason(alerts, self.prune_on, self.min_confidence)
         if reason is None and self.cost is not None and latest is not None and budget:
             reason = cost_reason(self.cost, latest, done, budget, self.prune_on, standing)
+        if reason is not None and spares(reason, standing, self.spare_leaders):
+            return None
         return reason

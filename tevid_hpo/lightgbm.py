@@ -383,8 +383,10 @@ class TEViDLightGBMCallback:
         self.metric = metric
         self.valid_name = valid_name
         #: The validated stop settings (:class:`~tevid_hpo.decision.StopRules`).
+        # No leader guard: ending boosting on Overfitting is early stopping of this model,
+        # not the loss of a configuration (the GBDT pilot measures exactly this decision).
         self.rules = StopRules(tuple(prune_on) if not isinstance(prune_on, str) else prune_on,
-                               cost, min_confidence)
+                               cost, min_confidence, spare_leaders=None)
         self.prune_on, self.min_confidence = self.rules.prune_on, self.rules.min_confidence
         self.cost = cost
         self.every = int(every)

@@ -20,6 +20,11 @@ For each ``trial.should_prune()`` call, in order:
    when none reported that step) — so the leader needs a surer diagnosis (``c_best``). Off by
    default: with the paper's coefficients a weak early belief suffices, which is only sensible
    with a well-calibrated checkpoint.
+   **Leader guard** (``spare_leaders``, default 0.5). A trial whose last reported value beats
+   at least that share of the other trials' values at the same step is not pruned on rules 1
+   or 2, unless its loss went non-finite (:func:`~tevid_hpo.decision.spares`): a wrong
+   diagnosis of a leading trial costs the user's best configuration. Its alert stays latched,
+   so it is pruned once it falls behind.
 3. **Wrapped pruner.** Otherwise the decision is ``wrapped.prune(study, trial)``: a
    ``HyperbandPruner()`` by default, ``None`` for TEViD alone, or any Optuna pruner.
 
@@ -57,12 +62,13 @@ true exactly when Hyperband is in charge.
 Example:
     >>> import optuna
     >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
-    >>> def objective(trial):
+    >>> def objective(trial):                        # trials 3-5 carry an alert
     ...     x = trial.suggest_float("x", -1, 1)
+    ...     alerted = trial.number >= 3
     ...     trial.set_user_attr("tevid", {"version": 1, "alerts": {"Instability": {
     ...         "label": "Instability", "step": 30, "epoch": 0, "confidence": 0.97,
-    ...         "vacuity": 0.1, "reason": "diagnosis"}}} if x > 0 else {"version": 1})
-    ...     trial.report(x, 0)
+    ...         "vacuity": 0.1, "reason": "diagnosis"}}} if alerted else {"version": 1})
+    ...     trial.report(x + 2.0 if alerted else x, 0)   # minimised: alerted trials trail
     ...     if trial.should_prune():
     ...         raise optuna.TrialPruned()
     ...     return x
@@ -71,10 +77,23 @@ Example:
     (True, True)
     >>> study = optuna.create_study(pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
     >>> study.optimize(objective, n_trials=6)
-    >>> {t.state.name for t in study.trials if t.params["x"] > 0}
-    {'PRUNED'}
-    >>> prune_reason(next(t for t in study.trials if t.params["x"] > 0))["label"]
+    >>> [t.state.name for t in study.trials]
+    ['COMPLETE', 'COMPLETE', 'COMPLETE', 'PRUNED', 'PRUNED', 'PRUNED']
+    >>> prune_reason(study.trials[3])["label"]
     'Instability'
+
+The leader guard: an alerted trial whose value beats at least half of the others' at its step
+trains on (unless its loss went non-finite); ``spare_leaders=None`` turns the guard off.
+
+    >>> def leader(trial):
+    ...     trial.set_user_attr("tevid", {"version": 1, "alerts": {"Overfitting": {
+    ...         "label": "Overfitting", "step": 30, "epoch": 0, "confidence": 0.9,
+    ...         "vacuity": 0.1, "reason": "diagnosis"}}})
+    ...     trial.report(-5.0, 0)                      # better than every trial above
+    ...     return -5.0 if not trial.should_prune() else float("nan")
+    >>> study.optimize(leader, n_trials=1)
+    >>> study.trials[-1].value
+    -5.0
 """
 
 from __future__ import annotations
@@ -101,7 +120,16 @@ from tevid_hpo._optuna_private import (
     set_trial_user_attr,
 )
 from tevid_hpo.cost import CostModel, standing
-from tevid_hpo.decision import TEVID, alert_reason, check_options, check_prune_on, cost_reason
+from tevid_hpo.decision import (
+    DEFAULT_SPARE_LEADERS,
+    TEVID,
+    alert_reason,
+    check_options,
+    check_prune_on,
+    check_spare_leaders,
+    cost_reason,
+    spares,
+)
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
 
 __all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "keep_rung_places", "prune_reason",
@@ -273,6 +301,11 @@ class TEViDPruner(BasePruner):
             ``SuccessiveHalvingPruner``, for keeping a pruned trial's rung places); ``None``
             takes the wrapped Hyperband's ``max_resource`` once known (the cost rule waits
             until then).
+        spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a trial whose
+            last reported value beats at least this share of the other trials' values at the
+            same step (:func:`study_standing`) is not pruned by TEViD, except for a non-finite
+            loss; the wrapped pruner still judges it. Default 0.5 (the top half); ``None``
+            prunes on every confirmed alert.
 
     Example:
         >>> import optuna
@@ -296,7 +329,8 @@ class TEViDPruner(BasePruner):
     def __init__(self, wrapped: BasePruner | Literal["hyperband"] | None = "hyperband",
                  prune_on: Collection[str] = (INSTABILITY, OVERFITTING),
                  cost: CostModel | None = None, *, min_confidence: float = 0.0,
-                 max_resource: int | None = None) -> None:
+                 max_resource: int | None = None,
+                 spare_leaders: float | None = DEFAULT_SPARE_LEADERS) -> None:
         if isinstance(wrapped, str):
             if wrapped != "hyperband":
                 raise ValueError(f"wrapped must be a BasePruner, None or 'hyperband', "
@@ -318,6 +352,7 @@ class TEViDPruner(BasePruner):
         self._cost = cost
         self._min_confidence = float(min_confidence)
         self._max_resource = max_resource
+        self._spare_leaders = check_spare_leaders(spare_leaders)
         self._warned = False
 
     def __getnewargs_ex__(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -367,6 +402,10 @@ class TEViDPruner(BasePruner):
         """Decide for ``trial`` from its stored diagnosis, else ask the wrapped pruner."""
         self.check_study(study)
         reason = self._tevid_reason(study, trial)
+        if reason is not None and spares(reason, study_standing(study, trial)
+                                         if self._spare_leaders is not None else None,
+                                         self._spare_leaders):
+            reason = None   # a leader: only the wrapped pruner may stop it
         if reason is not None:
             self._record(study, trial, reason)
             keep_rung_places(self._wrapped, study, trial, self._max_resource)

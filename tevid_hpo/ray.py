@@ -88,12 +88,15 @@ from ray.tune.schedulers import (
 from tevid_hpo.cost import CostModel, standing
 from tevid_hpo.decision import (
     DEFAULT_PRUNE_ON,
+    DEFAULT_SPARE_LEADERS,
     TEVID,
     alert_reason,
     check_options,
     check_prune_on,
+    check_spare_leaders,
     cost_reason,
     describe,
+    spares,
 )
 from tevid_hpo.monitor import TrialMonitor
 
@@ -310,9 +313,11 @@ class _Rules:
     """The TEViD half shared by both schedulers: judge a result, keep the decision log."""
 
     def __init__(self, prune_on: Collection[str], cost: CostModel | None, min_confidence: float,
-                 max_t: float | None) -> None:
+                 max_t: float | None,
+                 spare_leaders: float | None = DEFAULT_SPARE_LEADERS) -> None:
         self.prune_on = check_prune_on(prune_on)
         self.min_confidence = check_options(cost, min_confidence)
+        self.spare_leaders = check_spare_leaders(spare_leaders)
         if cost is not None and max_t is None:
             raise ValueError("the cost rule needs the trial budget: pass max_t")
         if max_t is not None and not (isinstance(max_t, (int, float)) and max_t > 0):
@@ -327,9 +332,10 @@ class _Rules:
     def standing(self, trial: Trial, result: Mapping[str, Any], time_attr: str,
                  metric: str | None, mode: str | None) -> float | None:
         """Record ``trial``'s metric at its time step; its :func:`~tevid_hpo.cost.standing`
-        among the trials seen at that step so far (``None`` without a cost model or rival)."""
+        among the trials seen at that step so far (``None`` without a cost model or leader
+        guard, or without a rival)."""
         t, value = result.get(time_attr), result.get(metric) if metric else None
-        if (self.cost is None or mode not in ("min", "max") or t is None
+        if ((self.cost is None and self._spare() is None) or mode not in ("min", "max") or t is None
                 or not isinstance(value, (int, float)) or isinstance(value, bool)):
             return None
         peers = self.__dict__.setdefault("seen", {}).setdefault(t, {})   # old saves lack it
@@ -359,9 +365,15 @@ class _Rules:
                 logger.warning("TEViD ignores the diagnosis of trial %s (%s: %s); deferring to "
                                "the wrapped scheduler", trial.trial_id, type(err).__name__, err)
             return None
+        if reason is not None and spares(reason, standing, self._spare()):
+            return None   # a leader: only the wrapped scheduler may stop it
         if reason is not None:
             reason["report_step"] = _plain(t)
         return reason
+
+    def _spare(self) -> float | None:
+        # Schedulers saved before the leader guard existed restore without it: no guard.
+        return self.__dict__.get("spare_leaders")
 
     def stop_now(self, trial: Trial, result: Mapping[str, Any], time_attr: str,
                  metric: str | None = None, mode: str | None = None) -> bool:
@@ -498,6 +510,8 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
        ``max_t`` used: STOP when stopping is expected to be cheaper. Stopping risks the trial's
        :func:`~tevid_hpo.cost.standing` among the trials seen at the same ``time_attr`` (by
        ``metric`` and ``mode``), so a leading trial needs a surer diagnosis.
+       **Leader guard** (``spare_leaders``): neither rule stops a trial in the top share of
+       the trials seen at its ``time_attr``, unless its loss went non-finite.
     3. Otherwise :class:`~ray.tune.schedulers.HyperBandScheduler` decides (CONTINUE, PAUSE at a
        rung, STOP when halved).
 
@@ -514,6 +528,10 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
         cost: a :class:`~tevid_hpo.cost.CostModel` to also stop on the cost rule (budget
             ``max_t`` in ``time_attr`` units); ``None`` (default) stops on confirmed alerts only.
         min_confidence: ignore alerts whose probability for their label is below this.
+        spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a trial whose
+            ``metric`` beats at least this share of the trials seen at the same ``time_attr``
+            is not stopped by TEViD, except for a non-finite loss; Hyperband still judges it.
+            Default 0.5 (the top half); ``None`` stops on every confirmed alert.
 
     Example:
         >>> s = TEViDHyperband(metric="acc", mode="max", max_t=9, prune_on=("Instability",))
@@ -527,7 +545,8 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
                  mode: str | None = None, max_t: int = 81, reduction_factor: float = 3,
                  stop_last_trials: bool = True, *,
                  prune_on: Collection[str] = DEFAULT_PRUNE_ON, cost: CostModel | None = None,
-                 min_confidence: float = 0.0) -> None:
+                 min_confidence: float = 0.0,
+                 spare_leaders: float | None = DEFAULT_SPARE_LEADERS) -> None:
         # Ray checks these with bare asserts (or not at all): say which argument and what is
         # allowed instead.
         if mode not in (None, "min", "max"):
@@ -546,7 +565,7 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
         # Our own copies: Ray keeps these in private attributes only.
         self._axis = {"time_attr": time_attr, "max_t": max_t,
                       "reduction_factor": reduction_factor}
-        self._tevid = _Rules(prune_on, cost, min_confidence, max_t)
+        self._tevid = _Rules(prune_on, cost, min_confidence, max_t, spare_leaders)
         self._unsticking = False
 
     def __repr__(self) -> str:
@@ -663,7 +682,7 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
         base: the scheduler to defer to; ``None`` for FIFO (TEViD alone). Population-based
             training and ResourceChangingScheduler are rejected (they act on trials through the
             controller in ways a wrapper would hide), and so is Hyperband (use TEViDHyperband).
-        prune_on, cost, min_confidence: as :class:`TEViDHyperband`.
+        prune_on, cost, min_confidence, spare_leaders: as :class:`TEViDHyperband`.
         max_t: the trial budget in ``time_attr`` units for the cost rule; default ``base``'s
             ``max_t`` where it has one (ASHA).
 
@@ -677,7 +696,8 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
 
     def __init__(self, base: TrialScheduler | None = None, *,
                  prune_on: Collection[str] = DEFAULT_PRUNE_ON, cost: CostModel | None = None,
-                 min_confidence: float = 0.0, max_t: float | None = None) -> None:
+                 min_confidence: float = 0.0, max_t: float | None = None,
+                 spare_leaders: float | None = DEFAULT_SPARE_LEADERS) -> None:
         base = FIFOScheduler() if base is None else base
         if not isinstance(base, TrialScheduler):
             raise TypeError(f"base must be a ray.tune TrialScheduler, got {type(base)}")
@@ -693,7 +713,7 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
         if max_t is None:
             max_t = _base_setting(base, _BASE_MAX_T, "the budget max_t", None)
         self._time_axis = _time_axis(base)
-        self._tevid = _Rules(prune_on, cost, min_confidence, max_t)
+        self._tevid = _Rules(prune_on, cost, min_confidence, max_t, spare_leaders)
 
     def __repr__(self) -> str:
         return (f"TEViDScheduler(base={type(self._base).__name__}, prune_on={self.prune_on!r}, "

@@ -85,7 +85,7 @@ from smac.runhistory import TrialInfo, TrialValue
 
 from core_models.checkpoint import checkpoint_paths
 from tevid_hpo.cost import CostModel, standing
-from tevid_hpo.decision import DEFAULT_PRUNE_ON, TEVID, StopRules, describe
+from tevid_hpo.decision import DEFAULT_PRUNE_ON, DEFAULT_SPARE_LEADERS, TEVID, StopRules, describe
 from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
 from tevid_hpo.monitor import NONFINITE_LOSS, TrialMonitor
 
@@ -201,7 +201,8 @@ class TEViDTrial:
             latest = mon.last.to_dict() if mon.error is None and mon.last is not None else None
             reason = t.rules.reason(mon.alerts, latest, self._epochs_done,
                                     float(budget) if budget else None,
-                                    t._standing(self) if t.cost is not None else None)
+                                    t._standing(self) if t.cost is not None
+                                    or t.rules.spare_leaders is not None else None)
         except Exception as err:
             if not self._warned:
                 self._warned = True
@@ -287,6 +288,10 @@ class TEViDTarget:
             (default) stops on confirmed alerts only. Penalties use
             :meth:`CostModel.anomaly_probability` either way.
         min_confidence: ignore alerts whose probability for their label is below this.
+        spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a trial whose
+            last reported cost beats at least this share of the other trials' at the same
+            budget and epoch is not stopped by TEViD, except for a non-finite loss. Default 0.5;
+            ``None`` stops on every confirmed alert.
         max_budget: epochs for the cost rule when SMAC passes no ``budget``.
         monitor_kwargs: defaults for :meth:`TEViDTrial.monitor` (``every``, ``layers``, ...;
             not ``optimizer``, which is each trial's own: ``tevid.monitor(model, optimizer=opt)``).
@@ -311,7 +316,8 @@ class TEViDTarget:
                  diagnostician: Diagnostician | str | os.PathLike[str] | None = None,
                  prune_on: Collection[str] = DEFAULT_PRUNE_ON, cost: CostModel | None = None,
                  min_confidence: float = 0.0, max_budget: float | None = None,
-                 monitor_kwargs: Mapping[str, Any] | None = None) -> None:
+                 monitor_kwargs: Mapping[str, Any] | None = None,
+                 spare_leaders: float | None = DEFAULT_SPARE_LEADERS) -> None:
         if not callable(function):
             raise TypeError(f"function must be callable, got {type(function)}")
         signature = inspect.signature(function)
@@ -323,7 +329,7 @@ class TEViDTarget:
             raise ValueError(f"worst_cost must be a finite number, got {worst_cost!r}")
         #: The validated stop settings (:class:`~tevid_hpo.decision.StopRules`).
         self.rules = StopRules(tuple(prune_on) if not isinstance(prune_on, str) else prune_on,
-                               cost, min_confidence)
+                               cost, min_confidence, spare_leaders)
         self.prune_on, self.min_confidence = self.rules.prune_on, self.rules.min_confidence
         if diagnostician is not None and not isinstance(diagnostician,
                                                         (Diagnostician, str, os.PathLike)):

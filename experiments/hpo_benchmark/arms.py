@@ -13,6 +13,7 @@ from optuna.pruners import HyperbandPruner, MedianPruner, NopPruner, SuccessiveH
 
 from experiments.hpo_benchmark.curve_tcn import CurveTCNDetector, CurveTCNPruner
 from experiments.hpo_benchmark.stoppers import CHEAP, PFN
+from tevid_hpo.decision import DEFAULT_SPARE_LEADERS
 from tevid_hpo.pruners import TEViDPruner
 
 #: Display names of who stopped a trial (prune reasons and pruner classes map onto these).
@@ -73,6 +74,7 @@ def optuna_strategies(cfg: DictConfig, detector: CurveTCNDetector | None,
           "max_resource": int(cfg.problem.max_epochs),
           "reduction_factor": int(cfg.hyperband.reduction_factor)}
     prune_on = tuple(cfg.tevid.prune_on)
+    spare = spare_leaders(cfg)
     bases: dict[str, Callable[[], Any]] = {
         "Median": lambda: MedianPruner(**cfg.median),
         "Successive halving": lambda: SuccessiveHalvingPruner(
@@ -91,13 +93,30 @@ def optuna_strategies(cfg: DictConfig, detector: CurveTCNDetector | None,
                 f"{base} + {SIGNAL_NAMES[signal]}", "optuna",
                 lambda make=make: TEViDPruner(make(), prune_on=prune_on,
                                               min_confidence=float(cfg.tevid.min_confidence),
-                                              max_resource=hb["max_resource"]),
+                                              max_resource=hb["max_resource"],
+                                              spare_leaders=spare),
                 monitored=signal == "tevid", reference=base, signal=signal, base=base))
         if base == HYPERBAND and detector is not None:
             out.append(Strategy("Hyperband + Curve-TCN", "optuna",
                                 lambda: CurveTCNPruner(**hb, prune_on=prune_on), curve=True,
                                 signal="curve", reference=base, base=base))
     return out
+
+
+def spare_leaders(cfg: DictConfig) -> float | None:
+    """The leader guard every signal's arm uses (``tevid.spare_leaders``; absent: the product
+    default, :data:`~tevid_hpo.decision.DEFAULT_SPARE_LEADERS`).
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> spare_leaders(OmegaConf.create({"tevid": {"spare_leaders": None}})) is None
+        True
+    """
+    tevid = cfg.get("tevid") or {}
+    if "spare_leaders" not in tevid:
+        return DEFAULT_SPARE_LEADERS
+    value = tevid["spare_leaders"]
+    return None if value is None else float(value)
 
 
 def _listed(cfg: DictConfig, key: str, default: list[str]) -> list[str]:
@@ -135,6 +154,7 @@ def ray_strategies(cfg: DictConfig) -> list[Strategy]:
     max_t, eta = int(cfg.problem.max_epochs), int(cfg.hyperband.reduction_factor)
     prune_on = tuple(cfg.tevid.prune_on)
     conf = float(cfg.tevid.min_confidence)
+    spare = spare_leaders(cfg)
 
     def asha() -> Any:
         return ASHAScheduler(metric=metric, mode=mode, max_t=max_t,
@@ -152,11 +172,11 @@ def ray_strategies(cfg: DictConfig) -> list[Strategy]:
                 reference=base, base=base))
             wrapped = lambda: TEViDHyperband(
                 metric=metric, mode=mode, max_t=max_t, reduction_factor=eta, prune_on=prune_on,
-                min_confidence=conf)
+                min_confidence=conf, spare_leaders=spare)
         elif base == RAY_ASHA:
             out.append(Strategy(base, "ray", asha, reference=base, base=base))
             wrapped = lambda: TEViDScheduler(asha(), prune_on=prune_on,
-                                             min_confidence=conf)
+                                             min_confidence=conf, spare_leaders=spare)
         else:
             raise ValueError(f"ray.bases: unknown base {base!r}; use {RAY_HYPERBAND!r}, "
                              f"{RAY_ASHA!r}")

@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from core_models.metrics import ConfidenceInterval
-from experiments.hpo_benchmark.arms import HYPERBAND, Strategy
+from experiments.hpo_benchmark.arms import HYPERBAND, Strategy, spare_leaders
 from experiments.hpo_benchmark.problem import Problem
 from experiments.hpo_benchmark.replay import Event, TrialOutcome
 from experiments.hpo_benchmark.stats import _paired_delta
@@ -206,12 +206,19 @@ def render_section(cfg: DictConfig, summary: Mapping[str, Any], verdicts: Sequen
         "",
         *verdicts,
         "",
-        (f"Diagnostician: {diag_source}. Curve-TCN: {curve_source or 'skipped (no corpus)'}. "
+        (f"Diagnostician: {diag_source}. Leader guard of every signal's arm (a signal does not "
+         f"stop a trial beating this share of its rivals at its step, except a non-finite "
+         f"loss): {_guard(cfg)}. Curve-TCN: {curve_source or 'skipped (no corpus)'}. "
          f"Paper (ResNet-34 / CIFAR-100, 64 trials, ≤ 150 epochs): {paper}."),
     ]
     if figure:
         parts += ["", f"![best validation accuracy vs cumulative epochs]({figure})"]
     return "\n".join(parts)
+
+
+def _guard(cfg: DictConfig) -> str:
+    spare = spare_leaders(cfg)
+    return "off" if spare is None else f"spare_leaders = {spare:g}"
 
 
 def _json_ready(value: Any) -> Any:

@@ -25,7 +25,15 @@ from torch import nn
 
 from data_factory.labels import INSTABILITY, OVERFITTING
 from tevid_hpo.cost import CostModel, standing
-from tevid_hpo.decision import alert_reason, check_options, check_prune_on, cost_reason
+from tevid_hpo.decision import (
+    DEFAULT_SPARE_LEADERS,
+    alert_reason,
+    check_options,
+    check_prune_on,
+    check_spare_leaders,
+    cost_reason,
+    spares,
+)
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import TrialMonitor
 from tevid_hpo.pruners import study_standing
@@ -69,6 +77,10 @@ class TEViDHook:
             :class:`~tevid_hpo.pruners.TEViDPruner`).
         min_confidence: ignore alerts less confident than this.
         every: capture cadence in steps (``None``: the diagnostician's).
+        spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a candidate whose
+            validation accuracy beats at least this share of its rivals' at the same epoch
+            (:meth:`standing`) is not stopped, except for a non-finite loss. Default 0.5;
+            ``None`` stops on every confirmed alert.
 
     Example:
         >>> import warnings
@@ -82,12 +94,14 @@ class TEViDHook:
     def __init__(self, diagnostician: Diagnostician | str | os.PathLike[str] | None = None,
                  prune_on: Collection[str] = (INSTABILITY, OVERFITTING),
                  cost: CostModel | None = None, *, min_confidence: float = 0.0,
-                 every: int | None = None) -> None:
+                 every: int | None = None,
+                 spare_leaders: float | None = DEFAULT_SPARE_LEADERS) -> None:
         if diagnostician is None or isinstance(diagnostician, (str, os.PathLike)):
             diagnostician = Diagnostician.from_pretrained(diagnostician, device="cpu")
         self.diagnostician = diagnostician
         self.prune_on = check_prune_on(prune_on)
         self.min_confidence = check_options(cost, min_confidence)
+        self.spare_leaders = check_spare_leaders(spare_leaders)
         self.cost = cost
         self.every = every
         self._curves: list[list[float]] = []
@@ -152,12 +166,18 @@ class TEViDHook:
         """
         reason = (alert_reason(monitor.alerts, self.prune_on, self.min_confidence)
                   if monitor.alert is not None else None)
+
+        def rank() -> float | None:
+            trial = getattr(monitor, "trial", None)
+            study = getattr(trial, "study", None)
+            return study_standing(study, trial) if study is not None else self.standing(curve)
+
         # A monitor that failed has no trustworthy latest diagnosis: alerts only.
         if (reason is None and self.cost is not None and use_cost and monitor.error is None
                 and monitor.last is not None):
-            trial = getattr(monitor, "trial", None)
-            study = getattr(trial, "study", None)
-            rank = study_standing(study, trial) if study is not None else self.standing(curve)
             reason = cost_reason(self.cost, monitor.last.to_dict(), epochs_done, epochs_max,
-                                 self.prune_on, rank)
+                                 self.prune_on, rank())
+        if reason is not None and self.spare_leaders is not None \
+                and spares(reason, rank(), self.spare_leaders):
+            return None   # a leading candidate trains on
         return reason
