@@ -290,6 +290,10 @@ class StopRules:
         reason = alert_reason(alerts, self.prune_on, self.min_confidence)
         if reason is None and self.cost is not None and latest is not None and budget:
             reason = cost_reason(self.cost, latest, done, budget, self.prune_on, standing)
-        if reason is not None and spares(reason, standing, self.spare_leaders):
+        if reason is not None and self.spares(reason, standing):
             return None
         return reason
+
+    def spares(self, reason: Mapping[str, Any], standing: float | None) -> bool:
+        """:func:`spares` with this guard: whether a trial at ``standing`` escapes ``reason``."""
+        return spares(reason, standing, self.spare_leaders)

@@ -120,16 +120,7 @@ from tevid_hpo._optuna_private import (
     set_trial_user_attr,
 )
 from tevid_hpo.cost import CostModel, standing
-from tevid_hpo.decision import (
-    DEFAULT_SPARE_LEADERS,
-    TEVID,
-    alert_reason,
-    check_options,
-    check_prune_on,
-    check_spare_leaders,
-    cost_reason,
-    spares,
-)
+from tevid_hpo.decision import DEFAULT_SPARE_LEADERS, TEVID, StopRules, alert_reason, cost_reason
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
 
 __all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "keep_rung_places", "prune_reason",
@@ -340,8 +331,8 @@ class TEViDPruner(BasePruner):
             raise TypeError(f"wrapped must be an optuna BasePruner or None, got {type(wrapped)}")
         if isinstance(wrapped, TEViDPruner):
             raise TypeError("wrapping a TEViDPruner in a TEViDPruner checks every alert twice")
-        labels = check_prune_on(prune_on)
-        min_confidence = check_options(cost, min_confidence)
+        rules = StopRules(prune_on, cost, min_confidence, spare_leaders)   # validates all four
+        labels, min_confidence = rules.prune_on, rules.min_confidence
         if max_resource is not None and (isinstance(max_resource, bool) or not isinstance(
                 max_resource, int) or max_resource < 1):
             raise ValueError(f"max_resource must be None or an int >= 1, got {max_resource!r}")
@@ -352,7 +343,7 @@ class TEViDPruner(BasePruner):
         self._cost = cost
         self._min_confidence = float(min_confidence)
         self._max_resource = max_resource
-        self._spare_leaders = check_spare_leaders(spare_leaders)
+        self._rules = rules
         self._warned = False
 
     def __getnewargs_ex__(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -402,9 +393,8 @@ class TEViDPruner(BasePruner):
         """Decide for ``trial`` from its stored diagnosis, else ask the wrapped pruner."""
         self.check_study(study)
         reason = self._tevid_reason(study, trial)
-        if reason is not None and spares(reason, study_standing(study, trial)
-                                         if self._spare_leaders is not None else None,
-                                         self._spare_leaders):
+        if reason is not None and self._rules.spare_leaders is not None \
+                and self._rules.spares(reason, study_standing(study, trial)):
             reason = None   # a leader: only the wrapped pruner may stop it
         if reason is not None:
             self._record(study, trial, reason)

@@ -86,18 +86,7 @@ from ray.tune.schedulers import (
 )
 
 from tevid_hpo.cost import CostModel, standing
-from tevid_hpo.decision import (
-    DEFAULT_PRUNE_ON,
-    DEFAULT_SPARE_LEADERS,
-    TEVID,
-    alert_reason,
-    check_options,
-    check_prune_on,
-    check_spare_leaders,
-    cost_reason,
-    describe,
-    spares,
-)
+from tevid_hpo.decision import DEFAULT_PRUNE_ON, DEFAULT_SPARE_LEADERS, TEVID, StopRules, describe
 from tevid_hpo.monitor import TrialMonitor
 
 if TYPE_CHECKING:
@@ -315,9 +304,8 @@ class _Rules:
     def __init__(self, prune_on: Collection[str], cost: CostModel | None, min_confidence: float,
                  max_t: float | None,
                  spare_leaders: float | None = DEFAULT_SPARE_LEADERS) -> None:
-        self.prune_on = check_prune_on(prune_on)
-        self.min_confidence = check_options(cost, min_confidence)
-        self.spare_leaders = check_spare_leaders(spare_leaders)
+        self.rules = StopRules(prune_on, cost, min_confidence, spare_leaders)   # validated
+        self.prune_on, self.min_confidence = self.rules.prune_on, self.rules.min_confidence
         if cost is not None and max_t is None:
             raise ValueError("the cost rule needs the trial budget: pass max_t")
         if max_t is not None and not (isinstance(max_t, (int, float)) and max_t > 0):
@@ -335,7 +323,7 @@ class _Rules:
         among the trials seen at that step so far (``None`` without a cost model or leader
         guard, or without a rival)."""
         t, value = result.get(time_attr), result.get(metric) if metric else None
-        if ((self.cost is None and self._spare() is None) or mode not in ("min", "max") or t is None
+        if ((self.cost is None and self._stop_rules().spare_leaders is None) or mode not in ("min", "max") or t is None
                 or not isinstance(value, (int, float)) or isinstance(value, bool)):
             return None
         peers = self.__dict__.setdefault("seen", {}).setdefault(t, {})   # old saves lack it
@@ -350,13 +338,13 @@ class _Rules:
             return None   # not a monitored trainable: the wrapped scheduler alone decides
         t = result.get(time_attr)
         try:
-            reason = alert_reason(_alerts_from(result), self.prune_on, self.min_confidence)
             # A failed monitor's latest diagnosis is stale: only alerts confirmed before the
-            # failure still count (as in TEViDPruner).
-            if (reason is None and self.cost is not None and t is not None
-                    and not result.get("tevid_error")):
-                reason = cost_reason(self.cost, _latest_from(result), t, self.max_t,
-                                     self.prune_on, standing)
+            # failure still count (as in TEViDPruner); without a cost rule it is not read.
+            # The rules end with the leader guard.
+            stale = t is None or bool(result.get("tevid_error")) or self.cost is None
+            reason = self._stop_rules().reason(_alerts_from(result),
+                                               None if stale else _latest_from(result),
+                                               t or 0, self.max_t, standing)
         except Exception as err:
             # A scheduler exception would end the whole experiment: judge by the wrapped
             # scheduler alone instead, and say so once.
@@ -365,15 +353,16 @@ class _Rules:
                 logger.warning("TEViD ignores the diagnosis of trial %s (%s: %s); deferring to "
                                "the wrapped scheduler", trial.trial_id, type(err).__name__, err)
             return None
-        if reason is not None and spares(reason, standing, self._spare()):
-            return None   # a leader: only the wrapped scheduler may stop it
         if reason is not None:
             reason["report_step"] = _plain(t)
         return reason
 
-    def _spare(self) -> float | None:
-        # Schedulers saved before the leader guard existed restore without it: no guard.
-        return self.__dict__.get("spare_leaders")
+    def _stop_rules(self) -> StopRules:
+        # Schedulers saved before the leader guard existed restore without these rules: the
+        # rules they were built with, no guard.
+        if "rules" not in self.__dict__:
+            self.rules = StopRules(self.prune_on, self.cost, self.min_confidence, None)
+        return self.rules
 
     def stop_now(self, trial: Trial, result: Mapping[str, Any], time_attr: str,
                  metric: str | None = None, mode: str | None = None) -> bool:

@@ -25,15 +25,7 @@ from torch import nn
 
 from data_factory.labels import INSTABILITY, OVERFITTING
 from tevid_hpo.cost import CostModel, standing
-from tevid_hpo.decision import (
-    DEFAULT_SPARE_LEADERS,
-    alert_reason,
-    check_options,
-    check_prune_on,
-    check_spare_leaders,
-    cost_reason,
-    spares,
-)
+from tevid_hpo.decision import DEFAULT_SPARE_LEADERS, StopRules, alert_reason, cost_reason
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import TrialMonitor
 from tevid_hpo.pruners import study_standing
@@ -99,9 +91,9 @@ class TEViDHook:
         if diagnostician is None or isinstance(diagnostician, (str, os.PathLike)):
             diagnostician = Diagnostician.from_pretrained(diagnostician, device="cpu")
         self.diagnostician = diagnostician
-        self.prune_on = check_prune_on(prune_on)
-        self.min_confidence = check_options(cost, min_confidence)
-        self.spare_leaders = check_spare_leaders(spare_leaders)
+        #: The validated stop settings (:class:`~tevid_hpo.decision.StopRules`).
+        self.rules = StopRules(prune_on, cost, min_confidence, spare_leaders)
+        self.prune_on, self.min_confidence = self.rules.prune_on, self.rules.min_confidence
         self.cost = cost
         self.every = every
         self._curves: list[list[float]] = []
@@ -177,7 +169,7 @@ class TEViDHook:
                 and monitor.last is not None):
             reason = cost_reason(self.cost, monitor.last.to_dict(), epochs_done, epochs_max,
                                  self.prune_on, rank())
-        if reason is not None and self.spare_leaders is not None \
-                and spares(reason, rank(), self.spare_leaders):
+        if reason is not None and self.rules.spare_leaders is not None \
+                and self.rules.spares(reason, rank()):
             return None   # a leading candidate trains on
         return reason
