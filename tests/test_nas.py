@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import contested_belief, recording, train_step
 
-from data_factory.labels import INSTABILITY
+from data_factory.labels import INSTABILITY, OVERFITTING
 from tevid_hpo.cost import CostModel
 from tevid_hpo.diagnostician import Diagnosis, Diagnostician
 from tevid_hpo.monitor import NONFINITE_LOSS, USER_ATTR
@@ -200,6 +200,25 @@ def test_hook_cost_rule_spares_the_leading_candidate_at_a_belief_that_stops_a_tr
     trailing = hook.check(monitor(0.1), 1.5, 5)
     assert trailing["rule"] == "cost" and trailing["standing"] == 0.0
     assert hook.check(monitor(0.9), 1.5, 5) is None       # beats all 3 rivals: standing 1
+
+
+@pytest.mark.filterwarnings("ignore")   # the untrained "tiny" model: check() never runs it
+def test_hook_leader_guard_spares_an_alerted_leading_candidate():
+    overfit = {"label": OVERFITTING, "step": 20, "epoch": 0, "confidence": 0.9, "vacuity": 0.1,
+               "reason": "diagnosis"}
+    mon = SimpleNamespace(alert=OVERFITTING, alerts={OVERFITTING: overfit}, last=None,
+                          error=None, trial=None)
+    guarded, unguarded = TEViDHook("tiny"), TEViDHook("tiny", spare_leaders=None)
+    for hook in (guarded, unguarded):
+        hook.record([0.5])
+        hook.record([0.4])
+    assert guarded.check(mon, 1.0, 5, curve=[0.1])["label"] == OVERFITTING   # trails
+    assert guarded.check(mon, 1.0, 5, curve=[0.9]) is None                   # leads: spared
+    assert unguarded.check(mon, 1.0, 5, curve=[0.9])["label"] == OVERFITTING
+    nan = overfit | {"label": INSTABILITY, "confidence": 1.0, "reason": NONFINITE_LOSS}
+    dead = SimpleNamespace(alert=INSTABILITY, alerts={INSTABILITY: nan}, last=None, error=None,
+                           trial=None)
+    assert guarded.check(dead, 1.0, 5, curve=[0.9])["reason"] == NONFINITE_LOSS
 
 
 def test_standalone_hook_weighs_the_candidates_it_watched_before():

@@ -298,7 +298,7 @@ def test_leader_guard_spares_an_alerted_leader_until_it_falls_behind(direction, 
     overfit = diagnosis([alert(OVERFITTING, step=20)])
     nan = diagnosis([alert(INSTABILITY, step=20, confidence=1.0, reason=NONFINITE_LOSS)])
     leader, trailer, dead = running(lead, overfit), running(trail, overfit), running(lead, nan)
-    frozen = lambda n: study.get_trials(deepcopy=False)[n]      # noqa: E731
+    frozen = lambda n: study.get_trials(deepcopy=False)[n]
     guarded, unguarded = TEViDPruner(None), TEViDPruner(None, spare_leaders=None)
     assert guarded.prune(study, frozen(leader)) is False        # beats the 3 rivals (+ trailer)
     assert prune_reason(study.trials[leader]) is None

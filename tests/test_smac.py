@@ -18,7 +18,7 @@ from ray import cloudpickle
 from smac import MultiFidelityFacade, Scenario
 
 from data_factory.architectures import small_cnn
-from data_factory.labels import INSTABILITY
+from data_factory.labels import INSTABILITY, OVERFITTING
 from tevid_hpo import smac as smac_module
 from tevid_hpo.cost import CostModel
 from tevid_hpo.diagnostician import Diagnostician
@@ -131,6 +131,38 @@ def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(mon
     assert stop(0.9)["standing"] == 0.0           # trailing
     assert stop(0.1) is None                      # beats all 3: spared
     assert stop(0.1, budget=9)["standing"] is None   # other budgets are not rivals
+
+
+@pytest.mark.parametrize("spare_leaders, leader_stops", [(0.5, False), (None, True)])
+def test_leader_guard_spares_an_alerted_leader_but_not_a_nan_loss(monkeypatch, spare_leaders,
+                                                                 leader_stops):
+    overfit = {"label": OVERFITTING, "step": 20, "epoch": 0, "confidence": 0.9, "vacuity": 0.1,
+               "reason": "diagnosis"}
+    nan = overfit | {"label": INSTABILITY, "confidence": 1.0, "reason": NONFINITE_LOSS}
+
+    def train(config, budget: float = 3, *, tevid):
+        alerts = {config["alert"]["label"]: config["alert"]} if config["alert"] else {}
+        monkeypatch.setattr(smac_module, "TrialMonitor", lambda model, diagnostician, **kw:
+                            SimpleNamespace(alert=next(iter(alerts), None), alerts=alerts,
+                                            last=None, error=None, history=[]))
+        tevid.monitor(None)
+        tevid.report(config["error"], epoch=0)
+        if tevid.should_stop():
+            raise TrialStopped()
+        return config["error"]
+
+    target = TEViDTarget(train, worst_cost=1.0, diagnostician="never/loaded",
+                         spare_leaders=spare_leaders)
+    monkeypatch.setattr(target, "diagnostician", lambda: None)
+
+    def stop(error, alert):
+        return target({"error": error, "alert": alert}, budget=3)[1]["tevid"].get("stop")
+
+    for error in (0.5, 0.6):
+        stop(error, None)                                 # two rivals, no alert
+    assert stop(0.9, overfit)["label"] == OVERFITTING     # trails: stopped
+    assert (stop(0.1, overfit) is not None) is leader_stops   # leads all three
+    assert stop(0.05, nan)["reason"] == NONFINITE_LOSS    # a NaN loss stops whatever its rank
 
 
 def test_a_monitor_failure_never_fails_the_trial(toy_checkpoint, digits_data):
