@@ -12,7 +12,8 @@ What is stored, and who may read it:
   ``clean_acc``/``poisoned_acc`` for concept-bias runs). Validation curves are privileged for TEViD, which never sees them.
 * ``arrays.safetensors`` — per-sample probe correctness for the forgetting (McNemar) and concept
   bias (logistic regression) rules.
-* ``meta.json`` — the run spec, the intervention record, ``privileged_columns``, timings.
+* ``meta.json`` — the run spec, the intervention record, ``privileged_columns``, timings (and
+  ``privacy``, the mechanism's report, for a run captured in DP mode: :func:`execute_run`).
 
 Example:
     >>> import tempfile
@@ -29,8 +30,9 @@ import logging
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +49,9 @@ from data_factory.recipes import (Recipe, build_recipe_optimizer, lr_factors, lr
                                   recipe_family, sample_recipe)
 from data_factory.store import RunStore
 from data_factory.validated import Draw, draw_validated
+
+if TYPE_CHECKING:
+    from data_factory.privacy import DPTelemetry
 
 logger = logging.getLogger(__name__)
 
@@ -156,18 +161,44 @@ def _bias_probe(data: TensorData, modality: str, rng: np.random.Generator
     return add_shortcut(data.x_val.clone(), marks, modality), agree
 
 
-def execute_run(spec: RunSpec, store: RunStore, overwrite: bool = False) -> dict[str, Any]:
+#: Builds the run's :class:`~data_factory.privacy.DPTelemetry` from its training-set size ``N``
+#: (``n_train``, known only once the intervention has chosen the training subset): the sampling
+#: rate of the accountant is ``q = B/N``.
+PrivacyFactory = Callable[[int], "DPTelemetry"]
+
+
+def execute_run(spec: RunSpec, store: RunStore, overwrite: bool = False, *,
+                privacy: PrivacyFactory | None = None) -> dict[str, Any]:
     """Run ``spec`` and publish it in ``store``; returns a summary row for the corpus index.
 
     Exceptions inside training are caught: nothing is published and the row says
     ``status="failed"`` with the error, so a corpus build goes on.
+
+    ``privacy`` captures the run in DP mode (``docs/privacy.md``): it is called once with the
+    run's training-set size and returns the run's own :class:`~data_factory.privacy.DPTelemetry`;
+    the frames are then noised maps (without the raw per-layer ``stats``), and ``meta.json`` gains
+    ``privacy``, the mechanism's :meth:`~data_factory.privacy.DPTelemetry.report`. Training is
+    the same run either way (the noise has its own generator), so a DP re-run of a corpus run
+    keeps its labels. Models with BatchNorm fail (they mix the samples of a batch).
+
+    Example:
+        >>> import tempfile
+        >>> from data_factory.privacy import DPTelemetry
+        >>> spec = RunSpec("dp", "train", "mlp", "tabular", "adamw", "healthy", epochs=1, every=5,
+        ...                frame_size=16, lyapunov_every=0)
+        >>> store = RunStore(tempfile.mkdtemp())
+        >>> row = execute_run(spec, store, privacy=lambda n: DPTelemetry(1.0, 8.0,
+        ...                   dataset_size=n, seed=0))
+        >>> p = store.load("dp").meta["privacy"]
+        >>> row["status"], p["compositions"] == row["n_frames"], p["epsilon"] > 0
+        ('ok', True, True)
     """
     start = time.perf_counter()
     row: dict[str, Any] = {"run_id": spec.run_id, "split": spec.split, "arch": spec.arch,
                            "dataset": spec.dataset, "optimizer": spec.optimizer,
                            "intervention": spec.intervention, "seed": spec.seed}
     try:
-        row.update(_train(spec, store, overwrite))
+        row.update(_train(spec, store, overwrite, privacy))
         row["status"] = "ok"
     except Exception as err:  # a crashing run must not stop the corpus
         logger.error("run %s failed: %s", spec.run_id, err)
@@ -177,7 +208,8 @@ def execute_run(spec: RunSpec, store: RunStore, overwrite: bool = False) -> dict
     return row
 
 
-def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
+def _train(spec: RunSpec, store: RunStore, overwrite: bool,
+           privacy: PrivacyFactory | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     proc_arch, proc_opt = family_of(spec.arch), recipe_family(spec.optimizer)
     arch_family = proc_arch or ARCHITECTURES[spec.arch].family
@@ -262,13 +294,18 @@ def _train(spec: RunSpec, store: RunStore, overwrite: bool) -> dict[str, Any]:
         meta["recipe"] = asdict(recipe)
     if draw is not None:
         meta["draw"] = {"attempt": draw.attempt, "accepted": draw.accepted, "probes": draw.probes}
+    # The protected data set is the training subset the batches are drawn from: q = B/n_train.
+    dp = privacy(n_train) if privacy is not None else None
+    # Raw per-layer stats are un-noised, so DP mode records none (StateCapture refuses both).
     with store.create(spec.run_id, meta, overwrite=overwrite) as writer, \
-            StateCapture(model, every=spec.every, frame_size=spec.frame_size, stats=True) as cap:
+            StateCapture(model, every=spec.every, frame_size=spec.frame_size, stats=dp is None,
+                         privacy=dp) as cap:
         summary = _loop(spec, model, optimizer, iv, plan, data, x_train, y_train, writer, cap, probe,
                         gen, steps_per_epoch, total_steps, switch_epoch, modality, bias_inputs,
                         recipe)
+        private = {} if dp is None else {"privacy": dp.report().to_dict()}
         writer.update_meta(layers=list(cap.layers), seconds=round(time.perf_counter() - started, 2),
-                           **summary)
+                           **summary, **private)
     return {"n_frames": summary["n_frames"], "epochs_run": summary["epochs_run"],
             "final_val_acc": summary["final_val_acc"], "diverged_step": summary["diverged_step"],
             "family": iv.family, "novel": iv.novel}
