@@ -24,7 +24,7 @@ Example:
     >>> item = ClipDataset([SimpleNamespace(frames=frames, steps=steps)], window=3,
     ...                    telemetry=True)[0]
     >>> tuple(item["clips"].shape), tuple(item["telemetry"].shape)
-    ((3, 6, 8, 8), (3, 11))
+    ((3, 6, 8, 8), (3, 13))
 """
 
 from __future__ import annotations

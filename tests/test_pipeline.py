@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from core_models.telemetry import capture_scalars
+from core_models.telemetry import NUM_FEATURES, capture_scalars
 from data_factory.runner import RunSpec, execute_run
 from data_factory.store import RunStore
 from experiments.factory import corpus_index
@@ -96,8 +96,8 @@ def test_pipeline_on_tiny_corpus(tmp_path, monkeypatch):
     conf.merge_with({"out": str(tmp_path / "models_tele"), "telemetry": True, "ablations": True,
                      "scratch": False, "burn_in_grid": []})
     tele = run_pipeline(conf)
-    expected = {"tevid_mae": 11, "tevid_act": 0, "tevid_grad": 0, "tevid_frames": 0,
-                "tevid_scalars": 11}
+    expected = {"tevid_mae": NUM_FEATURES, "tevid_act": 0, "tevid_grad": 0, "tevid_frames": 0,
+                "tevid_scalars": NUM_FEATURES}
     run = store.load(store.list()[0])
     scalars = capture_scalars(run.steps, run.frames.steps)
     for variant, n_features in expected.items():
