@@ -99,9 +99,10 @@ trains on (unless its loss went non-finite); ``spare_leaders=None`` turns the gu
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal
 
 import optuna
@@ -392,9 +393,11 @@ class TEViDPruner(BasePruner):
     def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
         """Decide for ``trial`` from its stored diagnosis, else ask the wrapped pruner."""
         self.check_study(study)
-        reason = self._tevid_reason(study, trial)
+        # The cost rule and the leader guard both weigh the standing: read the study once.
+        standing = functools.cache(lambda: study_standing(study, trial))
+        reason = self._tevid_reason(trial, standing)
         if reason is not None and self._rules.spare_leaders is not None \
-                and self._rules.spares(reason, study_standing(study, trial)):
+                and self._rules.spares(reason, standing()):
             reason = None   # a leader: only the wrapped pruner may stop it
         if reason is not None:
             self._record(study, trial, reason)
@@ -410,7 +413,7 @@ class TEViDPruner(BasePruner):
         return True
 
     # ------------------------------------------------------------------ internals
-    def _tevid_reason(self, study: optuna.study.Study, trial: FrozenTrial
+    def _tevid_reason(self, trial: FrozenTrial, standing: Callable[[], float | None]
                       ) -> dict[str, Any] | None:
         state = trial.user_attrs.get(USER_ATTR)
         if state is None:
@@ -420,7 +423,7 @@ class TEViDPruner(BasePruner):
                 raise ValueError(f"unknown {USER_ATTR!r} attribute layout")
             reason = self._alert_reason(state)
             if reason is None and self._cost is not None and ERROR_ATTR not in trial.user_attrs:
-                reason = self._cost_reason(state, study, trial)
+                reason = self._cost_reason(state, trial, standing)
         except Exception as err:
             # A malformed attribute must not fail the trial: judge it by `wrapped` alone.
             if not self._warned:
@@ -436,13 +439,13 @@ class TEViDPruner(BasePruner):
     def _alert_reason(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
         return alert_reason(state.get("alerts", {}), self._prune_on, self._min_confidence)
 
-    def _cost_reason(self, state: Mapping[str, Any], study: optuna.study.Study,
-                     trial: FrozenTrial) -> dict[str, Any] | None:
+    def _cost_reason(self, state: Mapping[str, Any], trial: FrozenTrial,
+                     standing: Callable[[], float | None]) -> dict[str, Any] | None:
         budget = self._budget()
         if budget is None or trial.last_step is None or self._cost is None:
             return None
         return cost_reason(self._cost, state.get("latest"), trial.last_step + 1, budget,
-                           self._prune_on, study_standing(study, trial))
+                           self._prune_on, standing())
 
     def _budget(self) -> int | None:
         if self._max_resource is not None:

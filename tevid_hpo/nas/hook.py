@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -159,6 +160,7 @@ class TEViDHook:
         reason = (alert_reason(monitor.alerts, self.prune_on, self.min_confidence)
                   if monitor.alert is not None else None)
 
+        @functools.cache   # the cost rule and the leader guard both weigh it: compute once
         def rank() -> float | None:
             trial = getattr(monitor, "trial", None)
             study = getattr(trial, "study", None)
