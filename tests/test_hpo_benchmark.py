@@ -510,3 +510,36 @@ def test_the_text_task_builds_the_external_gru_and_warms_up():
     assert problem.lr_factor(3 * spe - 1, spe) < problem.lr_factor(2 * spe, spe)  # cosine
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         hb.load_config(["task=nope"])
+
+
+def test_curve_tcn_pruner_spares_a_leader_as_the_tevid_arms_do():
+    # The Curve-TCN arm is compared with the TEViD arms under one stop rule: the leader guard.
+    from experiments.hpo_benchmark.curve_tcn import CURVE_ATTR, CurveTCNPruner
+    from tevid_hpo.pruners import prune_reason
+
+    _quiet_optuna()
+    study = optuna.create_study(direction="maximize")
+    for _ in range(3):   # finished rivals, mid-field at step 2
+        study.add_trial(optuna.trial.create_trial(value=0.5, intermediate_values={2: 0.5}))
+    alerted = {"alerts": {"Overfitting": {"step": 20, "epoch": 2}}}
+
+    def running(value):
+        t = study.ask()
+        t.set_user_attr(CURVE_ATTR, alerted)
+        t.report(value, 2)
+        return t.number
+
+    leader, trailer = running(0.9), running(0.1)
+    frozen = lambda n: study.get_trials(deepcopy=False)[n]   # noqa: E731
+    hyperband = dict(min_resource=1, max_resource=9, reduction_factor=3)
+    guarded, unguarded = CurveTCNPruner(**hyperband), CurveTCNPruner(**hyperband,
+                                                                     spare_leaders=None)
+    assert guarded.prune(study, frozen(trailer)) is True
+    assert prune_reason(study.trials[trailer])["pruner"] == "CurveTCN"
+    assert prune_reason(study.trials[leader]) is None
+    guarded.prune(study, frozen(leader))   # Hyperband may stop it; the alert may not
+    assert (prune_reason(study.trials[leader]) or {}).get("pruner") != "CurveTCN"
+    assert unguarded.prune(study, frozen(leader)) is True
+    assert prune_reason(study.trials[leader])["pruner"] == "CurveTCN"
+    with pytest.raises(ValueError, match="spare_leaders"):
+        CurveTCNPruner(**hyperband, spare_leaders=0)

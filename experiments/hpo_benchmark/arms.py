@@ -98,7 +98,8 @@ def optuna_strategies(cfg: DictConfig, detector: CurveTCNDetector | None,
                 monitored=signal == "tevid", reference=base, signal=signal, base=base))
         if base == HYPERBAND and detector is not None:
             out.append(Strategy("Hyperband + Curve-TCN", "optuna",
-                                lambda: CurveTCNPruner(**hb, prune_on=prune_on), curve=True,
+                                lambda: CurveTCNPruner(**hb, prune_on=prune_on,
+                                                       spare_leaders=spare), curve=True,
                                 signal="curve", reference=base, base=base))
     return out
 

@@ -29,8 +29,9 @@ from data_factory.labelers.rules import RunLabel
 from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS, sets_operating_points
 from experiments.hpo_benchmark.config import _say
 from experiments.hpo_benchmark.record import TrialRecording, _write_atomic
-from tevid_hpo.decision import DEFAULT_PRUNE_ON, check_prune_on
-from tevid_hpo.pruners import keep_rung_places, record_prune_reason
+from tevid_hpo.decision import (DEFAULT_PRUNE_ON, DEFAULT_SPARE_LEADERS, check_prune_on,
+                                check_spare_leaders, spares)
+from tevid_hpo.pruners import keep_rung_places, record_prune_reason, study_standing
 
 #: Trial user attribute with the Curve-TCN's confirmed alerts (read by :class:`CurveTCNPruner`).
 CURVE_ATTR = "curve_tcn"
@@ -204,17 +205,23 @@ class CurveTCNPruner(HyperbandPruner):
     {...}}}`` and the pruner decides from the stored attribute. Reasons are recorded where
     :func:`tevid_hpo.pruners.prune_reason` reads them, with ``pruner="CurveTCN"``.
 
+    The alert passes the same leader guard as the TEViD arms (``spare_leaders``,
+    :func:`tevid_hpo.decision.spares`): a trial whose value at its step beats that share of its
+    rivals' is left to Hyperband, so the two signals are compared under one stop rule.
+
     Example:
         >>> p = CurveTCNPruner(min_resource=1, max_resource=9, reduction_factor=3)
-        >>> isinstance(p, HyperbandPruner), p.prune_on
-        (True, ('Instability', 'Overfitting'))
+        >>> isinstance(p, HyperbandPruner), p.prune_on, p.spare_leaders
+        (True, ('Instability', 'Overfitting'), 0.5)
     """
 
     def __init__(self, min_resource: int = 1, max_resource: int = 27,
-                 reduction_factor: int = 3, prune_on: Sequence[str] = DEFAULT_PRUNE_ON) -> None:
+                 reduction_factor: int = 3, prune_on: Sequence[str] = DEFAULT_PRUNE_ON,
+                 spare_leaders: float | None = DEFAULT_SPARE_LEADERS) -> None:
         super().__init__(min_resource=min_resource, max_resource=max_resource,
                          reduction_factor=reduction_factor)
         self.prune_on = check_prune_on(prune_on)
+        self.spare_leaders = check_spare_leaders(spare_leaders)
 
     def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
         """Prune on a stored Curve-TCN alert, else as Hyperband."""
@@ -222,10 +229,15 @@ class CurveTCNPruner(HyperbandPruner):
         hits = [a for label, a in alerts.items() if label in self.prune_on]
         if hits:
             first = min(hits, key=lambda a: a["step"])
-            record_prune_reason(study, trial, {"pruner": "CurveTCN", "rule": "alert", **first,
-                                               "report_step": trial.last_step})
-            keep_rung_places(self, study, trial)   # as TEViDPruner: same rung competitors
-            return True
+            reason = {"pruner": "CurveTCN", "rule": "alert", **first,
+                      "report_step": trial.last_step}
+            # The guard reads the study's trials: only when it is on.
+            leader = self.spare_leaders is not None and spares(
+                reason, study_standing(study, trial), self.spare_leaders)
+            if not leader:
+                record_prune_reason(study, trial, reason)
+                keep_rung_places(self, study, trial)   # as TEViDPruner: same rung competitors
+                return True
         if not super().prune(study, trial):
             return False
         record_prune_reason(study, trial, {"pruner": "HyperbandPruner", "rule": "wrapped",
