@@ -530,8 +530,8 @@ def test_curve_tcn_pruner_spares_a_leader_as_the_tevid_arms_do():
         return t.number
 
     leader, trailer = running(0.9), running(0.1)
-    frozen = lambda n: study.get_trials(deepcopy=False)[n]   # noqa: E731
-    hyperband = dict(min_resource=1, max_resource=9, reduction_factor=3)
+    frozen = lambda n: study.get_trials(deepcopy=False)[n]
+    hyperband = {"min_resource": 1, "max_resource": 9, "reduction_factor": 3}
     guarded, unguarded = CurveTCNPruner(**hyperband), CurveTCNPruner(**hyperband,
                                                                      spare_leaders=None)
     assert guarded.prune(study, frozen(trailer)) is True

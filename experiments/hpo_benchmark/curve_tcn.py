@@ -29,8 +29,13 @@ from data_factory.labelers.rules import RunLabel
 from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS, sets_operating_points
 from experiments.hpo_benchmark.config import _say
 from experiments.hpo_benchmark.record import TrialRecording, _write_atomic
-from tevid_hpo.decision import (DEFAULT_PRUNE_ON, DEFAULT_SPARE_LEADERS, check_prune_on,
-                                check_spare_leaders, spares)
+from tevid_hpo.decision import (
+    DEFAULT_PRUNE_ON,
+    DEFAULT_SPARE_LEADERS,
+    check_prune_on,
+    check_spare_leaders,
+    spares,
+)
 from tevid_hpo.pruners import keep_rung_places, record_prune_reason, study_standing
 
 #: Trial user attribute with the Curve-TCN's confirmed alerts (read by :class:`CurveTCNPruner`).
