@@ -127,8 +127,13 @@ def test_experiment_end_to_end_resumes_and_scores_the_same_runs(corpus, tmp_path
 
 
 def test_limit_and_explicit_clip(corpus, tmp_path):
-    summary = _main(corpus, tmp_path / "out", "--clip", "6", "--limit", "2")
+    results = tmp_path / "docs" / "results.md"
+    summary = _main(corpus, tmp_path / "out", "--clip", "6", "--limit", "2",
+                    "--results", str(results))
     assert summary["runs_asked"] == 2 and summary["settings"]["clip"] == 6.0
     assert summary["settings"]["clip_source"] == "--clip"
+    text = results.read_text()   # the table, the figure and the command that made them
+    assert "<!-- BEGIN privacy-factory -->" in text and "| DP z=4 " in text
+    assert "--clip 6" in text and (tmp_path / "docs" / "figures" / "privacy_factory.png").is_file()
     assert not (tmp_path / "out" / "pilot").exists()
     assert DPSettings(1.0, 6.0)(100).clip == 6.0
