@@ -332,13 +332,24 @@ def _epsilons(runs: Iterable[Run]) -> list[float]:
 
 
 def _row(name: str, z: float | None, preds: list[RunPrediction], eps: list[float],
-         compositions: list[int], n_resamples: int, seed: int) -> dict[str, Any]:
+         compositions: list[int], n_resamples: int, seed: int,
+         plain: Sequence[RunPrediction] | None = None) -> dict[str, Any]:
     ci = _interval(event_time_auprc, preds, n_resamples, seed)
-    return {"setting": name, "z": z, "runs": len(preds),
-            "epsilon_median": float(np.median(eps)) if eps else math.inf,
-            "epsilon_max": float(np.max(eps)) if eps else math.inf,
-            "compositions_median": float(np.median(compositions)) if compositions else None,
-            "auprc": _ci_dict(ci), "_ci": ci}
+    row = {"setting": name, "z": z, "runs": len(preds),
+           "epsilon_median": float(np.median(eps)) if eps else math.inf,
+           "epsilon_max": float(np.max(eps)) if eps else math.inf,
+           "compositions_median": float(np.median(compositions)) if compositions else None,
+           "auprc": _ci_dict(ci), "_ci": ci, "_delta": None}
+    if plain is not None:
+        # Paired: each resample draws whole runs and scores both captures of the same runs.
+        by_id = {p.run_id: p for p in plain}
+
+        def delta(rs: list[RunPrediction]) -> float:
+            return event_time_auprc(rs) - event_time_auprc([by_id[r.run_id] for r in rs])
+
+        row["_delta"] = _interval(delta, preds, n_resamples, seed)
+        row["auprc_minus_plain"] = _ci_dict(row["_delta"])
+    return row
 
 
 def _eps_text(x: float) -> str:
@@ -350,7 +361,9 @@ def _table(rows: Sequence[Mapping[str, Any]], delta: float) -> str:
         "capture": r["setting"], "z": "—" if r["z"] is None else f"{r['z']:g}",
         f"ε at δ={delta:g}, median over runs": _eps_text(r["epsilon_median"]),
         "ε, max": _eps_text(r["epsilon_max"]),
-        "event-time AUPRC [95 % CI]": _fmt(r["_ci"]), "runs": str(r["runs"])} for r in rows])
+        "event-time AUPRC [95 % CI]": _fmt(r["_ci"]),
+        "minus plain, paired [95 % CI]": "—" if r["_delta"] is None else _fmt(r["_delta"]),
+        "runs": str(r["runs"])} for r in rows])
 
 
 def _json(value: Any) -> Any:
@@ -426,9 +439,9 @@ def _section(summary: Mapping[str, Any], table: str, figure: str) -> str:
         f"{summary['split']}-split runs of `{Path(summary['root']).name}` "
         f"({summary['runs_anomalous']} anomalous) were trained again with DP capture, once per "
         f"z, and scored with `{summary['checkpoint']}` as it is: trained on plain frames, "
-        f"not fine-tuned on DP frames. {len(excluded)} runs are left out of every row "
-        "(BatchNorm models cannot be DP-captured, or the re-run did not reproduce the "
-        f"original's losses). Clip C = {s['clip']:.3g} ({s.get('clip_source', '')}), "
+        f"not fine-tuned on DP frames. Runs left out of every row (BatchNorm models cannot be "
+        "DP-captured; a re-run that does not reproduce the original's losses keeps no label): "
+        f"{len(excluded)}. Clip C = {s['clip']:.3g} ({s.get('clip_source', '')}), "
         f"δ = {s['delta']:g}, grid {s['grid']}×{s['grid']}, noise seed {s['seed']}; q = B/N "
         "per run; ε is accounted per run by Opacus's RDP accountant over its capture steps. "
         + scalars, "", table, "", f"![privacy on the factory split](figures/{figure})"])
@@ -505,13 +518,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # an untrained profile name warns
         diag = Diagnostician.from_pretrained(args.checkpoint, device="cpu")
-    rows = [_row("plain", None, score_runs(diag, [originals[r] for r in common], labels),
-                 [math.inf] * len(common), [], args.resamples, args.seed)]
+    plain = score_runs(diag, [originals[r] for r in common], labels)
+    rows = [_row("plain", None, plain, [math.inf] * len(common), [], args.resamples, args.seed)]
     for z in zs:
         runs = [dp_runs[z][r] for r in common]
         rows.append(_row(f"DP z={z:g}", z, score_runs(diag, runs, labels), _epsilons(runs),
                          [int(r.meta["privacy"]["compositions"]) for r in runs],
-                         args.resamples, args.seed))
+                         args.resamples, args.seed, plain=plain))
     table = _table(rows, args.delta)
     anomalous = sum(labels[r].label != HEALTHY for r in common)
     summary = {

@@ -110,6 +110,11 @@ def test_experiment_end_to_end_resumes_and_scores_the_same_runs(corpus, tmp_path
     assert 0 < high["epsilon_median"] < low["epsilon_median"] <= low["epsilon_max"]
     assert all(0.0 <= r["auprc"]["estimate"] <= 1.0 for r in summary["rows"])
     assert all(r["runs"] == 2 for r in summary["rows"])
+    assert "auprc_minus_plain" not in plain   # the paired difference is the DP rows' own
+    for r in (low, high):
+        d = r["auprc_minus_plain"]["estimate"]
+        assert d == pytest.approx(r["auprc"]["estimate"] - plain["auprc"]["estimate"],
+                                  nan_ok=True)
     written = json.loads((out / "summary.json").read_text())
     assert written["rows"][0]["epsilon_median"] is None   # ε = ∞ in JSON
     assert written["rows"][1]["auprc"] == pytest.approx(low["auprc"], nan_ok=True)
