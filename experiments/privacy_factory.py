@@ -380,8 +380,7 @@ def _json(value: Any) -> Any:
 
 def plot(summary: Mapping[str, Any], path: Path) -> Path:
     """Event-time AUPRC with its 95 % interval against the median ε of the runs, one point per
-    ``z`` (log scale; a setting with ε = ∞, ``z = 0``, is left out), the plain capture as a
-    band. ``summary`` is :func:`main`'s (or ``summary.json``'s) summary.
+    ``z`` (log scale), the plain capture as a band and ``z = 0`` (ε = ∞) as a dotted line. ``summary`` is :func:`main`'s (or ``summary.json``'s) summary.
 
     Example:
         >>> import tempfile
@@ -407,6 +406,10 @@ def plot(summary: Mapping[str, Any], path: Path) -> Path:
     if finite(plain["low"]) and finite(plain["high"]):
         ax.axhspan(plain["low"], plain["high"], color="grey", alpha=0.2)
     ax.axhline(plain["estimate"], color="grey", ls="--", label="plain capture (ε = ∞), 95 % CI")
+    for r in summary["rows"]:
+        if r["z"] == 0:   # clipped and pooled, no noise: what the mechanism costs without noise
+            ax.axhline(r["auprc"]["estimate"], color="tab:orange", ls=":",
+                       label="DP capture at z = 0 (no noise, ε = ∞)")
     dp = [r for r in summary["rows"] if r["z"] is not None and finite(r["epsilon_median"])]
     xs = [r["epsilon_median"] for r in dp]
     est = [r["auprc"]["estimate"] for r in dp]
