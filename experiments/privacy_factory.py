@@ -380,7 +380,8 @@ def _json(value: Any) -> Any:
 
 def plot(summary: Mapping[str, Any], path: Path) -> Path:
     """Event-time AUPRC with its 95 % interval against the median ε of the runs, one point per
-    ``z`` (log scale), the plain capture as a band and ``z = 0`` (ε = ∞) as a dotted line. ``summary`` is :func:`main`'s (or ``summary.json``'s) summary.
+    ``z`` (log scale), the plain capture as a band and ``z = 0`` (ε = ∞) as a dotted line.
+    ``summary`` is :func:`main`'s (or ``summary.json``'s) summary.
 
     Example:
         >>> import tempfile
