@@ -543,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                             for z in zs},
         "train_seconds_this_call": round(train_s, 1),
         "seconds_this_call": round(time.perf_counter() - start, 1)}
-    (args.out / "summary.json").write_text(json.dumps(_json(summary), indent=1))
+    written = _json(summary)   # JSON-safe: ε = ∞ as null, no private interval objects
+    (args.out / "summary.json").write_text(json.dumps(written, indent=1))
     print(f"{len(common)} of {len(ids)} {args.split} runs ({anomalous} anomalous) scored with "
           f"{args.checkpoint}; clip {settings['clip']:.3g} ({settings.get('clip_source')}), "
           f"grid {args.grid}, δ {args.delta:g}; excluded per setting: "
@@ -552,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.results is not None:
         from experiments.report import write_section
 
-        figure = plot(_json(summary), args.results.parent / "figures" / "privacy_factory.png")
+        figure = plot(written, args.results.parent / "figures" / "privacy_factory.png")
         argv_text = " ".join(["python -m experiments.privacy_factory",
                               *(sys.argv[1:] if argv is None else argv)])
         write_section("privacy-factory", _section(summary, table, figure.name), argv_text,
