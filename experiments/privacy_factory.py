@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import shlex
 import sys
 import time
 import warnings
@@ -414,9 +415,13 @@ def plot(summary: Mapping[str, Any], path: Path) -> Path:
     dp = [r for r in summary["rows"] if r["z"] is not None and finite(r["epsilon_median"])]
     xs = [r["epsilon_median"] for r in dp]
     est = [r["auprc"]["estimate"] for r in dp]
-    err = [[max(e - r["auprc"]["low"], 0) if finite(r["auprc"]["low"]) else 0 for e, r in
-            zip(est, dp)], [max(r["auprc"]["high"] - e, 0) if finite(r["auprc"]["high"]) else 0
-                            for e, r in zip(est, dp)]]
+
+    def reach(r: Mapping[str, Any], end: str, sign: int) -> float:
+        """How far the interval's ``end`` lies from the estimate (0 where undefined)."""
+        a = r["auprc"]
+        return max(sign * (a[end] - a["estimate"]), 0.0) if finite(a[end]) else 0.0
+
+    err = [[reach(r, "low", -1) for r in dp], [reach(r, "high", 1) for r in dp]]
     ax.errorbar(xs, est, yerr=err, fmt="o-", capsize=3, label="DP capture, 95 % CI")
     for x, y, r in zip(xs, est, dp):
         ax.annotate(f"z={r['z']:g}", (x, y), textcoords="offset points", xytext=(4, 4),
@@ -554,8 +559,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from experiments.report import write_section
 
         figure = plot(written, args.results.parent / "figures" / "privacy_factory.png")
-        argv_text = " ".join(["python -m experiments.privacy_factory",
-                              *(sys.argv[1:] if argv is None else argv)])
+        # shlex: a path with a space still gives a command that reruns as written.
+        argv_text = shlex.join(["python", "-m", "experiments.privacy_factory",
+                                *(sys.argv[1:] if argv is None else argv)])
         write_section("privacy-factory", _section(summary, table, figure.name), argv_text,
                       path=args.results, seed=args.seed)
     return summary
