@@ -478,9 +478,19 @@ def test_targets_are_checked_per_base_and_say_not_met():
     assert "Pareto front" in lines[-1]
 
 
-def test_an_out_of_distribution_task_records_with_its_schedule(toy_checkpoint_one_thread):
+def test_an_out_of_distribution_task_records_with_its_schedule(toy_checkpoint_one_thread,
+                                                                monkeypatch):
     """``task=gn_cnn_gratings``: the external suite's GroupNorm CNN on gratings, SGD with a step
-    decay, recorded through the same TrialMonitor path (the lr column is the scheduled rate)."""
+    decay, recorded through the same TrialMonitor path (the lr column is the scheduled rate), and
+    the monitor holds the trial's optimizer, so a telemetry diagnostician reads the lr in use."""
+    monitors: list[Any] = []
+
+    class SpyMonitor(record.TrialMonitor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            monitors.append(self)
+
+    monkeypatch.setattr(record, "TrialMonitor", SpyMonitor)
     cfg = hb.load_config(["task=gn_cnn_gratings", "problem.max_epochs=2", "problem.step_epochs=1",
                           "problem.train_sizes=[64]"], quick=True)
     problem = hb.Problem.from_cfg(cfg.problem)
@@ -495,6 +505,8 @@ def test_an_out_of_distribution_task_records_with_its_schedule(toy_checkpoint_on
     assert rec.steps["lr"][0] == pytest.approx(config.lr)
     assert rec.steps["lr"][spe] == pytest.approx(0.1 * config.lr)     # decayed after epoch 0
     assert rec.n_epochs == 2 and all(0.0 <= e.val_acc <= 1.0 for e in rec.epochs)
+    assert len(monitors) == 1 and isinstance(monitors[0].optimizer, torch.optim.SGD)
+    assert monitors[0].optimizer.param_groups[0]["lr"] == pytest.approx(rec.steps["lr"][-1])
 
 
 def test_the_text_task_builds_the_external_gru_and_warms_up():

@@ -239,7 +239,8 @@ def train_trial(problem: Problem, config: TrialConfig, data: TensorData,
     passes = spe * bs * problem.max_epochs // size + 1
     order = torch.cat([torch.randperm(size, generator=g) for _ in range(passes)])
     sink = _AttrTee(trial)
-    mon = TrialMonitor(model, sink, diagnostician=diagnostician, **_SYNCHRONOUS)
+    # optimizer= as the README's loop passes it: a telemetry diagnostician reads the lr in use
+    mon = TrialMonitor(model, sink, diagnostician=diagnostician, optimizer=opt, **_SYNCHRONOUS)
     steps: dict[str, list[float | None]] = {k: [] for k in ("step", "epoch", "loss", "lr",
                                                               "grad_norm")}
     recording = TrialRecording(config, problem.key(), diagnostician_key, spe, mon.every, [], steps)
