@@ -169,6 +169,21 @@ def test_monitor_fills_frame_scalars_and_resumes_them(digits_data):
     assert diag2._telemetry_stream.state_dict() == diag._telemetry_stream.state_dict()
 
 
+def test_monitor_warns_once_when_a_telemetry_model_gets_no_learning_rate(caplog):
+    """Without ``optimizer=`` a telemetry diagnostician reads every lr as unknown, a state it
+    never saw in training: the monitor says so at set-up; with the optimizer it stays quiet."""
+    model = small_cnn(in_channels=1, num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    caplog.set_level("WARNING", logger="tevid_hpo")
+    TrialMonitor(model, diagnostician=Diagnostician(TEViD("tiny", telemetry=F), device="cpu"))
+    assert [r.getMessage() for r in caplog.records if "optimizer=" in r.getMessage()]
+    caplog.clear()
+    TrialMonitor(model, diagnostician=Diagnostician(TEViD("tiny", telemetry=F), device="cpu"),
+                 optimizer=opt)
+    TrialMonitor(model, diagnostician=Diagnostician(TEViD("tiny"), device="cpu"))  # no scalars
+    assert not caplog.records
+
+
 def test_clip_dataset_and_training_loops_carry_telemetry(tmp_path):
     from types import SimpleNamespace
 

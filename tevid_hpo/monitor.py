@@ -244,6 +244,16 @@ class TrialMonitor:
         self._epochs_done: int | None = None
         self._nan_streak = 0
         self.optimizer = optimizer
+        if getattr(getattr(diagnostician, "model", None), "telemetry", 0) and (
+                optimizer is None or privacy is not None):
+            # A telemetry model never saw a run whose scalars are unknown in training: say so
+            # once, at set-up, rather than let it judge the run on a state it does not know.
+            logger.warning(
+                "this diagnostician reads the training scalars (loss, lr, gradient norm), but %s; "
+                "it then reads them as unknown, which it was not trained on",
+                "privacy= releases none of them" if privacy is not None
+                else "no optimizer= was given, so the learning rate is unknown: pass "
+                     "TrialMonitor(..., optimizer=opt)")
         self._losses: list[float] = []   # losses since the previous capture
         self._since_sync = 0
         self._write_failures = 0   # consecutive failed attribute writes
