@@ -117,15 +117,19 @@ def test_mae_telemetry_tokens_are_visible_and_encoder_transfers(tmp_path):
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.with_suffix(".json").exists(),
                     reason="no shipped checkpoint")
-def test_shipped_checkpoint_loads_without_telemetry_and_round_trips(tmp_path):
+def test_shipped_checkpoint_loads_and_round_trips_with_its_telemetry(tmp_path):
+    """Whatever the shipped checkpoint reads (frames alone, or frames and the training scalars),
+    it loads with that and saves back to a model that answers bit for bit the same."""
     model, cfg = load_model(DEFAULT_CHECKPOINT.with_suffix(".json"))
-    assert "telemetry" not in cfg and model.telemetry == 0 and model.telemetry_embed is None
-    x = torch.randn(2, *(model.profile.window, 6, model.profile.frame_size,
-                         model.profile.frame_size), generator=torch.Generator().manual_seed(0))
+    assert model.telemetry == cfg.get("telemetry", 0) in (0, F)
+    assert (model.telemetry_embed is None) == (model.telemetry == 0)
+    p, g = model.profile, torch.Generator().manual_seed(0)
+    x = torch.randn(2, p.window, 6, p.frame_size, p.frame_size, generator=g)
+    tele = torch.randn(2, p.window, F, generator=g) if model.telemetry else None
     with torch.no_grad():
-        before = model.eval()(x).alpha
+        before = model.eval()(x, telemetry=tele).alpha
         again, _ = load_model(save_model(model, tmp_path / "c"))
-        assert torch.equal(again.eval()(x).alpha, before)
+        assert torch.equal(again.eval()(x, telemetry=tele).alpha, before)
 
 
 def test_diagnostician_reads_frame_scalars():
