@@ -238,6 +238,24 @@ def test_offline_scoring_reproduces_the_live_diagnoses(smoke: SimpleNamespace) -
             assert ext_methods.replay_alert(diag, run) == ext_methods._live_alert(run)
 
 
+def test_a_checkpoint_shipped_after_the_recording_is_replayed_not_taken_for_the_live_one(
+        tmp_path: Path) -> None:
+    """The recording's live alert stands for a checkpoint only if its files are the recorded
+    ones: a new checkpoint at the same path (a re-ship) and an older recording without a digest
+    are replayed instead."""
+    from core_models.checkpoint import checkpoint_digest
+
+    stem = tmp_path / "default"
+    for suffix in (".safetensors", ".json"):
+        stem.with_suffix(suffix).write_bytes(b"old " + suffix.encode())
+    run = SimpleNamespace(meta={"checkpoint": str(stem), "checkpoint_digest": checkpoint_digest(stem)})
+    diag = SimpleNamespace(source=stem)
+    assert ext_methods._same_checkpoint(diag, run)
+    stem.with_suffix(".safetensors").write_bytes(b"new weights")   # shipped after recording
+    assert not ext_methods._same_checkpoint(diag, run)
+    assert not ext_methods._same_checkpoint(diag, SimpleNamespace(meta={"checkpoint": str(stem)}))
+
+
 def test_replay_gives_each_frame_the_scalars_the_monitor_saw(smoke: SimpleNamespace) -> None:
     """A telemetry checkpoint replayed on stored runs reads the loss, lr and gradient norm the
     live monitor passed with each frame (the store keeps them in steps.csv, not on frames)."""

@@ -40,6 +40,7 @@ from omegaconf import OmegaConf
 
 from core_models.baselines import BASELINES, make_baseline, run_id_of
 from core_models.baselines.base import RunScores
+from core_models.checkpoint import checkpoint_digest
 from core_models.metrics import RunPrediction, evaluate_alerts, threshold_at_far
 from core_models.telemetry import capture_scalars
 from data_factory.frames import Frame
@@ -162,8 +163,12 @@ def replay_alert(diag: Any, run: Run) -> int | None:
 
 
 def _same_checkpoint(diag: Any, run: Run) -> bool:
+    """Whether ``run`` was recorded with ``diag``'s checkpoint: the same files, not only the same
+    path — a checkpoint shipped after the recording sits at the recording's path. A recording
+    without a digest (older ones) is replayed, never taken for the current checkpoint's."""
     src = getattr(diag, "source", None)
-    return src is not None and str(src) == str(run.meta.get("checkpoint"))
+    return (src is not None and str(src) == str(run.meta.get("checkpoint"))
+            and run.meta.get("checkpoint_digest") == checkpoint_digest(src))
 
 
 def _live_alert(run: Run) -> int | None:

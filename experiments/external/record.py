@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import data_factory
+from core_models.checkpoint import checkpoint_digest
 from data_factory.frames import Frame
 from data_factory.store import RunStore
 from experiments.external.data import load_data
@@ -212,7 +213,8 @@ def record_run(spec: RunSpec, store: RunStore, checkpoint: str | None = None,
                              "start_step": (spec.scenario.fault_epoch * spe
                                             if spec.scenario.fault_epoch is not None else None)},
             "tevid_alerts": alerts, "monitor_error": error, "frozen_layer": inj.frozen, "seconds": time.time() - t0,
-            "checkpoint": str(diag.source), "cache_key": cache_key(checkpoint)}
+            "checkpoint": str(diag.source), "checkpoint_digest": checkpoint_digest(diag.source),
+            "cache_key": cache_key(checkpoint)}
     with store.create(rid, meta, overwrite=True) as w:
         for f in diag.frames:
             w.add_frame(f)
