@@ -173,7 +173,7 @@ def test_monitor_fills_frame_scalars_and_resumes_them(digits_data):
     assert diag2._telemetry_stream.state_dict() == diag._telemetry_stream.state_dict()
 
 
-def test_monitor_warns_once_when_a_telemetry_model_gets_no_learning_rate(caplog):
+def test_monitor_warns_at_set_up_when_a_telemetry_model_gets_no_learning_rate(caplog):
     """Without ``optimizer=`` a telemetry diagnostician reads every lr as unknown, a state it
     never saw in training: the monitor says so at set-up; with the optimizer it stays quiet."""
     model = small_cnn(in_channels=1, num_classes=10)
