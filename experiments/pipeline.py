@@ -32,8 +32,8 @@ from core_models.calibration import (RunPredictions, calibrate, false_alarm_rate
                                      withhold)
 from core_models.clips import ClipDataset
 from core_models.mae import DynamicsMAE
-from core_models.telemetry import NUM_FEATURES
 from core_models.memory import select_memory
+from core_models.telemetry import NUM_FEATURES
 from core_models.tevid import TEViD
 from core_models.train import (
     FinetuneConfig,
@@ -145,7 +145,11 @@ def transfer_runs(source: str | None, profile: Any) -> list[tuple[Any, np.ndarra
         return []
     from experiments.external.transfer import dev_streams
 
-    dev = dev_streams(root=None if source == "external-dev" else Path(source).expanduser())
+    if source == "external-dev":   # the recordings of the current frame / capture code
+        dev = dev_streams()
+    else:                          # one recordings directory, e.g. made before a code change
+        path = Path(source).expanduser()
+        dev = dev_streams(root=path.parent, key=path.name)
     if not dev:
         print("transfer: no external-dev recordings found (python -m experiments.external "
               "--half dev records them); choosing on factory val only")
@@ -328,7 +332,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                                 memory_runs=[(s[0], np.asarray(s[2]) != HEALTHY)
                                              for s in streams + xfer],
                                 memory_grid=list(cfg.memory_grid), burn_in=cfg.burn_in,
-                                burn_in_grid=grid,
+                                burn_in_grid=grid, k=int(cfg.get("consecutive", 3)),
                                 budget_groups=[[(s[0], s[1]) for s, keep in zip(xfer, xfer_ref)
                                                 if keep]])
         if grid:
@@ -414,7 +418,8 @@ def pipeline_section(summary: dict[str, Any], cfg: DictConfig) -> str:
             ("external-dev event-time AUPRC", "external_dev_event_auprc", "{:.3f}"),
             ("temperature", "temperature", "{:.3f}"), ("tau_u", "tau_u", "{:.2f}"),
             ("run memory window (chosen on val + external-dev; 0 = none)", "memory", "{}"),
-            ("burn-in (real frames before a verdict)", "burn_in", "{}")]
+            ("burn-in (real frames before a verdict)", "burn_in", "{}"),
+            ("an alert needs this many consecutive confident diagnoses", "consecutive", "{}")]
     for title, key, fmt in rows:
         # Summaries written before a metric existed show "–" for it.
         lines.append(f"| {title} | " + " | ".join(

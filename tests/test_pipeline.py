@@ -15,7 +15,8 @@ from data_factory.runner import RunSpec, execute_run
 from data_factory.store import RunStore
 from experiments.factory import corpus_index
 from experiments.label import agreement, label_corpus
-from experiments.pipeline import CONF, load_labels, reference_mask, run_pipeline, split_runs
+from experiments.pipeline import (CONF, load_labels, reference_mask, run_pipeline, split_runs,
+                                  transfer_runs)
 from tevid_hpo.diagnostician import Diagnostician
 
 TINY = dict(epochs=3, every=5, frame_size=16, lyapunov_every=0)
@@ -71,12 +72,15 @@ def test_pipeline_on_tiny_corpus(tmp_path, monkeypatch):
         v for k, v in again["timings"].items() if k != "total_s"), 1)
     # Default burn-in: the whole window; with a grid it is chosen on val and stored.
     assert again["tevid_mae"]["burn_in"] == 0
-    conf.burn_in_grid = [1, 2]
+    # The alert's confirmation count is the config's, in the checkpoint's calibration.
+    assert again["tevid_mae"]["consecutive"] == conf.consecutive
+    conf.burn_in_grid, conf.consecutive = [1, 2], 3
     chosen = run_pipeline(conf)
     for variant in ("tevid_mae", "tevid_scratch"):
         assert chosen[variant]["burn_in"] in (1, 2)
         diag = Diagnostician.from_pretrained(tmp_path / "models" / variant / "default", "cpu")
         assert diag.evidence_frames == chosen[variant]["burn_in"]
+        assert diag.calibration.consecutive == 3
 
     # Choose on transfer (point 4): a held-out set (here the val runs again, standing in for the
     # external-dev recordings) joins the choice and must keep the false-alarm budget on its own.
@@ -117,3 +121,19 @@ def test_calibration_budgets_false_alarms_on_healthy_references_only():
                (None, "Healthy", None)]
     # The overfitting run its rule left Healthy is neither a clean negative nor a positive.
     assert reference_mask(runs, streams) == [True, False, True, True]
+
+
+def test_transfer_reads_the_named_recordings_directory(tmp_path, monkeypatch):
+    """``transfer=DIR`` reads the recordings in DIR itself (e.g. ones made before a change of the
+    recording code moved the cache key), not DIR/<current key>; ``external-dev`` the current
+    key's; a missing or empty directory means no transfer set, said, not fatal."""
+    from experiments.external import transfer
+
+    seen = []
+    monkeypatch.setattr(transfer, "dev_streams",
+                        lambda root=None, key=None: seen.append((root, key)) or [])
+    profile = SimpleNamespace(name="cpu", in_chans=6, frame_size=32)
+    assert transfer_runs(str(tmp_path / "f6c52739ac17fa1e"), profile) == []
+    assert transfer_runs("external-dev", profile) == []
+    assert transfer_runs("none", profile) == []
+    assert seen == [(tmp_path, "f6c52739ac17fa1e"), (None, None)]
