@@ -126,7 +126,7 @@ def test_calibration_budgets_false_alarms_on_healthy_references_only():
 def test_transfer_reads_the_named_recordings_directory(tmp_path, monkeypatch):
     """``transfer=DIR`` reads the recordings in DIR itself (e.g. ones made before a change of the
     recording code moved the cache key), not DIR/<current key>; ``external-dev`` the current
-    key's; a missing or empty directory means no transfer set, said, not fatal."""
+    key's; ``none`` none, and an empty directory gives no transfer set."""
     from experiments.external import transfer
 
     seen = []
