@@ -162,13 +162,16 @@ def replay_alert(diag: Any, run: Run) -> int | None:
     return first
 
 
-def _same_checkpoint(diag: Any, run: Run) -> bool:
+def _same_checkpoint(diag: Any, run: Run, digest: str | None = None) -> bool:
     """Whether ``run`` was recorded with ``diag``'s checkpoint: the same files, not only the same
     path — a checkpoint shipped after the recording sits at the recording's path. A recording
-    without a digest (older ones) is replayed, never taken for the current checkpoint's."""
+    without a digest (older ones) is replayed, never taken for the current checkpoint's.
+    ``digest``: ``checkpoint_digest(diag.source)`` when the caller already has it (one read of
+    the files for a whole suite instead of one per run)."""
     src = getattr(diag, "source", None)
-    return (src is not None and str(src) == str(run.meta.get("checkpoint"))
-            and run.meta.get("checkpoint_digest") == checkpoint_digest(src))
+    if src is None or str(src) != str(run.meta.get("checkpoint")):
+        return False
+    return run.meta.get("checkpoint_digest") == (digest or checkpoint_digest(src))
 
 
 def _live_alert(run: Run) -> int | None:
@@ -251,7 +254,9 @@ def score_methods(runs: Mapping[str, Sequence[Run]], truths: Mapping[str, Extern
         thr.preds[h] = [dataclasses.replace(p) for p in preds]
     every = [r for h in halves for r in runs[h]]
     # the live alert where the monitor ran this checkpoint; else the checkpoint's own, replayed
-    finish(live, {r.run_id: _live_alert(r) if _same_checkpoint(diag, r)
+    src = getattr(diag, "source", None)
+    digest = checkpoint_digest(src) if src is not None else None
+    finish(live, {r.run_id: _live_alert(r) if _same_checkpoint(diag, r, digest)
                   else replay_alert(diag, r) for r in every})
     finish(thr, None)
     out["tevid"], out["tevid_far"] = live, thr
