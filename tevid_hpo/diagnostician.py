@@ -4,9 +4,9 @@
 :meth:`~Diagnostician.update`, runs TEViD on them and returns a :class:`Diagnosis`: calibrated
 class probabilities, vacuity, the label (``"Unknown"`` when the vacuity exceeds ``tau_u``) and an
 alert once a class has been confirmed by ``calibration.consecutive`` consecutive non-abstained
-predictions with ``p_c ≥ tau_c`` (3 by default, the paper's; the shipped checkpoint's 2, chosen
-on external-dev: docs/results.md, attempts row 12). Everything it uses is in the past: the
-diagnosis at step ``t`` depends only on frames up to ``t``.
+predictions with ``p_c ≥ tau_c`` (3 by default, the paper's; a checkpoint stores its own, see
+docs/models.md). Everything it uses is in the past: the diagnosis at step ``t`` depends only on
+frames up to ``t``.
 
 With a run memory in the calibration (``calibration.memory > 0``, chosen on validation by the
 pipeline) each diagnosis is the mean of the last ``memory`` window outputs, latched at the most

@@ -27,8 +27,7 @@ ends. A monitoring failure is written as ``trial.user_attrs["tevid_error"]``.
 Two alert sources:
 
 * TEViD: the diagnostician's calibrated rule (``calibration.consecutive`` consecutive
-  non-abstained predictions with ``p_c >= tau_c``; 2 for the shipped checkpoint),
-  ``reason="diagnosis"``;
+  non-abstained predictions with ``p_c >= tau_c``), ``reason="diagnosis"``;
 * non-finite loss: ``nan_patience`` consecutive NaN/inf losses passed to :meth:`TrialMonitor.step`
   raise a confirmed Instability with ``reason="non-finite loss"`` and confidence 1, whatever TEViD
   says. Optuna's Median/Percentile/Patient/Wilcoxon pruners skip NaN values and let such trials
