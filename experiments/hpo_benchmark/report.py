@@ -161,10 +161,14 @@ def plot_curves(events: Sequence[Event], strategies: Sequence[Strategy], path: P
     return _save_figure(fig, ax, path)
 
 
-def _save_figure(fig: Any, ax: Any, path: Path) -> Path:
-    """Grid, legend, tight layout, PNG at 120 dpi (both of the benchmark's figures)."""
+def _save_figure(fig: Any, ax: Any, path: Path, outside: bool = False) -> Path:
+    """Grid, legend (``outside``: right of the axes), tight layout, PNG at 120 dpi (both of the
+    benchmark's figures)."""
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    if outside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=7, loc="lower right")
     return save_figure(fig, path, dpi=120)
 
 

@@ -135,7 +135,8 @@ def base_targets(summary: Mapping[str, Mapping[str, Any]], outcomes: Sequence[Tr
 def plot_pareto(summary: Mapping[str, Mapping[str, Any]], strategies: Sequence[Strategy],
                 path: Path, title: str = "") -> Path:
     """Mean epochs per trial vs mean best validation accuracy per arm, 95 % intervals as error
-    bars, one colour per signal, one marker per base; the Pareto front joined."""
+    bars, one colour per signal, one marker per base (both in the legend; no per-point text,
+    which overlaps where arms tie); the Pareto front joined."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +145,7 @@ def plot_pareto(summary: Mapping[str, Mapping[str, Any]], strategies: Sequence[S
     colours = {None: "C0", "tevid": "C3", "cheap": "C2", "pfn": "C1", "curve": "C4"}
     bases = sorted({s.base for s in strategies})
     markers = dict(zip(bases, "osD^v<>ph*"))
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     for s in strategies:
         if s.name not in summary:
             continue
@@ -157,15 +158,18 @@ def plot_pareto(summary: Mapping[str, Mapping[str, Any]], strategies: Sequence[S
         ax.errorbar(ex, ay, xerr=xerr, yerr=yerr, fmt=markers.get(s.base, "o"),
                     color=colours.get(s.signal, "C5"), ms=6, capsize=2, alpha=0.85,
                     mfc="none" if s.framework == "ray" else None)
-        ax.annotate(s.name, (ex, ay), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = sorted(pareto_front({k: v for k, v in summary.items()}),
                    key=lambda n: _est(summary[n]["epochs_per_trial"]))   # type: ignore[arg-type,return-value]
     ax.plot([_est(summary[n]["epochs_per_trial"]) for n in front],
             [100 * _est(summary[n]["best_val_acc"]) for n in front],   # type: ignore[operator]
             ":", color="grey", lw=1, label="Pareto front")
+    # Arms at the same accuracy overlap, so points carry no text labels: colour names the
+    # signal, the marker names the base (hollow: Ray Tune), as the two legend blocks say.
     for sig, c in colours.items():
         ax.plot([], [], "s", color=c, label="base alone" if sig is None else SIGNAL_NAMES[sig])
+    for base in bases:
+        ax.plot([], [], markers[base], color="black", mfc="none", label=base)
     ax.set(xlabel="epochs per trial (mean, 95 % CI)",
            ylabel="best validation accuracy (%, mean over seeds, 95 % CI)",
            title=title or "Arms: compute vs best trial (hollow: Ray Tune)")
-    return _save_figure(fig, ax, path)
+    return _save_figure(fig, ax, path, outside=True)
