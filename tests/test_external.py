@@ -258,10 +258,12 @@ def test_a_checkpoint_shipped_after_the_recording_is_replayed_not_taken_for_the_
 
 def test_replay_gives_each_frame_the_scalars_the_monitor_saw(smoke: SimpleNamespace) -> None:
     """A telemetry checkpoint replayed on stored runs reads the loss, lr and gradient norm the
-    live monitor passed with each frame (the store keeps them in steps.csv, not on frames)."""
+    live monitor passed with each frame (the store keeps them in steps.csv, not on frames); on a
+    clipped run that is the clipped norm (the monitor steps after ``clip_grad_norm_``)."""
     import pandas as pd
 
     from core_models.telemetry import capture_scalars
+    from experiments.external.record import as_monitored
 
     class Spy:
         first_alert = None
@@ -275,10 +277,14 @@ def test_replay_gives_each_frame_the_scalars_the_monitor_saw(smoke: SimpleNamesp
     spy = Spy()
     for run in smoke.runs["external-dev"][:2]:
         ext_methods.replay_alert(spy, run)
-        want = capture_scalars(run.steps, run.frames.steps)
+        want = capture_scalars(as_monitored(run).steps, run.frames.steps)
         assert len(spy.seen) == len(run.frames.steps)
         assert pd.DataFrame(spy.seen).equals(pd.DataFrame(want))         # NaN == NaN here
         assert all({"loss", "lr", "grad_norm"} <= set(s) for s in want[1:])
+        clip = run.meta["recipe"]["clip"]
+        if clip:   # the smoke's clipped run: its logged norm exceeds the clip, the monitor's not
+            assert run.steps["grad_norm"].max() > clip
+            assert max(s["grad_norm"] for s in spy.seen) <= clip + 1e-6
 
 
 def test_dev_streams_label_frames_and_refuse_external_test(smoke: SimpleNamespace) -> None:

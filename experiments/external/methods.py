@@ -47,6 +47,7 @@ from data_factory.frames import Frame
 from data_factory.labels import HEALTHY, KNOWN_LABELS
 from data_factory.store import Run
 from experiments.evaluate import LeakageGuard, predictions
+from experiments.external.record import as_monitored
 from experiments.external.rules import USER_RULES
 from experiments.external.suite import DEV_HALF, TEST_HALF
 from experiments.external.truth import ExternalTruth
@@ -122,7 +123,7 @@ def tevid_offline_scores(diag: Any, run: Run) -> RunScores:
     """
     from experiments.evaluate.records import tevid_run_scores
 
-    return tevid_run_scores(diag, run, "tevid")
+    return tevid_run_scores(diag, as_monitored(run), "tevid")
 
 
 def replay_frames(run: Run) -> list[Frame]:
@@ -138,7 +139,7 @@ def replay_frames(run: Run) -> list[Frame]:
     frames = list(run.frames)
     if run.steps is None:
         return frames
-    scalars = capture_scalars(run.steps, [f.step for f in frames])
+    scalars = capture_scalars(as_monitored(run).steps, [f.step for f in frames])
     return [f if f.scalars else dataclasses.replace(f, scalars=s) for f, s in zip(frames, scalars)]
 
 

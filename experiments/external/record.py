@@ -14,8 +14,9 @@ them records afresh instead of mixing stale frames in; the checkpoint is not has
 scored offline from the recorded frames with any checkpoint):
 
 * ``frames.safetensors`` — the captured frames (with their per-layer statistics);
-* ``steps.csv`` — per step: ``loss``, ``lr``, ``grad_norm`` (total L2 before clipping),
-  ``grad_absmean`` (mean absolute weight gradient), ``finite``;
+* ``steps.csv`` — per step: ``loss``, ``lr``, ``grad_norm`` (total L2 before clipping, what a
+  user's rule reads; the monitor, stepped after ``clip_grad_norm_``, saw the clipped norm:
+  :func:`as_monitored`), ``grad_absmean`` (mean absolute weight gradient), ``finite``;
 * ``epochs.csv`` — per epoch: ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``;
 * ``arrays.safetensors`` — TEViD's live diagnoses (``tevid_steps``, ``tevid_probs``,
   ``tevid_vacuity``);
@@ -31,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -48,7 +50,7 @@ from tqdm.auto import tqdm
 import data_factory
 from core_models.checkpoint import checkpoint_digest
 from data_factory.frames import Frame
-from data_factory.store import RunStore
+from data_factory.store import Run, RunStore
 from experiments.external.data import load_data
 from experiments.external.models import build_model
 from experiments.external.recipes import build_optimizer
@@ -57,7 +59,8 @@ from experiments.external.suite import RunSpec, spec_hash
 from tevid_hpo import Diagnostician, TrialMonitor
 from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT
 
-__all__ = ["CACHE", "RecordingDiagnostician", "cache_key", "record_run", "record_suite",
+__all__ = ["CACHE", "RecordingDiagnostician", "as_monitored", "cache_key", "record_run",
+           "record_suite",
            "recording_id"]
 
 #: Root of the recordings.
@@ -137,6 +140,30 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple
         acc = float((logits.argmax(1) == y).float().mean())
     model.train()
     return loss, acc
+
+
+def as_monitored(run: Run) -> Run:
+    """``run`` with the gradient norm its live monitor saw.
+
+    ``steps.csv`` logs the total norm before clipping, but the training loop steps the monitor
+    after ``clip_grad_norm_``, so a clipped run's monitor read the clipped norm,
+    ``norm · min(1, clip / (norm + 1e-6))`` as torch computes it. Replaying the logged norm
+    instead gave TEViD other telemetry than it had live (external-dev-56, clip 1.0: diagnoses
+    0.023 apart). Runs without ``clip`` come back unchanged.
+
+    Example:
+        >>> import pandas as pd
+        >>> run = Run(Path("r"), {"recipe": {"clip": 1.0}}, pd.DataFrame(
+        ...     {"step": [0, 1], "grad_norm": [0.5, 4.0]}), pd.DataFrame())
+        >>> as_monitored(run).steps["grad_norm"].round(4).tolist()
+        [0.5, 1.0]
+    """
+    clip = (run.meta.get("recipe") or {}).get("clip")
+    if not clip or "grad_norm" not in run.steps:
+        return run
+    norm = run.steps["grad_norm"].to_numpy(dtype=float)
+    seen = norm * np.minimum(1.0, float(clip) / (norm + 1e-6))
+    return dataclasses.replace(run, steps=run.steps.assign(grad_norm=seen))
 
 
 def record_run(spec: RunSpec, store: RunStore, checkpoint: str | None = None,

@@ -311,15 +311,17 @@ TEST: tuple[RunSpec, ...] = _rows(TEST_HALF, [
 SUITE: tuple[RunSpec, ...] = DEV + TEST
 
 #: A few short runs for ``make test`` (dev specs, shortened; the last three play the test half so
-#: the guard and the dev-chosen thresholds are exercised): healthy, lr jump | lr too high, a
+#: the guard and the dev-chosen thresholds are exercised): healthy with gradient clipping (so the
+#: replay of a clipped run is checked against its live diagnoses), lr jump | lr too high, a
 #: stalled loader, healthy.
 SMOKE: tuple[RunSpec, ...] = tuple(
     replace(s, run_id=s.run_id.replace(DEV_HALF, "smoke"), half=half,
-            recipe=replace(s.recipe, epochs=4, batch_size=64))
-    for s, half in ((DEV[0], DEV_HALF), (DEV[7], DEV_HALF), (DEV[9], TEST_HALF),
-                    (DEV[13], TEST_HALF),
-                    (next(d for d in DEV if d.family == "conv1d" and d.scenario.kind == "healthy"),
-                     TEST_HALF)))
+            recipe=replace(s.recipe, epochs=4, batch_size=64,
+                           clip=0.5 if i == 0 else s.recipe.clip))
+    for i, (s, half) in enumerate((
+        (DEV[0], DEV_HALF), (DEV[7], DEV_HALF), (DEV[9], TEST_HALF), (DEV[13], TEST_HALF),
+        (next(d for d in DEV if d.family == "conv1d" and d.scenario.kind == "healthy"),
+         TEST_HALF))))
 
 
 def _factors(specs: Sequence[RunSpec]) -> dict[str, set[str]]:

@@ -25,7 +25,7 @@ import numpy as np
 from data_factory.labels import HEALTHY
 from data_factory.store import Run, RunStore
 from experiments.evaluate.leakage import LeakageError, LeakageGuard
-from experiments.external.record import store_for
+from experiments.external.record import as_monitored, store_for
 from experiments.external.suite import DEV_HALF, TEST_HALF
 from experiments.external.truth import truth_of
 
@@ -74,5 +74,7 @@ def dev_streams(root: Path | None = None, key: str | None = None, half: str = DE
     for run in guard.admit("transfer selection (external-dev)", "dev_streams", dev):
         t = truth_of(run)
         if t.counted:
-            out.append((run, frame_labels(run, t.label.label, t.label.onset), t.reference))
+            # TEViD reads the telemetry its monitor saw (clipped gradient norms included)
+            out.append((as_monitored(run), frame_labels(run, t.label.label, t.label.onset),
+                        t.reference))
     return out
