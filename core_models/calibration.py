@@ -523,7 +523,8 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
               memory_runs: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
               memory_grid: Sequence[int] = DEFAULT_MEMORY_GRID, burn_in: int = 0,
               burn_in_grid: Sequence[int] = (),
-              budget_groups: Sequence[Sequence[tuple[np.ndarray, str]]] = ()) -> Calibration:
+              budget_groups: Sequence[Sequence[tuple[np.ndarray, str]]] = (),
+              tau_u: float | None = None) -> Calibration:
     """Every step in order on validation data.
 
     With ``burn_in_grid`` (and ``memory_runs`` given un-withheld) the burn-in is chosen together
@@ -541,6 +542,8 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
             the healthy ones set the alert thresholds.
         target_far: run-level false-alarm budget on healthy runs.
         max_risk, min_coverage: optional target for ``tau_u`` (else 0.35).
+        tau_u: a fixed abstention threshold instead (e.g. one chosen on transfer); the class
+            thresholds are then fitted under it.
         memory_runs: per validation run, ``(logits (T, K), anomalous (T,) bool)``: its
             streaming diagnoses and which steps carry a non-Healthy event label. The run
             memory window is chosen on them (:func:`~core_models.memory.select_memory` over
@@ -583,8 +586,13 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
     temperature = fit_temperature(clip_logits, clip_labels)
     probs, vacuity = evidential_probs(clip_logits, temperature)
     correct = probs.argmax(axis=1) == clip_labels            # Unknown clips are never correct
-    tau_u = fit_abstention_threshold(vacuity, correct, max_risk=max_risk,
-                                     min_coverage=min_coverage)
+    if tau_u is None:
+        tau_u = fit_abstention_threshold(vacuity, correct, max_risk=max_risk,
+                                         min_coverage=min_coverage)
+    elif max_risk is not None or min_coverage is not None:
+        raise ValueError("give tau_u or a target for it (max_risk / min_coverage), not both")
+    elif not 0.0 < tau_u <= 1.0:
+        raise ValueError(f"tau_u must be in (0, 1], got {tau_u!r}")
     if memory_runs and not burn_in_grid:
         memory, _ = select_memory(
             [(evidential_probs(z, temperature)[0], flags) for z, flags in memory_runs],

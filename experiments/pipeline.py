@@ -334,7 +334,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                                 memory_grid=list(cfg.memory_grid), burn_in=cfg.burn_in,
                                 burn_in_grid=grid, k=int(cfg.get("consecutive", 3)),
                                 budget_groups=[[(s[0], s[1]) for s, keep in zip(xfer, xfer_ref)
-                                                if keep]])
+                                                if keep]],
+                                tau_u=cfg.get("tau_u"))
         if grid:
             streams = [(withhold(z, calibration.burn_in), label, ev) for z, label, ev in streams]
             xfer = [(withhold(z, calibration.burn_in), label, ev) for z, label, ev in xfer]

@@ -407,3 +407,25 @@ def test_fast_update_path_gives_the_straightforward_probabilities(profile, telem
                                               tele)[0]
                 np.testing.assert_allclose([out.probs[c] for c in KNOWN_LABELS], want,
                                            atol=1e-6, rtol=0)
+
+
+def test_calibrate_fits_the_class_thresholds_under_a_fixed_abstention_gate():
+    """tau_u chosen elsewhere (issue 24 point 4): stored as given, and the class thresholds keep
+    the budget under it. A wider gate lets weakly evidenced healthy diagnoses count, so it can
+    only raise the thresholds."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 300)
+    logits = 4.0 * np.eye(5)[y] + rng.normal(0, 1, (300, 5))
+    odd = np.eye(5)[KNOWN_LABELS.index(INSTABILITY)]
+    # healthy runs with a weakly evidenced Instability lean: abstained at 0.35, counted at 0.9
+    runs = [(rng.normal(0, 0.01, (10, 5)) - 0.5 + 0.7 * odd, "Healthy") for _ in range(20)]
+    narrow = calibrate(logits, y, runs, target_far=0.05)
+    wide = calibrate(logits, y, runs, target_far=0.05, tau_u=0.9)
+    assert narrow.tau_u == 0.35 and wide.tau_u == 0.9
+    assert wide.tau_c[INSTABILITY] > narrow.tau_c[INSTABILITY]
+    preds = [RunPredictions.from_logits(z, lab, wide.temperature) for z, lab in runs]
+    assert false_alarm_rate(preds, wide.tau_c, wide.tau_u) <= 0.05
+    with pytest.raises(ValueError, match="not both"):
+        calibrate(logits, y, runs, tau_u=0.5, max_risk=0.1)
+    with pytest.raises(ValueError, match="tau_u must be"):
+        calibrate(logits, y, runs, tau_u=0.0)

@@ -74,13 +74,16 @@ def test_pipeline_on_tiny_corpus(tmp_path, monkeypatch):
     assert again["tevid_mae"]["burn_in"] == 0
     # The alert's confirmation count is the config's, in the checkpoint's calibration.
     assert again["tevid_mae"]["consecutive"] == conf.consecutive
-    conf.burn_in_grid, conf.consecutive = [1, 2], 3
+    shipped_gate = conf.tau_u
+    conf.burn_in_grid, conf.consecutive, conf.tau_u = [1, 2], 3, 0.6
     chosen = run_pipeline(conf)
     for variant in ("tevid_mae", "tevid_scratch"):
         assert chosen[variant]["burn_in"] in (1, 2)
         diag = Diagnostician.from_pretrained(tmp_path / "models" / variant / "default", "cpu")
         assert diag.evidence_frames == chosen[variant]["burn_in"]
         assert diag.calibration.consecutive == 3
+        assert diag.calibration.tau_u == 0.6        # a fixed abstention gate, as configured
+    conf.tau_u = shipped_gate
 
     # Choose on transfer (point 4): a held-out set (here the val runs again, standing in for the
     # external-dev recordings) joins the choice and must keep the false-alarm budget on its own.
