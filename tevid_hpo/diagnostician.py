@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core_models.calibration import Calibration, ConsecutiveAlert, LossConfirmation
+from core_models.calibration import Calibration, ConsecutiveAlert
 from core_models.checkpoint import (
     CheckpointError,
     checkpoint_paths,
@@ -64,6 +64,7 @@ from core_models.checkpoint import (
     resolve_device,
     save_checkpoint,
 )
+from core_models.loss_confirmation import LossConfirmation
 from core_models.memory import RunMemory
 from core_models.profiles import PROFILES, Profile
 from core_models.telemetry import FEATURES, NUM_FEATURES, TelemetryStream
