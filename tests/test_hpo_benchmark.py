@@ -30,9 +30,11 @@ import torch
 from conftest import local_ray_session
 from optuna.pruners import BasePruner
 
+from data_factory.frames import Frame
 from data_factory.labels import INSTABILITY
 from experiments import hpo_benchmark as hb
 from experiments.hpo_benchmark import driver, record
+from experiments.hpo_benchmark.frames import read_frames
 from experiments.hpo_benchmark.problem import _one_thread, _quiet_optuna, _sampler
 from experiments.report import RESULTS
 from tevid_hpo.diagnostician import Diagnostician
@@ -555,3 +557,67 @@ def test_curve_tcn_pruner_spares_a_leader_as_the_tevid_arms_do():
     assert prune_reason(study.trials[leader])["pruner"] == "CurveTCN"
     with pytest.raises(ValueError, match="spare_leaders"):
         CurveTCNPruner(**hyperband, spare_leaders=0)
+
+
+def _telemetry_diagnostician(seed: int, root: Path) -> Diagnostician:
+    """An untrained 'tiny' diagnostician that reads the training scalars and alerts on whatever
+    leads twice in a row (so two of them disagree visibly), loaded from disk (it has a key)."""
+    from core_models.calibration import Calibration
+    from core_models.telemetry import NUM_FEATURES
+    from core_models.tevid import TEViD
+    from data_factory.labels import KNOWN_LABELS
+
+    torch.manual_seed(seed)
+    diag = Diagnostician(TEViD("tiny", telemetry=NUM_FEATURES),
+                         Calibration(tau_u=1.0, tau_c={c: 0.0 for c in KNOWN_LABELS}, memory=1,
+                                     consecutive=2), device="cpu")
+    return Diagnostician.from_pretrained(str(diag.save_pretrained(root / f"diag{seed}")),
+                                         device="cpu")
+
+
+def test_another_checkpoint_rediagnoses_the_recorded_frames_as_it_would_have_live(
+        tmp_path, monkeypatch):
+    """A recording keeps the frames its diagnostician read; another checkpoint re-reads them
+    through a real TrialMonitor instead of training the trial again, and gets exactly the
+    attributes it would have published live (alerts, history, Ray keys)."""
+    a, b, c = (_telemetry_diagnostician(s, tmp_path) for s in (0, 1, 2))
+    overrides = [f"recordings={tmp_path / 'rec'}", "task=gru_text", "problem.max_epochs=2",
+                 "problem.train_sizes=[64]", "seeds=[0]", "n_trials=2", "progress=false"]
+    cfg = hb.load_config(overrides, quick=True)
+    problem = hb.Problem.from_cfg(cfg.problem)
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("trained a recorded trial again")
+
+    with _one_thread():
+        by_a = record.record_all(cfg, problem, a, [0], 2, progress=False)[0]
+        live_b = [hb.train_trial(problem, config, problem.load_data(), b)
+                  for config in hb.draw_configs(problem, 0, 2)]
+        monkeypatch.setattr(record, "train_trial", no_training)
+        by_b = record.record_all(cfg, problem, b, [0], 2, progress=False)[0]
+        with pytest.raises(RuntimeError, match="trained"):    # rediagnose=false: train
+            record.record_all(hb.load_config([*overrides, "rediagnose=false"], quick=True),
+                              problem, c, [0], 2, progress=False)
+
+    def published(recs):
+        return [[(e.tevid, e.tevid_error, e.ray) for e in r.epochs] for r in recs]
+
+    assert published(by_b) == published(live_b)
+    assert published(by_b) != published(by_a)          # the checkpoints disagree ...
+    assert any((e.tevid or {}).get("alerts") for r in by_b for e in r.epochs)
+    for x, y in zip(by_b, by_a):                       # ... on the same training
+        assert [e.val_acc for e in x.epochs] == [e.val_acc for e in y.epochs]
+        assert x.steps == y.steps and x.diagnostician != y.diagnostician
+    stored = sorted(p.relative_to(tmp_path / "rec") for p in (tmp_path / "rec").rglob(
+        "*.frames.safetensors"))
+    assert len(stored) == 4                             # kept under both checkpoints' keys
+    frames, header = read_frames(tmp_path / "rec" / stored[0])
+    assert header["every"] == a.profile.every and frames[0].scalars.keys() >= {"loss", "lr"}
+
+
+def test_frames_of_another_capture_size_are_refused(toy_checkpoint_one_thread):
+    diag = Diagnostician.from_pretrained(str(toy_checkpoint_one_thread), device="cpu")
+    side = diag.profile.frame_size + 1
+    frame = Frame(torch.zeros(6, side, side, dtype=torch.bfloat16), step=0, epoch=0)
+    with pytest.raises(ValueError, match="record anew"):
+        record.rediagnose(_rec(0, [0.2]), [frame], diag)

@@ -38,7 +38,9 @@ differs. Hence:
    flat result keys :func:`tevid_hpo.ray.metrics` gives ``TEViDHyperband``; per optimisation step
    it keeps loss, learning rate and gradient norm (the Curve-TCN's inputs). Recordings are JSON
    files under ``recordings`` (``~/.cache/tevid-hpo/hpo_benchmark`` by default), one per
-   ``(seed, trial)``, written atomically, so an interrupted run loses at most one trial.
+   ``(seed, trial)``, written atomically, so an interrupted run loses at most one trial. The
+   frames the diagnostician read are kept next to each (:mod:`.frames`), so another checkpoint
+   re-diagnoses a recorded search (:func:`~.record.rediagnose`) instead of training it again.
 2. *Replay* (:func:`replay_optuna`, :func:`replay_ray`): a real Optuna study per strategy and
    seed — the real pruner objects, in-memory storage, the same study name everywhere (Optuna's
    Hyperband assigns brackets by hashing the study name with the trial number) — whose objective
@@ -75,7 +77,8 @@ Without a corpus the strategy is skipped (it is never fitted on benchmark record
 leak). ``--quick`` fits it on a synthetic toy corpus, to exercise the path.
 
 The package, one idea per module: ``config`` (configuration and quick profile), ``problem`` (what
-is tuned, the configurations drawn), ``record`` (phase 1), ``curve_tcn`` (the Curve-TCN stopper),
+is tuned, the configurations drawn), ``record`` (phase 1), ``frames`` (the frames a
+recording keeps for re-diagnosis), ``curve_tcn`` (the Curve-TCN stopper),
 ``arms`` (the strategies), ``replay`` (phase 2), ``stats`` (intervals, false stops, summary),
 ``diagnosis`` (what TEViD saw), ``report`` (table, verdicts, section, figure), ``stoppers`` (the
 other stop signals — Lightning-style cheap rule + CUSUM, LC-PFN — in the form the TEViD wrappers

@@ -10,13 +10,14 @@ import inspect
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import optuna
@@ -28,8 +29,10 @@ from tqdm.auto import tqdm
 
 from core_models.checkpoint import checkpoint_digest
 from data_factory.datasets import TensorData
+from data_factory.frames import Frame
 from data_factory.optimizers import build_optimizer
 from experiments.hpo_benchmark.config import _say
+from experiments.hpo_benchmark.frames import FrameTap, frames_path, read_frames, write_frames
 from experiments.hpo_benchmark.problem import Problem, TrialConfig, _one_thread, draw_configs
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import ERROR_ATTR, USER_ATTR, TrialMonitor
@@ -211,7 +214,8 @@ def _hook_seconds(step_s: Sequence[float], first_step: int, every: int) -> float
 def train_trial(problem: Problem, config: TrialConfig, data: TensorData,
                 diagnostician: Diagnostician, *, diagnostician_key: str = "",
                 trial: optuna.Trial | None = None,
-                on_epoch: Callable[[EpochRecord], None] | None = None) -> TrialRecording:
+                on_epoch: Callable[[EpochRecord], None] | None = None,
+                frames: list[Frame] | None = None) -> TrialRecording:
     """Train one configuration with a :class:`TrialMonitor` attached; return its recording.
 
     Phase 1 calls it with ``trial=None`` (the monitor writes into a recorder) and trains all
@@ -226,6 +230,8 @@ def train_trial(problem: Problem, config: TrialConfig, data: TensorData,
         diagnostician_key: recorded with the recording.
         trial: a live Optuna trial, or ``None``.
         on_epoch: called with each epoch's record after the monitor's ``epoch_end``.
+        frames: if given, receives every frame the diagnostician read (training scalars
+            included), for :func:`rediagnose` by another checkpoint.
     """
     torch.manual_seed(config.weight_seed)
     model = problem.build_model(data)
@@ -240,7 +246,8 @@ def train_trial(problem: Problem, config: TrialConfig, data: TensorData,
     order = torch.cat([torch.randperm(size, generator=g) for _ in range(passes)])
     sink = _AttrTee(trial)
     # optimizer= as the README's loop passes it: a telemetry diagnostician reads the lr in use
-    mon = TrialMonitor(model, sink, diagnostician=diagnostician, optimizer=opt, **_SYNCHRONOUS)
+    tap = FrameTap(diagnostician)
+    mon = TrialMonitor(model, sink, diagnostician=tap, optimizer=opt, **_SYNCHRONOUS)
     steps: dict[str, list[float | None]] = {k: [] for k in ("step", "epoch", "loss", "lr",
                                                               "grad_norm")}
     recording = TrialRecording(config, problem.key(), diagnostician_key, spe, mon.every, [], steps)
@@ -293,7 +300,77 @@ def train_trial(problem: Problem, config: TrialConfig, data: TensorData,
             recording.epochs.append(record)
             if on_epoch is not None:
                 on_epoch(record)
+    if frames is not None:
+        frames.extend(tap.frames)
     return recording
+
+
+class _RecordedCapture:
+    """Stands in for :class:`~data_factory.capture.StateCapture` in :func:`rediagnose`: at each
+    step it returns the frame recorded at that step, if any."""
+
+    def __init__(self, frames: Sequence[Frame]) -> None:
+        self._at = {f.step: f for f in frames}
+        self.step_count = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def step(self, epoch: int | None = None) -> Frame | None:
+        frame = self._at.get(self.step_count)
+        self.step_count += 1
+        return frame
+
+
+def rediagnose(recording: TrialRecording, frames: Sequence[Frame], diagnostician: Diagnostician,
+               *, diagnostician_key: str = "") -> TrialRecording:
+    """``recording`` as if ``diagnostician`` had watched it: its recorded frames streamed
+    through a real :class:`TrialMonitor` (alert rule, run memory, non-finite-loss rule and
+    payload all the monitor's own), the recorded losses at every step.
+
+    Only each epoch's ``tevid``, ``tevid_error`` and ``ray`` change; the training numbers,
+    steps and wall times stay the recording's (its monitor seconds included: the capture is the
+    same, a diagnostician of another size would cost slightly more or less).
+    ``tests/test_hpo_benchmark.py`` checks the result equals a live recording under
+    ``diagnostician``.
+
+    Args:
+        recording: a recording whose frames were kept (:func:`train_trial`'s ``frames``).
+        frames: those frames, in order.
+        diagnostician: the checkpoint that re-reads them (reset here by the monitor).
+        diagnostician_key: recorded with the result.
+    """
+    profile = diagnostician.profile
+    shape = (profile.in_chans, profile.frame_size, profile.frame_size)
+    if frames and tuple(frames[0].tensor.shape) != shape:
+        raise ValueError(f"recorded frames of shape {tuple(frames[0].tensor.shape)} do not fit "
+                         f"{profile.name!r} {shape}: that checkpoint has to record anew")
+    stand_in = nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 1), nn.Linear(1, 1))
+    opt = torch.optim.SGD(stand_in.parameters(), lr=0.0)   # the taps supply the real scalars
+    tap = FrameTap(diagnostician, scalars=[f.scalars for f in frames])
+    sink = _AttrTee()
+    mon = TrialMonitor(stand_in, sink, diagnostician=tap, every=recording.every, optimizer=opt,
+                       **_SYNCHRONOUS)
+    # The one seam: the monitor reads its frames from the recording instead of hooks.
+    mon._capture = _RecordedCapture(frames)   # type: ignore[assignment]
+    spe, loss = recording.steps_per_epoch, recording.steps["loss"]
+    epochs: list[EpochRecord] = []
+    with mon:
+        for e, ep in enumerate(recording.epochs):
+            for k in range(e * spe, (e + 1) * spe):
+                mon.step(loss=_nan(loss[k]))
+            mon.epoch_end(e)
+            epochs.append(replace(
+                ep, tevid=copy.deepcopy(sink.user_attrs.get(USER_ATTR)),
+                tevid_error=sink.user_attrs.get(ERROR_ATTR),
+                ray=json.loads(json.dumps(ray_metrics(mon)))))
+    if len(tap.frames) != len(frames):
+        raise ValueError(f"the replay read {len(tap.frames)} of {len(frames)} recorded frames: "
+                         f"the recording's capture grid does not match every={recording.every}")
+    return replace(recording, diagnostician=diagnostician_key, epochs=epochs)
 
 
 def diagnostician_key(diag: Diagnostician) -> str:
@@ -346,6 +423,7 @@ def record_all(cfg: DictConfig, problem: Problem, diagnostician: Diagnostician,
         indent=1))
     data = problem.load_data()
     out: dict[int, list[TrialRecording]] = {}
+    reuse, reused = bool(cfg.get("rediagnose", True)), 0
     with _one_thread():
         for seed in seeds:
             recs: list[TrialRecording] = []
@@ -354,9 +432,19 @@ def record_all(cfg: DictConfig, problem: Problem, diagnostician: Diagnostician,
             for config in bar:
                 path = root / f"seed{seed}" / f"trial{config.number:03d}.json"
                 rec = _load_recording(path, config, problem, key)
-                if rec is None:
+                donor = None if rec is not None or not reuse else \
+                    _donor(cfg, problem, config, diagnostician)
+                if donor is not None:
+                    rec = rediagnose(donor[0], donor[1], diagnostician, diagnostician_key=key)
+                    _link_or_copy(frames_path(donor[2]), frames_path(path))
+                    _write_atomic(path, rec.to_json())
+                    reused += 1
+                elif rec is None:
+                    frames: list[Frame] = []
                     rec = train_trial(problem, config, data, diagnostician,
-                                      diagnostician_key=key)
+                                      diagnostician_key=key, frames=frames)
+                    write_frames(frames_path(path), frames, every=rec.every,
+                                 diagnostician=key)
                     _write_atomic(path, rec.to_json())
                 recs.append(rec)
                 last = rec.epochs[-1]
@@ -365,4 +453,42 @@ def record_all(cfg: DictConfig, problem: Problem, diagnostician: Diagnostician,
                                 s_ep=f"{np.mean([e.seconds for e in rec.epochs]):.2f}",
                                 alert=(last.tevid or {}).get("alert") or "-")
             out[seed] = recs
+    if reused:
+        _say(f"re-diagnosed {reused} trial(s) from the frames another checkpoint recorded")
     return out
+
+
+def _donor(cfg: DictConfig, problem: Problem, config: TrialConfig, diagnostician: Diagnostician
+           ) -> tuple[TrialRecording, list[Frame], Path] | None:
+    """A recording of exactly this trial under another checkpoint whose frames were kept and fit
+    ``diagnostician``'s capture settings: ``(recording, frames, its path)``, else ``None``."""
+    profile = diagnostician.profile
+    name = Path(f"seed{config.seed}") / f"trial{config.number:03d}.json"
+    for other in sorted(Path(cfg.recordings).expanduser().glob(f"{problem.key()}-*")):
+        path = other / name
+        if not (path.is_file() and frames_path(path).is_file()):
+            continue
+        try:
+            rec = TrialRecording.from_json(path.read_text())
+            frames, header = read_frames(frames_path(path))
+        except (ValueError, KeyError, TypeError) as err:
+            _say(f"not re-diagnosing from {path}: unreadable ({err})")
+            continue
+        fits = (rec.version == RECORDING_VERSION and rec.config == config
+                and rec.problem_key == problem.key() and rec.n_epochs == problem.max_epochs
+                and header["every"] == rec.every == profile.every
+                and header["frame_size"] == profile.frame_size
+                and header["in_chans"] == profile.in_chans)
+        if fits:
+            return rec, frames, path
+    return None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` holds ``src``'s bytes (a hard link where the file system allows one)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
