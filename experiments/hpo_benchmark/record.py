@@ -333,7 +333,9 @@ def rediagnose(recording: TrialRecording, frames: Sequence[Frame], diagnostician
 
     Only each epoch's ``tevid``, ``tevid_error`` and ``ray`` change; the training numbers,
     steps and wall times stay the recording's (its monitor seconds included: the capture is the
-    same, a diagnostician of another size would cost slightly more or less).
+    same, a diagnostician of another size would cost slightly more or less). A non-finite loss
+    was stored as ``null`` and reads back as NaN, so a non-finite-loss alert's ``loss`` field
+    says ``'nan'`` where the live one may have said ``'inf'``; its step and epoch are the same.
     ``tests/test_hpo_benchmark.py`` checks the result equals a live recording under
     ``diagnostician``.
 
