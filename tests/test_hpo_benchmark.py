@@ -621,3 +621,16 @@ def test_frames_of_another_capture_size_are_refused(toy_checkpoint_one_thread):
     frame = Frame(torch.zeros(6, side, side, dtype=torch.bfloat16), step=0, epoch=0)
     with pytest.raises(ValueError, match="record anew"):
         record.rediagnose(_rec(0, [0.2]), [frame], diag)
+
+
+def test_a_trial_stuck_at_the_majority_class_share_counts_as_failed():
+    """Chance is what a constant guess scores (the majority class's share of the validation
+    split), not 1/K: on the text and gratings tasks that is ~0.30, not 0.25 or 0.10."""
+    from experiments.hpo_benchmark.diagnosis import chance_accuracy, trial_kinds
+
+    recs = {0: [_rec(0, [0.30] * 5), _rec(1, [0.3, 0.5, 0.8])]}
+    assert trial_kinds(recs, chance=0.30) == {(0, 0): "failed", (0, 1): "learned"}
+    assert trial_kinds(recs, chance=0.10)[(0, 0)] == "learned"
+    problem = hb.Problem.from_cfg(hb.load_config(["task=gn_cnn_gratings"]).problem)
+    data = problem.load_data()
+    assert 1 / data.num_classes < chance_accuracy(data) < 1

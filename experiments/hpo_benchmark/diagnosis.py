@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from data_factory.datasets import TensorData
 from experiments.hpo_benchmark.arms import HYPERBAND, TEVID
 from experiments.hpo_benchmark.record import TrialRecording, _nan
 from experiments.hpo_benchmark.replay import TrialOutcome
@@ -41,12 +42,41 @@ def _trial_facts(rec: TrialRecording, chance: float) -> dict[str, Any]:
             "alert_epoch": first["epoch"] if first else None}
 
 
+def chance_accuracy(data: TensorData) -> float:
+    """What a constant guess scores on the validation split: the majority class's share (not
+    ``1 / num_classes``, which is lower on unbalanced splits and would call a stuck trial
+    learning).
+
+    Example:
+        >>> import torch
+        >>> y = torch.tensor([0, 0, 0, 1])
+        >>> chance_accuracy(TensorData("toy", y, y, y, y, y, y, num_classes=4))
+        0.75
+    """
+    counts = np.bincount(data.y_val.numpy())
+    return float(counts.max() / counts.sum())
+
+
+def trial_kinds(recordings: Mapping[int, Sequence[TrialRecording]], chance: float
+                ) -> dict[tuple[int, int], str]:
+    """What each ``(seed, number)`` trial did: ``"failed"``, ``"overfit"`` or ``"learned"``
+    (:func:`_trial_facts`)."""
+    out = {}
+    for rs in recordings.values():
+        for r in rs:
+            f = _trial_facts(r, chance)
+            out[(r.config.seed, r.config.number)] = ("failed" if f["failed"] else
+                                                     "overfit" if f["overfit"] else "learned")
+    return out
+
+
 def diagnose(recordings: Mapping[int, Sequence[TrialRecording]],
-             outcomes: Sequence[TrialOutcome], prune_on: Sequence[str]) -> dict[str, Any]:
-    """Why TEViD saved what it saved (or not): counts over the recordings, for the note."""
+             outcomes: Sequence[TrialOutcome], prune_on: Sequence[str],
+             chance: float) -> dict[str, Any]:
+    """Why TEViD saved what it saved (or not): counts over the recordings, for the note;
+    ``chance`` is :func:`chance_accuracy` of the problem's data."""
     recs = [r for rs in recordings.values() for r in rs]
-    n_classes = 10
-    facts = {(r.config.seed, r.config.number): _trial_facts(r, 1.0 / n_classes) for r in recs}
+    facts = {(r.config.seed, r.config.number): _trial_facts(r, chance) for r in recs}
     vals = np.array([r.full_value for r in recs])
     top = float(np.quantile(vals, 0.75)) if len(vals) else math.nan
     hb = {(o.seed, o.number): o for o in outcomes if o.strategy == HYPERBAND}
@@ -70,4 +100,5 @@ def diagnose(recordings: Mapping[int, Sequence[TrialRecording]],
         "hyperband_already_stopped_by_rung_1": sum(
             hb[k].epochs <= 2 for k in saved_on),
         "top_quartile_val_acc": top,
+        "chance": chance,
     }

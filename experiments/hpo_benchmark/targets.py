@@ -10,6 +10,8 @@ For every base X with an ``X + TEViD`` arm:
 * 0 false stops *by TEViD* over all seeds (stops by X itself are X's);
 * fewer epochs than ``X + Cheap rule`` and ``X + LC-PFN`` at equal accuracy (mean epochs lower,
   and the accuracy difference's interval reaches 0). Where another signal wins, the line says so.
+  Either way it says on which trials each signal stopped earlier than the other
+  (:func:`earlier_stops`): what the internal state added, and what it missed.
 
 The Pareto front is over (mean epochs per trial ↓, mean best validation accuracy ↑).
 """
@@ -17,6 +19,7 @@ The Pareto front is over (mean epochs per trial ↓, mean best validation accura
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,9 +83,46 @@ def _not_lower(estimate: float, high: float) -> bool:
     return estimate >= 0.0 if math.isnan(high) else high >= 0.0
 
 
+def earlier_stops(outcomes: Sequence[TrialOutcome], arm: str, other: str,
+                  kinds: Mapping[tuple[int, int], str] | None = None) -> str:
+    """On which trials each of two arms of one base stopped earlier *on its own signal* than
+    the other arm did: ``arm``'s signal on trials ``other`` let run longer, and the reverse,
+    with the epochs it saved there and what the trials did (``kinds``: ``(seed, number)`` →
+    e.g. ``"failed"``, ``"overfit"``, ``"learned"``). A trial stopped by the base itself is
+    not counted: the base may decide differently only because earlier trials went differently.
+
+    Example:
+        >>> from experiments.hpo_benchmark.replay import TrialOutcome
+        >>> def o(arm, n, epochs, by):
+        ...     return TrialOutcome(arm, 0, n, epochs, 9, by, "", .5, .5, .5, 1.)
+        >>> outs = [o("H + TEViD", 0, 2, "TEViD"), o("H + LC-PFN", 0, 9, None),
+        ...         o("H + TEViD", 1, 9, None), o("H + LC-PFN", 1, 3, "LC-PFN")]
+        >>> earlier_stops(outs, "H + TEViD", "H + LC-PFN", {(0, 0): "overfit", (0, 1): "learned"})
+        'TEViD earlier on 1 trial (7 epochs; overfit 1), LC-PFN earlier on 1 (6 epochs; learned 1)'
+    """
+    by_arm = {name: {(o.seed, o.number): o for o in outcomes if o.strategy == name}
+              for name in (arm, other)}
+
+    def tally(first: str, second: str) -> tuple[str, int, str]:
+        a, b = by_arm[first], by_arm[second]
+        signal = first.rsplit(" + ", 1)[-1]
+        keys = sorted(k for k in a if k in b and a[k].stopped_by == signal
+                      and a[k].epochs < b[k].epochs)
+        saved = sum(b[k].epochs - a[k].epochs for k in keys)
+        what = ", ".join(f"{kind} {n}" for kind, n in
+                         sorted(Counter((kinds or {}).get(k, "?") for k in keys).items()))
+        return signal, len(keys), f"{saved} epochs" + (f"; {what}" if what else "")
+
+    (s1, n1, d1), (s2, n2, d2) = tally(arm, other), tally(other, arm)
+    trials = "trial" if n1 == 1 else "trials"
+    return f"{s1} earlier on {n1} {trials} ({d1}), {s2} earlier on {n2} ({d2})"
+
+
 def base_targets(summary: Mapping[str, Mapping[str, Any]], outcomes: Sequence[TrialOutcome],
-                 strategies: Sequence[Strategy], n_resamples: int) -> list[str]:
-    """One markdown bullet per base X with ``X + TEViD``: each target, measured, met or not."""
+                 strategies: Sequence[Strategy], n_resamples: int,
+                 kinds: Mapping[tuple[int, int], str] | None = None) -> list[str]:
+    """One markdown bullet per base X with ``X + TEViD``: each target, measured, met or not;
+    ``kinds`` (what each ``(seed, number)`` trial did) details :func:`earlier_stops`."""
     lines = []
     by_name = {s.name: s for s in strategies}
     for s in strategies:
@@ -120,7 +160,8 @@ def base_targets(summary: Mapping[str, Mapping[str, Any]], outcomes: Sequence[Tr
                 "not met: the same epochs" if d_ep.estimate == 0 else
                 f"not met: {SIGNAL_NAMES[signal]} trains fewer epochs")
             parts.append(f"vs {SIGNAL_NAMES[signal]}: Δ epochs/trial {d_ep.estimate:+.2f}, "
-                         f"Δ best val {100 * d_val.estimate:+.1f} pp ({verdict})")
+                         f"Δ best val {100 * d_val.estimate:+.1f} pp ({verdict}; "
+                         f"{earlier_stops(outcomes, s.name, other, kinds)})")
         lines.append(f"* **{s.name} vs {x}:** " + "; ".join(parts) + ".")
     front = pareto_front(summary)
     tevid_arms = [n for n, s in by_name.items() if s.signal == "tevid" and n in summary]
