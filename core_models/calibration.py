@@ -99,6 +99,37 @@ class Calibration:
     burn_in: int = 0
     loss_confirm: float = 0.0
 
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first field outside its allowed range.
+
+        Example:
+            >>> Calibration(tau_u=0.0).check()
+            Traceback (most recent call last):
+            ...
+            ValueError: calibration.tau_u must be in (0, 1] (the vacuity above which a diagnosis abstains), got 0.0
+        """
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"calibration.temperature must be a finite number > 0, "
+                             f"got {self.temperature!r}")
+        if not 0.0 < self.tau_u <= 1.0:
+            raise ValueError(f"calibration.tau_u must be in (0, 1] (the vacuity above which a "
+                             f"diagnosis abstains), got {self.tau_u!r}")
+        for label, tau in self.tau_c.items():
+            if not 0.0 <= tau <= 1.0:
+                raise ValueError(f"calibration.tau_c[{label!r}] must be a probability in "
+                                 f"[0, 1], got {tau!r}")
+        if self.consecutive < 1:
+            raise ValueError(f"calibration.consecutive must be >= 1, got {self.consecutive!r}")
+        if self.memory < 0:
+            raise ValueError(f"calibration.memory must be >= 0 (0: no run memory), "
+                             f"got {self.memory!r}")
+        if self.burn_in < 0:
+            raise ValueError(f"calibration.burn_in must be >= 0 (0: the model's window), "
+                             f"got {self.burn_in!r}")
+        if not self.loss_confirm >= 0:
+            raise ValueError(f"calibration.loss_confirm must be >= 0 (0: off), "
+                             f"got {self.loss_confirm!r}")
+
     def evidence_frames(self, window: int) -> int:
         """Real frames a run needs before its first verdict: ``burn_in``, or ``window`` if 0."""
         return int(self.burn_in) if self.burn_in else int(window)
@@ -509,8 +540,8 @@ def calibrate(clip_logits: np.ndarray, clip_labels: np.ndarray,
                                          min_coverage=min_coverage)
     elif max_risk is not None or min_coverage is not None:
         raise ValueError("give tau_u or a target for it (max_risk / min_coverage), not both")
-    elif not 0.0 < tau_u <= 1.0:
-        raise ValueError(f"tau_u must be in (0, 1], got {tau_u!r}")
+    else:   # refuse a nonsense gate before any threshold is fitted under it
+        Calibration(tau_u=tau_u).check()
     if memory_runs and not burn_in_grid:
         memory, _ = select_memory(
             [(evidential_probs(z, temperature)[0], flags) for z, flags in memory_runs],

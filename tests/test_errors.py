@@ -161,7 +161,7 @@ def test_a_monitor_in_a_multi_objective_study_with_a_tevid_pruner_fails_at_once(
     ({"labels": ("A", "B")}, ValueError, "2 labels for a head with 5 outputs"),
     ({"cal": {"temperature": 0.0}}, ValueError,
      r"calibration.temperature must be a finite number > 0, got 0.0"),
-    ({"cal": {"tau_u": 1.5}}, ValueError, r"calibration.tau_u .* must be in \(0, 1\], got 1.5"),
+    ({"cal": {"tau_u": 1.5}}, ValueError, r"calibration.tau_u must be in \(0, 1\] .*, got 1.5"),
     ({"cal": {"tau_c": {"Instability": -0.1}}}, ValueError,
      r"calibration.tau_c\['Instability'\] must be a probability in \[0, 1\], got -0.1"),
     ({"cal": {"consecutive": 0}}, ValueError, "calibration.consecutive must be >= 1, got 0"),

@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import base64
-import math
 import os
 import warnings
 from collections import deque
@@ -117,31 +116,6 @@ class Diagnosis:
         return asdict(self)
 
 
-def _check_calibration(cal: Calibration) -> None:
-    """Raise ``ValueError`` naming the first calibration field outside its allowed range."""
-    if not (math.isfinite(cal.temperature) and cal.temperature > 0):
-        raise ValueError(f"calibration.temperature must be a finite number > 0, "
-                         f"got {cal.temperature!r}")
-    if not 0.0 < cal.tau_u <= 1.0:
-        raise ValueError(f"calibration.tau_u (the vacuity above which a diagnosis abstains) must "
-                         f"be in (0, 1], got {cal.tau_u!r}")
-    for label, tau in cal.tau_c.items():
-        if not 0.0 <= tau <= 1.0:
-            raise ValueError(f"calibration.tau_c[{label!r}] must be a probability in [0, 1], "
-                             f"got {tau!r}")
-    if cal.consecutive < 1:
-        raise ValueError(f"calibration.consecutive must be >= 1, got {cal.consecutive!r}")
-    if cal.memory < 0:
-        raise ValueError(f"calibration.memory must be >= 0 (0: no run memory), "
-                         f"got {cal.memory!r}")
-    if cal.burn_in < 0:
-        raise ValueError(f"calibration.burn_in must be >= 0 (0: the model's window), "
-                         f"got {cal.burn_in!r}")
-    if not cal.loss_confirm >= 0:
-        raise ValueError(f"calibration.loss_confirm must be >= 0 (0: off), "
-                         f"got {cal.loss_confirm!r}")
-
-
 class Diagnostician:
     """Causal, streaming TEViD diagnostician for one run at a time.
 
@@ -177,7 +151,7 @@ class Diagnostician:
             raise TypeError(f"calibration must be a core_models.calibration.Calibration or None, "
                             f"got {type(calibration).__name__}")
         self.calibration = calibration or Calibration()
-        _check_calibration(self.calibration)
+        self.calibration.check()
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.model.temperature = float(self.calibration.temperature)
