@@ -55,11 +55,11 @@ evaluate: venv
 hpo-benchmark: venv
 	$(PY) -m experiments.hpo_benchmark write_results=true
 
-# Issue 25's out-of-distribution tasks, 5 seeds each (hours on 2 cores; reports under
-# ~/.cache/tevid-hpo/hpo_benchmark/report-<task>, docs/ untouched).
+# Issue 25's out-of-distribution tasks, 5 seeds each, trials recorded on every core (hours on
+# 2 cores; resumable; reports under ~/.cache/tevid-hpo/hpo_benchmark/report-<task>, docs/ untouched).
 hpo-benchmark-ood: venv
 	for t in gru_text gn_cnn_gratings transformer_text; do \
-	  $(PY) -m experiments.hpo_benchmark task=$$t 'seeds=[0,1,2,3,4]' || exit 1; done
+	  $(PY) -m experiments.hpo_benchmark task=$$t 'seeds=[0,1,2,3,4]' workers=$$(nproc) || exit 1; done
 
 # Issue 23's external suite: user-written runs through TrialMonitor (cached, resumable under
 # ~/.cache/tevid-hpo/external), every method scored → docs/results.md "External suite" sections.

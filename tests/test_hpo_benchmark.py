@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import optuna
 import pytest
 import torch
 from conftest import local_ray_session
+from omegaconf import OmegaConf
 from optuna.pruners import BasePruner
 
 from data_factory.frames import Frame
@@ -634,3 +635,26 @@ def test_a_trial_stuck_at_the_majority_class_share_counts_as_failed():
     problem = hb.Problem.from_cfg(hb.load_config(["task=gn_cnn_gratings"]).problem)
     data = problem.load_data()
     assert 1 / data.num_classes < chance_accuracy(data) < 1
+
+
+def test_workers_record_the_same_trials_as_one_process(quick, tmp_path):
+    cfg, _, _, _ = quick
+    serial = _recordings(cfg)
+    side_by_side = OmegaConf.merge(cfg, {"recordings": str(tmp_path), "workers": 2})
+    diag = Diagnostician.from_pretrained(str(cfg.diagnostician), device="cpu")
+    recs = record.record_all(side_by_side, hb.Problem.from_cfg(cfg.problem), diag,
+                             list(cfg.seeds), int(cfg.n_trials), progress=False)
+
+    def untimed(r: hb.TrialRecording) -> dict[str, Any]:
+        d = asdict(hb.TrialRecording.from_json(r.to_json()))
+        for e in d["epochs"]:
+            e["seconds"] = e["monitor_seconds"] = None
+        return d
+
+    for seed in cfg.seeds:   # the same trials in the same order, whichever process trained them
+        assert [untimed(r) for r in recs[seed]] == [untimed(r) for r in serial[seed]]
+    assert len(list(tmp_path.glob("*/seed*/trial*.frames.safetensors"))) == \
+        len(cfg.seeds) * cfg.n_trials
+    with pytest.raises(ValueError, match="workers"):
+        record.record_all(OmegaConf.merge(side_by_side, {"workers": 0}),
+                          hb.Problem.from_cfg(cfg.problem), diag, [0], 1, progress=False)

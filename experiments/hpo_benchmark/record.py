@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import math
@@ -13,8 +14,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Self
@@ -414,6 +417,13 @@ def record_all(cfg: DictConfig, problem: Problem, diagnostician: Diagnostician,
                ) -> dict[int, list[TrialRecording]]:
     """Phase 1: every ``(seed, trial)`` trained once to ``max_epochs``, or read from the cache.
 
+    A trial already recorded under this checkpoint is read back; one recorded with its frames
+    under another checkpoint is re-diagnosed (``rediagnose``); the rest are trained, in
+    ``cfg.workers`` processes (one torch thread each) when that is above 1. A trial's training
+    depends only on ``(seed, trial)``, so the recordings are the same for any number of workers
+    (the timings are not). Each trial is written as soon as it is done, so an interruption loses
+    at most the trials in flight.
+
     Returns ``{seed: [recording of trial 0, 1, ...]}``.
     """
     key = diagnostician_key(diagnostician)
@@ -423,41 +433,82 @@ def record_all(cfg: DictConfig, problem: Problem, diagnostician: Diagnostician,
         "problem": asdict(problem), "diagnostician": key,
         "diagnostician_source": str(diagnostician.source), "recording_version": RECORDING_VERSION},
         indent=1))
-    data = problem.load_data()
-    out: dict[int, list[TrialRecording]] = {}
+    workers = int(cfg.get("workers", 1))
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     reuse, reused = bool(cfg.get("rediagnose", True)), 0
-    with _one_thread():
-        for seed in seeds:
-            recs: list[TrialRecording] = []
-            bar = tqdm(draw_configs(problem, seed, n_trials), desc=f"record seed {seed}",
-                       unit="trial", disable=not progress, dynamic_ncols=True)
-            for config in bar:
-                path = root / f"seed{seed}" / f"trial{config.number:03d}.json"
-                rec = _load_recording(path, config, problem, key)
-                donor = None if rec is not None or not reuse else \
-                    _donor(cfg, problem, config, diagnostician)
-                if donor is not None:
+    done: dict[tuple[int, int], TrialRecording] = {}
+    todo: list[tuple[TrialConfig, Path]] = []
+    for seed in seeds:
+        for config in draw_configs(problem, seed, n_trials):
+            path = root / f"seed{seed}" / f"trial{config.number:03d}.json"
+            rec = _load_recording(path, config, problem, key)
+            donor = None if rec is not None or not reuse else \
+                _donor(cfg, problem, config, diagnostician)
+            if donor is not None:
+                with _one_thread():
                     rec = rediagnose(donor[0], donor[1], diagnostician, diagnostician_key=key)
-                    _link_or_copy(frames_path(donor[2]), frames_path(path))
-                    _write_atomic(path, rec.to_json())
-                    reused += 1
-                elif rec is None:
-                    frames: list[Frame] = []
-                    rec = train_trial(problem, config, data, diagnostician,
-                                      diagnostician_key=key, frames=frames)
-                    write_frames(frames_path(path), frames, every=rec.every,
-                                 diagnostician=key)
-                    _write_atomic(path, rec.to_json())
-                recs.append(rec)
-                last = rec.epochs[-1]
-                bar.set_postfix(lr=f"{config.lr:.1e}", n=config.train_size,
-                                val=f"{rec.full_value:.3f}",
-                                s_ep=f"{np.mean([e.seconds for e in rec.epochs]):.2f}",
-                                alert=(last.tevid or {}).get("alert") or "-")
-            out[seed] = recs
+                _link_or_copy(frames_path(donor[2]), frames_path(path))
+                _write_atomic(path, rec.to_json())
+                reused += 1
+            if rec is None:
+                todo.append((config, path))
+            else:
+                done[(seed, config.number)] = rec
     if reused:
         _say(f"re-diagnosed {reused} trial(s) from the frames another checkpoint recorded")
-    return out
+    if todo:
+        bar = tqdm(total=len(todo), desc=f"record ({min(workers, len(todo))} worker(s))",
+                   unit="trial", disable=not progress, dynamic_ncols=True)
+        with bar:
+            for rec in _train_all(problem, diagnostician, key, todo, workers):
+                done[(rec.config.seed, rec.config.number)] = rec
+                bar.update()
+                bar.set_postfix(seed=rec.config.seed, lr=f"{rec.config.lr:.1e}",
+                                n=rec.config.train_size, val=f"{rec.full_value:.3f}",
+                                alert=(rec.epochs[-1].tevid or {}).get("alert") or "-")
+    return {seed: [done[(seed, k)] for k in range(n_trials)] for seed in seeds}
+
+
+def _train_all(problem: Problem, diagnostician: Diagnostician, key: str,
+               todo: Sequence[tuple[TrialConfig, Path]], workers: int
+               ) -> Iterator[TrialRecording]:
+    """Train and write every ``(config, path)`` of ``todo``; yield each recording when done."""
+    if workers == 1 or len(todo) == 1 or diagnostician.source is None:
+        data = problem.load_data()
+        for config, path in todo:
+            yield _record_trial(problem, config, path, diagnostician, key, data)
+        return
+    # spawn, not fork: a forked child would inherit torch's and Ray's threads mid-state.
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn"))
+    try:
+        futures = [pool.submit(_record_trial, problem, config, path, str(diagnostician.source),
+                               key) for config, path in todo]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:   # on an error or an interrupt, what is finished is on disk; drop the queue
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_diagnostician(source: str) -> Diagnostician:
+    """A worker's diagnostician, loaded once per process (the monitor resets it per trial)."""
+    return Diagnostician.from_pretrained(source, device="cpu")
+
+
+def _record_trial(problem: Problem, config: TrialConfig, path: Path,
+                  diagnostician: Diagnostician | str, key: str,
+                  data: TensorData | None = None) -> TrialRecording:
+    """Train one trial (in this process or a worker), write it and its frames, return it."""
+    with _one_thread():
+        if isinstance(diagnostician, str):
+            diagnostician = _worker_diagnostician(diagnostician)
+        frames: list[Frame] = []
+        rec = train_trial(problem, config, problem.load_data() if data is None else data,
+                          diagnostician, diagnostician_key=key, frames=frames)
+    write_frames(frames_path(path), frames, every=rec.every, diagnostician=key)
+    _write_atomic(path, rec.to_json())
+    return rec
 
 
 def _donor(cfg: DictConfig, problem: Problem, config: TrialConfig, diagnostician: Diagnostician
