@@ -624,17 +624,26 @@ def test_frames_of_another_capture_size_are_refused(toy_checkpoint_one_thread):
         record.rediagnose(_rec(0, [0.2]), [frame], diag)
 
 
-def test_a_trial_stuck_at_the_majority_class_share_counts_as_failed():
+def test_a_trial_stuck_at_the_constant_guess_counts_as_failed():
     """Chance is what a constant guess scores (the majority class's share of the validation
-    split), not 1/K: on the text and gratings tasks that is ~0.30, not 0.25 or 0.10."""
-    from experiments.hpo_benchmark.diagnosis import chance_accuracy, trial_kinds
+    split, not 1/K: ~0.30 on the text and gratings tasks) and the loss it has (the entropy of the
+    class prior); a trial that blew up and then settled at that loss predicts a constant too."""
+    from experiments.hpo_benchmark.diagnosis import Chance, trial_kinds
 
-    recs = {0: [_rec(0, [0.30] * 5), _rec(1, [0.3, 0.5, 0.8])]}
-    assert trial_kinds(recs, chance=0.30) == {(0, 0): "failed", (0, 1): "learned"}
-    assert trial_kinds(recs, chance=0.10)[(0, 0)] == "learned"
+    stuck, learned = _rec(0, [0.30] * 5), _rec(1, [0.3, 0.5, 0.8])   # training loss 1.0 each
+    collapsed = _rec(2, [0.30] * 3)
+    collapsed = replace(collapsed, epochs=[replace(e, train_loss=x) for e, x in
+                                           zip(collapsed.epochs, [20.0, 1.39, 1.39])])
+    recs = {0: [stuck, learned, collapsed]}
+    assert trial_kinds(recs, Chance(0.30, 1.386)) == {
+        (0, 0): "learned", (0, 1): "learned", (0, 2): "failed"}   # 1.0 is below the guess's loss
+    assert trial_kinds(recs, Chance(0.30, 1.0))[(0, 0)] == "failed"
+    assert trial_kinds(recs, Chance(0.10, 1.0))[(0, 0)] == "learned"
     problem = hb.Problem.from_cfg(hb.load_config(["task=gn_cnn_gratings"]).problem)
     data = problem.load_data()
-    assert 1 / data.num_classes < chance_accuracy(data) < 1
+    chance = Chance.of(data)
+    assert 1 / data.num_classes < chance.accuracy < 1
+    assert 0 < chance.loss <= math.log(data.num_classes) + 1e-9
 
 
 def test_workers_record_the_same_trials_as_one_process(quick, tmp_path):

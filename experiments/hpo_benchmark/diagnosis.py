@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,19 +17,20 @@ from experiments.hpo_benchmark.record import TrialRecording, _nan
 from experiments.hpo_benchmark.replay import TrialOutcome
 
 
-def _trial_facts(rec: TrialRecording, chance: float) -> dict[str, Any]:
+def _trial_facts(rec: TrialRecording, chance: Chance) -> dict[str, Any]:
     """What the recording says a trial did (for the note's reasons).
 
-    * *failed*: a non-finite training loss, or validation accuracy within 2 points of chance at
-      the end with the training loss no lower than 95 % of its first epoch's (never learned);
+    * *failed*: a non-finite training loss, or at the end validation accuracy within 2 points of
+      chance and a training loss no lower than 95 % of a constant guess's (it predicts the class
+      prior: never learned, or diverged and collapsed to a constant);
     * *overfit*: not failed, and the validation loss at the end 25 % above its minimum while the
       training loss kept falling after that minimum;
     * TEViD's first confirmed alert (label, epoch), from the attribute after the last epoch.
     """
     eps = rec.epochs
     nonfinite = any(v is None for v in rec.steps.get("loss", []))
-    first_loss, last_loss = _nan(eps[0].train_loss), _nan(eps[-1].train_loss)
-    stuck = eps[-1].val_acc <= chance + 0.02 and not last_loss < 0.95 * first_loss
+    last_loss = _nan(eps[-1].train_loss)
+    stuck = eps[-1].val_acc <= chance.accuracy + 0.02 and not last_loss < 0.95 * chance.loss
     failed = nonfinite or stuck
     vl = np.array([_nan(e.val_loss) for e in eps])
     overfit = False
@@ -42,22 +44,38 @@ def _trial_facts(rec: TrialRecording, chance: float) -> dict[str, Any]:
             "alert_epoch": first["epoch"] if first else None}
 
 
-def chance_accuracy(data: TensorData) -> float:
-    """What a constant guess scores on the validation split: the majority class's share (not
-    ``1 / num_classes``, which is lower on unbalanced splits and would call a stuck trial
-    learning).
+@dataclass(frozen=True)
+class Chance:
+    """What a constant guess achieves on a problem's data.
+
+    Attributes:
+        accuracy: the majority class's share of the validation split (not ``1 / num_classes``,
+            which is lower on unbalanced splits and would call a stuck trial learning).
+        loss: the cross-entropy of always predicting the training split's class prior (its
+            entropy): a trial whose training loss stays there predicts a constant, whether it
+            never learned or diverged and collapsed (its first epoch's loss says nothing then).
 
     Example:
         >>> import torch
         >>> y = torch.tensor([0, 0, 0, 1])
-        >>> chance_accuracy(TensorData("toy", y, y, y, y, y, y, num_classes=4))
-        0.75
+        >>> c = Chance.of(TensorData("toy", y, y, y, y, y, y, num_classes=4))
+        >>> c.accuracy, round(c.loss, 3)
+        (0.75, 0.562)
     """
-    counts = np.bincount(data.y_val.numpy())
-    return float(counts.max() / counts.sum())
+
+    accuracy: float
+    loss: float
+
+    @classmethod
+    def of(cls, data: TensorData) -> Chance:
+        """The constant guess's accuracy and loss on ``data``."""
+        val = np.bincount(data.y_val.numpy())
+        prior = np.bincount(data.y_train.numpy()) / len(data.y_train)
+        prior = prior[prior > 0]
+        return cls(float(val.max() / val.sum()), float(-(prior * np.log(prior)).sum()))
 
 
-def trial_kinds(recordings: Mapping[int, Sequence[TrialRecording]], chance: float
+def trial_kinds(recordings: Mapping[int, Sequence[TrialRecording]], chance: Chance
                 ) -> dict[tuple[int, int], str]:
     """What each ``(seed, number)`` trial did: ``"failed"``, ``"overfit"`` or ``"learned"``
     (:func:`_trial_facts`)."""
@@ -72,9 +90,9 @@ def trial_kinds(recordings: Mapping[int, Sequence[TrialRecording]], chance: floa
 
 def diagnose(recordings: Mapping[int, Sequence[TrialRecording]],
              outcomes: Sequence[TrialOutcome], prune_on: Sequence[str],
-             chance: float) -> dict[str, Any]:
+             chance: Chance) -> dict[str, Any]:
     """Why TEViD saved what it saved (or not): counts over the recordings, for the note;
-    ``chance`` is :func:`chance_accuracy` of the problem's data."""
+    ``chance`` is :meth:`Chance.of` the problem's data."""
     recs = [r for rs in recordings.values() for r in rs]
     facts = {(r.config.seed, r.config.number): _trial_facts(r, chance) for r in recs}
     vals = np.array([r.full_value for r in recs])
@@ -100,5 +118,6 @@ def diagnose(recordings: Mapping[int, Sequence[TrialRecording]],
         "hyperband_already_stopped_by_rung_1": sum(
             hb[k].epochs <= 2 for k in saved_on),
         "top_quartile_val_acc": top,
-        "chance": chance,
+        "chance": chance.accuracy,
+        "chance_loss": chance.loss,
     }

@@ -31,7 +31,7 @@ from experiments.hpo_benchmark.config import (
     apply_task,
 )
 from experiments.hpo_benchmark.curve_tcn import fit_curve_tcn
-from experiments.hpo_benchmark.diagnosis import chance_accuracy, diagnose, trial_kinds
+from experiments.hpo_benchmark.diagnosis import Chance, diagnose, trial_kinds
 from experiments.hpo_benchmark.problem import Problem, _one_thread
 from experiments.hpo_benchmark.record import diagnostician_key, record_all, recordings_dir
 from experiments.hpo_benchmark.replay import (
@@ -132,7 +132,7 @@ def _run_benchmark(cfg: DictConfig, command: str) -> dict[str, Any]:
         strategies = [*strategies, *rstrats]
     n_resamples = int(cfg.n_resamples)
     summary = summarize(outcomes, strategies, n_resamples=n_resamples)
-    chance = chance_accuracy(problem.load_data())
+    chance = Chance.of(problem.load_data())
     diagnosis = diagnose(recordings, outcomes, prune_on, chance)
     verdicts = _verdicts(summary, outcomes, n_resamples, diagnosis)
     targets = base_targets(summary, outcomes, strategies, n_resamples,

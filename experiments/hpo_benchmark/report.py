@@ -94,8 +94,8 @@ def _verdicts(summary: Mapping[str, Any], outcomes: Sequence[TrialOutcome], n_re
                      f"{'' if equal else ' (accuracy lower)'}.")
     why = (f"* **What TEViD saw** ({diag['trials']} recorded trials): {diag['failed']} "
            f"diverged or never learned (non-finite loss, or validation accuracy within 2 points "
-           f"of a constant guess's {diag['chance']:.2f} and no loss decrease at the "
-           f"end), of which TEViD confirmed an alert on {diag['failed_alerted']}; "
+           f"of a constant guess's {diag['chance']:.2f} and a training loss no lower than 95 % "
+           f"of its {diag.get('chance_loss', math.nan):.2f} at the end), of which TEViD confirmed an alert on {diag['failed_alerted']}; "
            f"{diag['overfit']} overfitted "
            f"(validation loss 25 % above its minimum at the end while training loss fell), "
            f"alerted on {diag['overfit_alerted']}. Alerts in total: {diag['alerted']} (median "
