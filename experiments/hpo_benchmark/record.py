@@ -426,6 +426,9 @@ def record_all(cfg: DictConfig, problem: Problem, diagnostician: Diagnostician,
 
     Returns ``{seed: [recording of trial 0, 1, ...]}``.
     """
+    workers = int(cfg.get("workers", 1))
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     key = diagnostician_key(diagnostician)
     root = recordings_dir(cfg, problem, key)
     root.mkdir(parents=True, exist_ok=True)
@@ -433,9 +436,6 @@ def record_all(cfg: DictConfig, problem: Problem, diagnostician: Diagnostician,
         "problem": asdict(problem), "diagnostician": key,
         "diagnostician_source": str(diagnostician.source), "recording_version": RECORDING_VERSION},
         indent=1))
-    workers = int(cfg.get("workers", 1))
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     reuse, reused = bool(cfg.get("rediagnose", True)), 0
     done: dict[tuple[int, int], TrialRecording] = {}
     todo: list[tuple[TrialConfig, Path]] = []
