@@ -232,7 +232,10 @@ def test_standalone_hook_weighs_the_candidates_it_watched_before():
     trailing = hook.check(mon, 1.5, 5, curve=[0.1])
     assert trailing["rule"] == "cost" and trailing["standing"] == 0.0
     assert hook.check(mon, 1.5, 5, curve=[0.9]) is None              # leads both: spared
-    assert hook.check(mon, 2.5, 5, curve=[0.9, 0.1])["standing"] == 0.0  # epoch 1: one rival
+    # At epoch 1 both rivals count with their best by then (0.6, and 0.4 from a stopped one).
+    assert hook.check(mon, 2.5, 5, curve=[0.9, 0.1]) is None          # its best still leads
+    assert hook.standing([0.3, 0.45]) == 0.5                          # beats the stopped 0.4
+    assert hook.check(mon, 2.5, 5, curve=[0.3, 0.35])["standing"] == 0.0
 
 
 def test_hook_monitor_reads_the_optimizer_given(toy_checkpoint, digits_data):

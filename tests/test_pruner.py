@@ -23,7 +23,13 @@ from optuna.trial import TrialState
 from data_factory.labels import FORGETTING, INSTABILITY, OVERFITTING
 from tevid_hpo.cost import CostModel
 from tevid_hpo.monitor import ERROR_ATTR, NONFINITE_LOSS, USER_ATTR
-from tevid_hpo.pruners import REASON_ATTR, REASON_SYSTEM_ATTR, TEViDPruner, prune_reason
+from tevid_hpo.pruners import (
+    REASON_ATTR,
+    REASON_SYSTEM_ATTR,
+    TEViDPruner,
+    prune_reason,
+    study_standing,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -263,11 +269,11 @@ def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(dir
     assert prune_reason(study.trials[leader.number]) is None
 
 
-def test_cost_rule_without_rivals_at_the_step_decides_as_before():
-    # Alone at its step (the first trial, or rivals that never reached it): standing unknown.
+def test_cost_rule_without_a_rival_by_the_step_decides_as_before():
+    # No other trial reported by this trial's step (the first trial): standing unknown.
     pruner = TEViDPruner(None, cost=CostModel(), max_resource=10)
     study = optuna.create_study(direction="maximize", pruner=pruner)
-    study.add_trial(optuna.trial.create_trial(value=0.1, intermediate_values={0: 0.1}))
+    study.add_trial(optuna.trial.create_trial(value=0.1, intermediate_values={7: 0.1}))
     t = study.ask()
     t.set_user_attr(USER_ATTR, diagnosis(latest=latest(0.5)))
     for step in range(5):
@@ -276,6 +282,23 @@ def test_cost_rule_without_rivals_at_the_step_decides_as_before():
     reason = prune_reason(study.trials[t.number])
     assert reason["standing"] is None
     assert reason["p_threshold"] == round(CostModel(c_best=0.0).stop_threshold(5, 10), 4)
+
+
+def test_a_rival_pruned_before_the_step_counts_with_what_it_reached():
+    # Under successive halving the leader is often alone at a late step; the rivals it left
+    # behind still count, so the cost rule sees it leads (standing 1) and does not stop it.
+    pruner = TEViDPruner(None, cost=CostModel(), max_resource=10)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.add_trial(optuna.trial.create_trial(value=0.1, intermediate_values={0: 0.1}))
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.PRUNED, intermediate_values={0: 0.3, 1: 0.5}))
+    t = study.ask()
+    t.set_user_attr(USER_ATTR, diagnosis(latest=latest(0.5)))
+    for step, value in enumerate([0.2, 0.6, 0.7, 0.65, 0.6]):   # its best, 0.7, leads
+        t.report(value, step)
+    frozen = study.get_trials(deepcopy=False)[t.number]
+    assert study_standing(study, frozen) == 1.0
+    assert pruner.prune(study, frozen) is False
 
 
 @pytest.mark.parametrize("direction, lead, trail", [("maximize", 0.9, 0.1),
@@ -306,8 +329,13 @@ def test_leader_guard_spares_an_alerted_leader_until_it_falls_behind(direction, 
     assert guarded.prune(study, frozen(dead)) is True           # a NaN loss is never spared
     assert prune_reason(study.trials[dead])["reason"] == NONFINITE_LOSS
     assert unguarded.prune(study, frozen(leader)) is True       # the guard off: alert prunes
-    # The alert stays latched: once the leader falls behind at a later step, it is pruned.
+    # One bad report does not end the guard: the trial's best so far still leads.
     handles[leader].report(trail, 3)
+    assert guarded.prune(study, frozen(leader)) is False
+    # The alert stays latched: once other trials overtake its best, it is pruned.
+    better = 0.95 if direction == "maximize" else 0.05
+    for _ in range(5):
+        study.add_trial(optuna.trial.create_trial(value=better, intermediate_values={3: better}))
     assert guarded.prune(study, frozen(leader)) is True
 
 

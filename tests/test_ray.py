@@ -419,9 +419,36 @@ def test_a_bracket_waiting_for_an_early_stopped_trial_does_not_stall(scheduler_c
         assert s.choose_trial_to_run(tc) is None
 
 
+@pytest.mark.parametrize("scheduler", ["hyperband", "asha"])
+def test_leader_guard_counts_rivals_that_stopped_before_and_the_leaders_best(scheduler):
+    # The gru_text false stops: under halving the leader is alone at a late step, and its
+    # latest value may dip below its best; the trials it left behind still count.
+    if scheduler == "hyperband":
+        s = TEViDHyperband(metric="acc", mode="max", max_t=10)
+    else:
+        s = TEViDScheduler(ASHAScheduler(metric="acc", mode="max", max_t=10))
+    tc = StoppingController(s)
+    trials = [stub_trial(f"t{i}") for i in range(4)]
+    for t in trials:
+        s.on_trial_add(tc, t)
+        t.set_status(Trial.RUNNING)
+    *rivals, leader = trials
+    for t, acc in zip(rivals, (0.2, 0.3, 0.85)):
+        report_to(s, tc, t, result(1, acc, {}))      # then never report again
+    report_to(s, tc, leader, result(1, 0.6, {}))
+    report_to(s, tc, leader, result(2, 0.8, {}))
+    # Alone at t=3, its value 0.5 below its best 0.8: still beats 2 of the 3 rivals.
+    assert report_to(s, tc, leader, result(3, 0.5, ALERT)) != TrialScheduler.STOP
+    report_to(s, tc, rivals[2], result(3, 0.9, {}))   # one rival overtakes: 0.8 beats 2 of 3
+    report_to(s, tc, rivals[1], result(3, 0.95, {}))  # another: beats 1 of 3, stopped
+    assert report_to(s, tc, leader, result(4, 0.5, ALERT)) == TrialScheduler.STOP
+
+
 @pytest.mark.parametrize("scheduler_cls", [TEViDHyperband, HyperBandScheduler])
 def test_a_rung_waiting_for_an_early_stopped_trial_is_halved(scheduler_cls):
-    s = scheduler_cls(metric="acc", mode="max", max_t=9)
+    # t16 leads the search when TEViD stops it: the leader guard is off to test the halving.
+    guard = {"spare_leaders": None} if scheduler_cls is TEViDHyperband else {}
+    s = scheduler_cls(metric="acc", mode="max", max_t=9, **guard)
     tc = StoppingController(s)
     trials = [stub_trial(f"t{i}") for i in range(17)]
     for t in trials:                       # brackets of 3, 5 and 9 trials

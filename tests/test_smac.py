@@ -133,6 +133,36 @@ def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(mon
     assert stop(0.1, budget=9)["standing"] is None   # other budgets are not rivals
 
 
+def test_standing_counts_rivals_that_stopped_before_and_the_trials_best(monkeypatch):
+    # A rival that reported only epoch 0 counts at epoch 2 with what it reached, and a trial's
+    # own best (lowest) cost so far is what it risks, not its latest report.
+    belief = contested_belief(1, 3)
+    monkeypatch.setattr(smac_module, "TrialMonitor", lambda model, diagnostician, **kw:
+                        SimpleNamespace(alert=None, alerts={}, last=belief, error=None,
+                                        history=[belief.to_dict()]))
+
+    def train(config, budget: float = 3, *, tevid):
+        tevid.monitor(None)
+        for epoch, error in enumerate(config["errors"]):
+            tevid.report(error, epoch=epoch)
+        if tevid.should_stop():
+            raise TrialStopped()
+        return config["errors"][-1]
+
+    # c_best=0: the belief stops whatever the standing, which the reason then records.
+    target = TEViDTarget(train, worst_cost=1.0, diagnostician="never/loaded",
+                         cost=CostModel(c_best=0.0), spare_leaders=None)
+    monkeypatch.setattr(target, "diagnostician", lambda: None)
+
+    def stop(*errors):
+        return target({"errors": list(errors)}, budget=9)[1]["tevid"].get("stop")
+
+    stop(0.6)                                                   # stopped after epoch 0
+    stop(0.7, 0.4, 0.3)
+    assert stop(0.5, 0.2, 0.9)["standing"] == 1.0               # its best, 0.2, beats both
+    assert stop(0.9, 0.8, 0.55)["standing"] == round(1 / 3, 4)  # beats only the stopped 0.6
+
+
 @pytest.mark.parametrize("spare_leaders, leader_stops", [(0.5, False), (None, True)])
 def test_leader_guard_spares_an_alerted_leader_but_not_a_nan_loss(monkeypatch, spare_leaders,
                                                                  leader_stops):

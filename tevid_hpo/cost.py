@@ -13,8 +13,9 @@ rule (positive = earlier). ``C_Lead < 0`` rewards early detection. The paper's d
 (:meth:`CostModel.expected_cost`), finds the cost-minimising operating point
 (:meth:`CostModel.best_threshold`) and turns one live diagnosis into a stop/continue decision
 (:meth:`CostModel.should_stop`), which :class:`tevid_hpo.pruners.TEViDPruner` can consult. What
-stopping risks beyond a false alarm is the trial's :func:`standing` among the trials at the same
-step (the share of them it beats): the better it stands, the surer the diagnosis must be.
+stopping risks beyond a false alarm is the trial's standing in the search (:func:`standing_so_far`:
+the share of the other trials whose best value up to its step its best so far beats): the better
+it stands, the surer the diagnosis must be.
 
 Example:
     >>> from types import SimpleNamespace
@@ -45,7 +46,7 @@ from core_models.metrics import (
 )
 from data_factory.labels import HEALTHY, INSTABILITY, KNOWN_LABELS, LABELS, OVERFITTING, UNKNOWN
 
-__all__ = ["CostModel", "OperatingPoint", "StopDecision", "standing"]
+__all__ = ["CostModel", "OperatingPoint", "StopDecision", "standing", "standing_so_far"]
 
 #: Alert labels that stop a trial unless told otherwise (DESIGN §7); every integration's default
 #: (re-exported by :mod:`tevid_hpo.decision`).
@@ -102,6 +103,47 @@ def standing(value: float, others: Iterable[float], maximize: bool) -> float | N
         return 0.0
     beaten = sum(math.isnan(o) or (v > o if maximize else v < o) for o in rivals)
     return beaten / len(rivals)
+
+
+def _best(values: Iterable[float], maximize: bool) -> float | None:
+    """The best of ``values`` in the objective's direction, ignoring NaN (NaN if all are);
+    ``None`` when empty."""
+    vals = [float(v) for v in values]
+    finite = [v for v in vals if not math.isnan(v)]
+    if not vals:
+        return None
+    if not finite:
+        return math.nan
+    return max(finite) if maximize else min(finite)
+
+
+def standing_so_far(curve: Mapping[float, float], rivals: Iterable[Mapping[float, float]],
+                    maximize: bool) -> float | None:
+    """A trial's standing in the search at its last reported step: the :func:`standing` of its
+    best value so far among each rival's best value up to the same step.
+
+    ``curve`` and every rival map a step (epoch, iteration, time) to the value reported there.
+    The trial's step is its last (largest) one. A rival counts with the best value it reported
+    at or before that step — also a rival that stopped earlier, with what it reached — and is
+    left out if it had not reported by then. This is what a false stop risks: under successive
+    halving few or no rivals reach a late step, and a trial's latest value may dip below its
+    best for one report, yet stopping it loses the configuration that leads the search. Every
+    integration's leader guard and cost rule weigh this standing.
+
+    Example:
+        >>> stopped = {0: 0.3, 1: 0.5}                     # a rival pruned after step 1
+        >>> running = {0: 0.2, 1: 0.4, 2: 0.7, 3: 0.6}     # 0.6 dips below its best 0.7
+        >>> standing_so_far(running, [stopped, {0: 0.9}], maximize=True)   # beats 0.5, not 0.9
+        0.5
+        >>> standing_so_far({0: 0.1}, [{1: 0.0}], maximize=True) is None  # no rival by step 0
+        True
+    """
+    if not curve:
+        return None
+    step = max(curve)
+    own = _best(curve.values(), maximize)
+    bests = [_best((v for s, v in rival.items() if s <= step), maximize) for rival in rivals]
+    return standing(own, [b for b in bests if b is not None], maximize)   # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

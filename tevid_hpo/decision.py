@@ -8,16 +8,17 @@ SMAC target function — and asks the same two questions, in this order:
    ``prune_on`` (and whose confidence reaches ``min_confidence``)? The earliest such alert wins.
 2. :func:`cost_reason` — with a :class:`~tevid_hpo.cost.CostModel`, is stopping now expected to
    be **cheaper than continuing**, given the latest diagnosis, the budget used so far and the
-   trial's :func:`~tevid_hpo.cost.standing` among the trials at the same step (what a false stop
-   loses; ``None`` where the integration sees no rival)?
+   trial's standing in the search (:func:`~tevid_hpo.cost.standing_so_far`: the share of the
+   other trials whose best value up to its step its best so far beats; what a false stop loses;
+   ``None`` where the integration sees no rival)?
 
-Then one guard, :func:`spares`: a trial whose value at its step beats at least
-``spare_leaders`` of its rivals' (its :func:`~tevid_hpo.cost.standing`; default: the top half)
+Then one guard, :func:`spares`: a trial whose standing reaches ``spare_leaders`` (default:
+the top half)
 is not stopped by a diagnosis — only by the non-finite-loss rule. Stopping a trial that leads
 loses the user's best configuration if the diagnosis is wrong, and out of distribution it
 was: on the ``gru_text`` HPO task every seed's best trial was alerted as Overfitting at epoch 5
-while it led its seed (docs/hpo_benchmark.md). A spared trial that falls behind is stopped at
-its next report, as its alert stays latched.
+while it led its seed (docs/hpo_benchmark.md). A spared trial is stopped at its next report
+once others have overtaken it, as its alert stays latched.
 
 Both questions return ``None`` (no reason to stop) or a *reason*: a flat, JSON-able dict that every
 integration records in the same format, e.g.::
@@ -181,8 +182,8 @@ def cost_reason(cost: CostModel, latest: Mapping[str, Any] | None, done: float, 
         done: budget used so far (e.g. epochs or reported steps); clipped to ``budget``.
         budget: the trial's whole budget in the same unit.
         prune_on: labels a stop is meant to catch; the reason names the most probable of them.
-        standing: the trial's :func:`~tevid_hpo.cost.standing` among the trials at the same
-            step (``None``: unknown, a false stop costs ``c_fa`` alone); recorded, rounded, as
+        standing: the trial's standing in the search
+            (:func:`~tevid_hpo.cost.standing_so_far`; ``None``: unknown, a false stop costs ``c_fa`` alone); recorded, rounded, as
             ``reason["standing"]``.
 
     Example:

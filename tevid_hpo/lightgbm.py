@@ -302,9 +302,9 @@ class TEViDLightGBMCallback:
       its own stop — recording ``"tevid_prune_reason"`` — or when ``trial.should_prune()``
       says the study's pruner wants to.
 
-    The cost rule weighs what a stop risks, the run's :func:`~tevid_hpo.cost.standing`: with an
-    Optuna trial, the share of the study's other trials whose tracked metric at the same
-    boosting round the run's beats (:func:`~tevid_hpo.pruners.study_standing`, as
+    The cost rule weighs what a stop risks, the run's standing in the search: with an Optuna
+    trial, the share of the study's other trials whose best tracked metric up to the same
+    boosting round the run's best so far beats (:func:`~tevid_hpo.pruners.study_standing`, as
     :class:`~tevid_hpo.pruners.TEViDPruner` does). Standalone the callback watches one booster
     and no other run exists to compare it with (its own earlier rounds are the run, not
     rivals), so the standing is unknown (``None``): the rule without standing.

@@ -120,7 +120,7 @@ from tevid_hpo._optuna_private import (
     set_trial_system_attr,
     set_trial_user_attr,
 )
-from tevid_hpo.cost import CostModel, standing
+from tevid_hpo.cost import CostModel, standing_so_far
 from tevid_hpo.decision import DEFAULT_SPARE_LEADERS, TEVID, StopRules, alert_reason, cost_reason
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
 
@@ -139,25 +139,30 @@ _PEER_STATES = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
 def study_standing(study: optuna.study.Study | None, trial: FrozenTrial | optuna.Trial
                    ) -> float | None:
-    """A trial's :func:`~tevid_hpo.cost.standing` at its last reported step: the share of the
-    other trials' values at that step (running, complete and pruned trials) that its value
-    beats, in the study's direction. ``None`` (unknown) without a single-objective Optuna
-    study, a reported value or a rival at that step.
+    """A trial's standing in the search at its last reported step
+    (:func:`~tevid_hpo.cost.standing_so_far`): the share of the other trials (running, complete
+    and pruned) whose best value up to that step its best value so far beats, in the study's
+    direction. ``None`` (unknown) without a single-objective Optuna study, a reported value or
+    a rival that reported by that step.
 
     ``trial`` is the ``FrozenTrial`` a pruner gets or the live ``optuna.Trial`` a training
-    loop holds (read back from the study by its number). :class:`TEViDPruner`'s cost rule uses
-    it, and so do the integrations that report to an Optuna trial themselves (the NAS hook,
-    the LightGBM callback).
+    loop holds (read back from the study by its number). :class:`TEViDPruner`'s cost rule and
+    leader guard use it, and so do the integrations that report to an Optuna trial themselves
+    (the NAS hook, the LightGBM callback).
 
     Example:
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
         >>> study = optuna.create_study(direction="maximize")
-        >>> for v in (0.2, 0.6):
-        ...     study.add_trial(optuna.trial.create_trial(value=v, intermediate_values={0: v}))
+        >>> for curve in ({0: 0.2}, {0: 0.6}, {0: 0.3, 1: 0.7}):
+        ...     study.add_trial(optuna.trial.create_trial(value=max(curve.values()),
+        ...                                               intermediate_values=curve))
         >>> trial = study.ask()
         >>> trial.report(0.5, step=0)
-        >>> study_standing(study, trial)          # beats 0.2, not 0.6
-        0.5
+        >>> round(study_standing(study, trial), 4)   # beats 0.2 and 0.3, not 0.6
+        0.6667
+        >>> trial.report(0.4, step=1)             # its best, 0.5, vs the best up to step 1
+        >>> round(study_standing(study, trial), 4)   # beats 0.2 (stopped at step 0) only
+        0.3333
         >>> study_standing(None, trial) is None   # not an Optuna study: unknown
         True
     """
@@ -166,14 +171,12 @@ def study_standing(study: optuna.study.Study | None, trial: FrozenTrial | optuna
     if not isinstance(trial, FrozenTrial):
         # Trial numbers are the trials' positions in their study.
         trial = study.get_trials(deepcopy=False)[trial.number]
-    step = trial.last_step
-    value = trial.intermediate_values.get(step) if step is not None else None
-    if value is None:
+    if not trial.intermediate_values:
         return None
-    others = [t.intermediate_values[step]
-              for t in study.get_trials(deepcopy=False, states=_PEER_STATES)
-              if t.number != trial.number and step in t.intermediate_values]
-    return standing(value, others, study.direction == StudyDirection.MAXIMIZE)
+    rivals = [t.intermediate_values for t in study.get_trials(deepcopy=False, states=_PEER_STATES)
+              if t.number != trial.number]
+    return standing_so_far(trial.intermediate_values, rivals,
+                           study.direction == StudyDirection.MAXIMIZE)
 
 
 def record_prune_reason(study: optuna.study.Study, trial: FrozenTrial, reason: dict[str, Any]

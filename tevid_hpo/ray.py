@@ -85,7 +85,7 @@ from ray.tune.schedulers import (
     TrialScheduler,
 )
 
-from tevid_hpo.cost import CostModel, standing
+from tevid_hpo.cost import CostModel, standing_so_far
 from tevid_hpo.decision import DEFAULT_PRUNE_ON, DEFAULT_SPARE_LEADERS, TEVID, StopRules, describe
 from tevid_hpo.monitor import TrialMonitor
 
@@ -315,21 +315,24 @@ class _Rules:
         self.decisions: list[dict[str, Any]] = []
         self.stops: dict[str, dict[str, Any]] = {}    # trial_id -> its STOP decision
         self.warned = False
-        self.seen: dict[Any, dict[str, float]] = {}   # time step -> trial_id -> metric
+        self.curves: dict[str, dict[Any, float]] = {}   # trial_id -> time step -> metric
 
     def standing(self, trial: Trial, result: Mapping[str, Any], time_attr: str,
                  metric: str | None, mode: str | None) -> float | None:
-        """Record ``trial``'s metric at its time step; its :func:`~tevid_hpo.cost.standing`
-        among the trials seen at that step so far (``None`` without a cost model or leader
-        guard, or without a rival)."""
+        """Record ``trial``'s metric at its time step; its standing in the search so far
+        (:func:`~tevid_hpo.cost.standing_so_far`: its best value against every other seen
+        trial's best up to that step; ``None`` without a cost model or leader guard, or
+        without a rival)."""
         t, value = result.get(time_attr), result.get(metric) if metric else None
-        if ((self.cost is None and self._stop_rules().spare_leaders is None) or mode not in ("min", "max") or t is None
+        if ((self.cost is None and self._stop_rules().spare_leaders is None)
+                or mode not in ("min", "max") or t is None
                 or not isinstance(value, (int, float)) or isinstance(value, bool)):
             return None
-        peers = self.__dict__.setdefault("seen", {}).setdefault(t, {})   # old saves lack it
-        peers[trial.trial_id] = float(value)
-        return standing(value, [v for k, v in peers.items() if k != trial.trial_id],
-                        mode == "max")
+        curves = self.__dict__.setdefault("curves", {})   # schedulers saved before lack it
+        curves.setdefault(trial.trial_id, {})[t] = float(value)
+        return standing_so_far(curves[trial.trial_id],
+                               [c for k, c in curves.items() if k != trial.trial_id],
+                               mode == "max")
 
     def judge(self, trial: Trial, result: Mapping[str, Any], time_attr: str,
               standing: float | None = None) -> dict[str, Any] | None:
@@ -497,10 +500,11 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
     2. **Cost rule** (only with ``cost``): :meth:`CostModel.decide
        <tevid_hpo.cost.CostModel.decide>` on the latest diagnosis with ``result[time_attr]`` of
        ``max_t`` used: STOP when stopping is expected to be cheaper. Stopping risks the trial's
-       :func:`~tevid_hpo.cost.standing` among the trials seen at the same ``time_attr`` (by
-       ``metric`` and ``mode``), so a leading trial needs a surer diagnosis.
-       **Leader guard** (``spare_leaders``): neither rule stops a trial in the top share of
-       the trials seen at its ``time_attr``, unless its loss went non-finite.
+       standing in the search (:func:`~tevid_hpo.cost.standing_so_far`: its best ``metric`` so
+       far against every other seen trial's best up to the same ``time_attr``, by ``mode``), so
+       a leading trial needs a surer diagnosis.
+       **Leader guard** (``spare_leaders``): neither rule stops a trial whose standing is in
+       the top share, unless its loss went non-finite.
     3. Otherwise :class:`~ray.tune.schedulers.HyperBandScheduler` decides (CONTINUE, PAUSE at a
        rung, STOP when halved).
 
@@ -518,8 +522,8 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
             ``max_t`` in ``time_attr`` units); ``None`` (default) stops on confirmed alerts only.
         min_confidence: ignore alerts whose probability for their label is below this.
         spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a trial whose
-            ``metric`` beats at least this share of the trials seen at the same ``time_attr``
-            is not stopped by TEViD, except for a non-finite loss; Hyperband still judges it.
+            best ``metric`` so far beats at least this share of the other seen trials' best up
+            to the same ``time_attr`` is not stopped by TEViD, except for a non-finite loss; Hyperband still judges it.
             Default 0.5 (the top half); ``None`` stops on every confirmed alert.
 
     Example:

@@ -12,9 +12,9 @@ is told about it through the returned cost and ``additional_info``:
   far, and ``tevid.should_stop()`` applies the stop rules of :mod:`tevid_hpo.decision` (a
   confirmed alert in ``prune_on``; with ``cost=CostModel(...)`` also the cost rule). End training
   when it says so: ``break``/``return``, or ``raise TrialStopped()`` from any depth.
-  What a cost stop risks is the trial's :func:`~tevid_hpo.cost.standing`: the share of the
-  other trials' costs reported at the same budget and epoch that its own beats (see
-  :class:`TEViDTarget`).
+  What a stop risks is the trial's standing in the search
+  (:func:`~tevid_hpo.cost.standing_so_far`): the share of the other trials at the same budget
+  whose best cost up to its epoch its own best so far beats (see :class:`TEViDTarget`).
 * The wrapper then returns ``(cost, additional_info)``: the **cost at stopping, penalised** (see
   :meth:`TEViDTarget.stopped_cost`), and the diagnosis under ``additional_info["tevid"]`` —
   ``stopped``, the stop reason, the alerts, the latest diagnosis, epochs done — for every
@@ -84,7 +84,7 @@ from smac import Callback
 from smac.runhistory import TrialInfo, TrialValue
 
 from core_models.checkpoint import checkpoint_paths
-from tevid_hpo.cost import CostModel, standing
+from tevid_hpo.cost import CostModel, standing_so_far
 from tevid_hpo.decision import DEFAULT_PRUNE_ON, DEFAULT_SPARE_LEADERS, TEVID, StopRules, describe
 from tevid_hpo.diagnostician import DEFAULT_CHECKPOINT, Diagnostician
 from tevid_hpo.monitor import NONFINITE_LOSS, TrialMonitor
@@ -265,10 +265,11 @@ class TEViDTarget:
     adds ``value_at_stop``, ``p_anomaly`` and ``cost``. Other trials return the function's cost
     unchanged. Single-objective only.
 
-    **Standing** (for the cost rule). SMAC shows a target function no other trial, so the
-    wrapper remembers every ``tevid.report`` of the trials it runs; a trial's standing is the
-    share of the other trials' costs at the same ``budget`` and epoch that its last report
-    beats (lower is better; :func:`~tevid_hpo.cost.standing`), recorded as the stop reason's
+    **Standing** (for the cost rule and the leader guard). SMAC shows a target function no
+    other trial, so the wrapper remembers every ``tevid.report`` of the trials it runs; a
+    trial's standing is the share of the other trials at the same ``budget`` whose lowest cost
+    up to its epoch its own lowest cost so far beats (:func:`~tevid_hpo.cost.standing_so_far`;
+    a trial that stopped earlier counts with what it reached), recorded as the stop reason's
     ``standing``. Only the same budget counts: a run at another budget follows another
     schedule (a learning-rate decay over its budget, say), so its cost at an epoch is not
     comparable. Trials run by other processes (dask workers each get their own copy of the
@@ -361,7 +362,8 @@ class TEViDTarget:
         self._local = threading.local()
         self._reports_lock = threading.Lock()
         # (budget, epochs done) -> trial id -> reported cost: what standings are measured on.
-        self._reports: dict[tuple[float | None, int], dict[int, float]] = {}
+        # budget -> trial id -> epochs done -> the cost reported there
+        self._reports: dict[float | None, dict[int, dict[int, float]]] = {}
         self._n_trials = 0
         # SMAC inspects the signature to decide which of seed/budget/instance to pass and warns
         # about parameters it does not set: show it the function's own, minus `tevid`.
@@ -405,17 +407,19 @@ class TEViDTarget:
         except (TypeError, ValueError):
             return
         with self._reports_lock:
-            self._reports.setdefault((trial.budget, trial.epochs_done), {})[trial._id] = v
+            self._reports.setdefault(trial.budget, {}).setdefault(trial._id, {})[
+                trial.epochs_done] = v
 
     def _standing(self, trial: TEViDTrial) -> float | None:
-        """``trial``'s standing after its last report among the other trials at the same
-        budget and epoch (``None`` before a report or without a rival)."""
+        """``trial``'s standing in the search after its last report
+        (:func:`~tevid_hpo.cost.standing_so_far` among the other trials at the same budget;
+        ``None`` before a report or without a rival)."""
         with self._reports_lock:
-            peers = dict(self._reports.get((trial.budget, trial.epochs_done), {}))
-        if trial._id not in peers:
+            curves = {k: dict(c) for k, c in self._reports.get(trial.budget, {}).items()}
+        own = curves.pop(trial._id, None)
+        if not own:
             return None
-        value = peers.pop(trial._id)
-        return standing(value, peers.values(), maximize=False)   # SMAC minimises the cost
+        return standing_so_far(own, curves.values(), maximize=False)   # SMAC minimises cost
 
     def diagnostician(self) -> Diagnostician:
         """This thread's diagnostician (a monitor owns its streaming state while active, so

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from data_factory.labels import INSTABILITY, OVERFITTING
-from tevid_hpo.cost import CostModel, standing
+from tevid_hpo.cost import CostModel, standing_so_far
 from tevid_hpo.decision import DEFAULT_SPARE_LEADERS, StopRules, alert_reason, cost_reason
 from tevid_hpo.diagnostician import Diagnostician
 from tevid_hpo.monitor import TrialMonitor
@@ -49,17 +49,17 @@ class TEViDHook:
     a :class:`~tevid_hpo.pruners.TEViDPruner` would stop it as an Optuna trial (only sooner: at
     the step, not at the epoch's ``should_prune()``).
 
-    **Standing.** What a cost stop risks is the candidate's
-    :func:`~tevid_hpo.cost.standing`: the share of the other candidates' validation accuracies
-    at its last finished epoch that its own beats. The hook reads them from the Optuna study of
-    the monitor's trial (the trainer reports every epoch's accuracy there;
+    **Standing.** What a stop risks is the candidate's standing in the search
+    (:func:`~tevid_hpo.cost.standing_so_far`): the share of the other candidates whose best
+    validation accuracy up to its last finished epoch its own best so far beats (a rival that
+    stopped earlier counts with what it reached). The hook reads the curves from the Optuna
+    study of the monitor's trial (the trainer reports every epoch's accuracy there;
     :func:`~tevid_hpo.pruners.study_standing`), as :class:`~tevid_hpo.pruners.TEViDPruner`
     does. A candidate trained without a trial (a standalone :class:`~tevid_hpo.nas.Bananas`
     search) is weighed against the candidates this hook watched before it: the trainer hands
     :meth:`check` the candidate's curve so far and hands :meth:`record` each finished (or
-    stopped) curve, and :meth:`standing` compares them at the same epoch. With no curve yet, or
-    no rival that reached that epoch, the standing is unknown (``None``), the rule without
-    standing.
+    stopped) curve. With no curve yet, or no rival seen, the standing is unknown (``None``):
+    the cost rule without standing, and no leader guard.
 
     Args:
         diagnostician: a :class:`~tevid_hpo.diagnostician.Diagnostician`, a checkpoint path or
@@ -71,7 +71,7 @@ class TEViDHook:
         min_confidence: ignore alerts less confident than this.
         every: capture cadence in steps (``None``: the diagnostician's).
         spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a candidate whose
-            validation accuracy beats at least this share of its rivals' at the same epoch
+            best validation accuracy so far beats at least this share of its rivals'
             (:meth:`standing`) is not stopped, except for a non-finite loss. Default 0.5;
             ``None`` stops on every confirmed alert.
 
@@ -129,18 +129,16 @@ class TEViDHook:
             ...     hook = TEViDHook("tiny")
             >>> hook.record([0.3, 0.6]); hook.record([0.5])
             >>> hook.standing([0.4]), hook.standing([0.4, 0.7]), hook.standing([0.1, 0.2, 0.3])
-            (0.5, 1.0, None)
+            (0.5, 1.0, 0.0)
         """
         self._curves.append([float(v) for v in curve])
 
     def standing(self, curve: Sequence[float]) -> float | None:
-        """The :func:`~tevid_hpo.cost.standing` of a candidate whose accuracies so far are
-        ``curve``, among the recorded candidates at its last epoch (``None``: unknown)."""
-        if not curve:
-            return None
-        epoch = len(curve) - 1
-        rivals = [c[epoch] for c in self._curves if len(c) > epoch]
-        return standing(float(curve[epoch]), rivals, maximize=True)
+        """The standing in the search (:func:`~tevid_hpo.cost.standing_so_far`) of a candidate
+        whose accuracies so far are ``curve``: its best against each recorded candidate's best
+        up to the same epoch (``None``: unknown)."""
+        return standing_so_far(dict(enumerate(curve)),
+                               [dict(enumerate(c)) for c in self._curves], maximize=True)
 
     def check(self, monitor: TrialMonitor, epochs_done: float, epochs_max: float,
               *, use_cost: bool = True, curve: Sequence[float] = ()) -> dict[str, Any] | None:
