@@ -14,17 +14,17 @@ For each ``trial.should_prune()`` call, in order:
 2. **Cost rule** (only with ``cost=CostModel(...)``). :meth:`CostModel.decide
    <tevid_hpo.cost.CostModel.decide>` on the latest diagnosis with the budget used so far
    (``trial.last_step + 1`` reported steps out of ``max_resource``) stops the trial when
-   stopping is expected to be cheaper than continuing. Stopping risks the trial's
-   :func:`~tevid_hpo.cost.standing` — the share of the other trials' values at the same step
-   that its value beats, in the study's direction (running, complete and pruned trials; unknown
-   when none reported that step) — so the leader needs a surer diagnosis (``c_best``). Off by
+   stopping is expected to be cheaper than continuing. Stopping risks the trial's standing in
+   the search (:func:`study_standing`) — the share of the other trials (running, complete and
+   pruned) whose best value up to its step its best value so far beats, in the study's
+   direction; unknown when none reported by then — so the leader needs a surer diagnosis
+   (``c_best``). Off by
    default: with the paper's coefficients a weak early belief suffices, which is only sensible
    with a well-calibrated checkpoint.
-   **Leader guard** (``spare_leaders``, default 0.5). A trial whose last reported value beats
-   at least that share of the other trials' values at the same step is not pruned on rules 1
-   or 2, unless its loss went non-finite (:func:`~tevid_hpo.decision.spares`): a wrong
-   diagnosis of a leading trial costs the user's best configuration. Its alert stays latched,
-   so it is pruned once it falls behind.
+   **Leader guard** (``spare_leaders``, default 0.9). A trial whose standing reaches that share
+   is not pruned on rules 1 or 2, unless its loss went non-finite
+   (:func:`~tevid_hpo.decision.spares`): a wrong diagnosis of a leading trial costs the user's
+   best configuration. Its alert stays latched, so it is pruned once others overtake it.
 3. **Wrapped pruner.** Otherwise the decision is ``wrapped.prune(study, trial)``: a
    ``HyperbandPruner()`` by default, ``None`` for TEViD alone, or any Optuna pruner.
 
@@ -82,8 +82,8 @@ Example:
     >>> prune_reason(study.trials[3])["label"]
     'Instability'
 
-The leader guard: an alerted trial whose value beats at least half of the others' at its step
-trains on (unless its loss went non-finite); ``spare_leaders=None`` turns the guard off.
+The leader guard: an alerted trial whose best value beats at least 90 % of the others' best
+up to its step trains on (unless its loss went non-finite); ``spare_leaders=None`` turns the guard off.
 
     >>> def leader(trial):
     ...     trial.set_user_attr("tevid", {"version": 1, "alerts": {"Overfitting": {
@@ -297,9 +297,8 @@ class TEViDPruner(BasePruner):
             takes the wrapped Hyperband's ``max_resource`` once known (the cost rule waits
             until then).
         spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a trial whose
-            last reported value beats at least this share of the other trials' values at the
-            same step (:func:`study_standing`) is not pruned by TEViD, except for a non-finite
-            loss; the wrapped pruner still judges it. Default 0.5 (the top half); ``None``
+            standing in the search (:func:`study_standing`) reaches this share is not pruned by TEViD, except for a non-finite
+            loss; the wrapped pruner still judges it. Default 0.9 (the top tenth); ``None``
             prunes on every confirmed alert.
 
     Example:

@@ -524,7 +524,7 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
         spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a trial whose
             best ``metric`` so far beats at least this share of the other seen trials' best up
             to the same ``time_attr`` is not stopped by TEViD, except for a non-finite loss; Hyperband still judges it.
-            Default 0.5 (the top half); ``None`` stops on every confirmed alert.
+            Default 0.9 (the top tenth); ``None`` stops on every confirmed alert.
 
     Example:
         >>> s = TEViDHyperband(metric="acc", mode="max", max_t=9, prune_on=("Instability",))

@@ -290,8 +290,8 @@ class TEViDTarget:
             :meth:`CostModel.anomaly_probability` either way.
         min_confidence: ignore alerts whose probability for their label is below this.
         spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a trial whose
-            last reported cost beats at least this share of the other trials' at the same
-            budget and epoch is not stopped by TEViD, except for a non-finite loss. Default 0.5;
+            standing (above) reaches this share is not stopped by TEViD, except for a
+            non-finite loss. Default 0.9 (the top tenth);
             ``None`` stops on every confirmed alert.
         max_budget: epochs for the cost rule when SMAC passes no ``budget``.
         monitor_kwargs: defaults for :meth:`TEViDTrial.monitor` (``every``, ``layers``, ...;

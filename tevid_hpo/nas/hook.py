@@ -72,7 +72,7 @@ class TEViDHook:
         every: capture cadence in steps (``None``: the diagnostician's).
         spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a candidate whose
             best validation accuracy so far beats at least this share of its rivals'
-            (:meth:`standing`) is not stopped, except for a non-finite loss. Default 0.5;
+            (:meth:`standing`) is not stopped, except for a non-finite loss. Default 0.9;
             ``None`` stops on every confirmed alert.
 
     Example:
