@@ -443,6 +443,27 @@ def test_leader_guard_counts_rivals_that_stopped_before_and_the_leaders_best(sch
     assert report_to(s, tc, leader, result(4, 0.5, ALERT)) == TrialScheduler.STOP
 
 
+def test_a_trial_stopped_under_asha_keeps_the_rung_places_its_last_value_earns():
+    # Without them the next rung's cutoff is set by the good trials alone and ASHA cuts one of
+    # them (on gru_text: 3 seed-best trials lost under Ray ASHA + TEViD, 1 under ASHA alone).
+    s = TEViDScheduler(ASHAScheduler(metric="acc", mode="max", max_t=9, grace_period=1,
+                                     reduction_factor=3))
+    tc = StoppingController(s)
+    dead, good, better = (stub_trial(i) for i in ("dead", "good", "better"))
+    for t in (dead, good, better):
+        s.on_trial_add(tc, t)
+        t.set_status(Trial.RUNNING)
+    for t, acc in ((dead, 0.1), (good, 0.5), (better, 0.6)):
+        assert report_to(s, tc, t, result(1, acc, {})) == TrialScheduler.CONTINUE   # rung 1
+    assert report_to(s, tc, dead, result(2, 0.1, ALERT)) == TrialScheduler.STOP    # TEViD
+    rungs = {m: dict(r) for m, r in s.base._trial_info["good"]._rungs}
+    assert rungs[3] == {"dead": 0.1} and rungs[9] == {"dead": 0.1}   # held 0.1 still promotes
+    assert report_to(s, tc, better, result(3, 0.6, {})) == TrialScheduler.CONTINUE
+    # Rung 3 holds 0.1 and 0.6: the cutoff (2/3 quantile, 0.43) keeps `good` at 0.5; with 0.6
+    # alone it would be 0.6 and `good` stopped.
+    assert report_to(s, tc, good, result(3, 0.5, {})) == TrialScheduler.CONTINUE
+
+
 @pytest.mark.parametrize("scheduler_cls", [TEViDHyperband, HyperBandScheduler])
 def test_a_rung_waiting_for_an_early_stopped_trial_is_halved(scheduler_cls):
     # t16 leads the search when TEViD stops it: the leader guard is off to test the halving.

@@ -294,6 +294,37 @@ def _time_axis(base: TrialScheduler) -> str:
     return _base_setting(base, _BASE_TIME_ATTR, "the time axis time_attr", "training_iteration")
 
 
+#: What TEViDScheduler uses of AsyncHyperBandScheduler's internals to keep rung places.
+_ASHA_INTERNALS = ("_trial_info", "_metric_op", "_time_attr")
+
+
+def _keep_asha_rung_places(asha: AsyncHyperBandScheduler, trial: Trial,
+                           result: Mapping[str, Any], metric: str | None) -> None:
+    """Record a trial TEViD stops at the ASHA rungs it would have reached had its last value
+    held, by ASHA's own rule (each rung's top ``1/reduction_factor`` goes on).
+
+    A stopped trial that never enters the later rungs leaves their cutoffs to the better
+    trials alone, so ASHA then cuts good trials it would have kept: on ``gru_text`` Ray ASHA +
+    TEViD lost 3 seed-best trials to ASHA where ASHA alone lost 1 (docs/hpo_benchmark.md). The
+    same reasoning as :func:`tevid_hpo.pruners.keep_rung_places` for Optuna's halving pruners.
+    """
+    bracket = asha._trial_info.get(trial.trial_id)
+    value = result.get(metric) if metric else None
+    if (bracket is None or isinstance(value, bool) or not isinstance(value, (int, float))
+            or math.isnan(value)):
+        return
+    rungs = getattr(bracket, "_rungs", None)
+    if rungs is None or not hasattr(bracket, "on_result"):
+        raise RuntimeError(f"tevid-hpo keeps rung places through ASHA's private _Bracket "
+                           f"internals, which ray {ray.__version__} does not have: use a "
+                           "tevid-hpo release that supports this Ray version")
+    signed = asha._metric_op * float(value)
+    for milestone in sorted(m for m, _ in rungs):
+        # on_result records the value at the lowest rung `milestone` reaches that lacks it.
+        if bracket.on_result(trial, milestone, signed) == TrialScheduler.STOP:
+            break
+
+
 #: What TEViDHyperband uses of HyperBandScheduler's internals to keep brackets from stalling.
 _HYPERBAND_INTERNALS = ("_trial_info", "_process_bracket", "_get_n0", "_get_r0", "_mode")
 
@@ -667,7 +698,10 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
     ``on_trial_result`` stops a trial exactly as :class:`TEViDHyperband` does and otherwise
     returns ``base``'s decision; every other hook is ``base``'s. A trial TEViD stops leaves
     ``base`` through ``on_trial_remove`` (as a removed, not a completed, trial), so a diverged
-    trial's last result never enters ASHA's rungs or the median of MedianStoppingRule. For
+    trial's last result never enters the median of MedianStoppingRule. Under ASHA it keeps the
+    rung places it would have earned had its last value held (ASHA's own promotion rule), as
+    :class:`~tevid_hpo.pruners.TEViDPruner` does under Optuna's halving pruners: otherwise the
+    later rungs' cutoffs are set by the better trials alone and ASHA cuts good ones. For
     Hyperband use :class:`TEViDHyperband` (a ``HyperBandScheduler`` that also keeps brackets
     from stalling when trials leave them early); Hyperband bases are rejected.
 
@@ -701,6 +735,12 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
         if isinstance(base, HyperBandScheduler):
             raise TypeError("for Hyperband use TEViDHyperband: it also keeps brackets from "
                             "stalling when trials leave them early")
+        if isinstance(base, AsyncHyperBandScheduler):
+            missing = [a for a in _ASHA_INTERNALS if not hasattr(base, a)]
+            if missing:   # fail here, not with silently different rung cutoffs
+                raise RuntimeError(f"tevid-hpo keeps a stopped trial's ASHA rung places through "
+                                   f"its private {missing}, which ray {ray.__version__} does "
+                                   "not have: use a tevid-hpo release that supports it")
         super().__init__()
         self._base = base
         if max_t is None:
@@ -738,6 +778,8 @@ class TEViDScheduler(_DecisionsMixin, TrialScheduler):
                         result: dict[str, Any]) -> str:
         mode = _base_setting(self._base, _BASE_MODE, "the mode", None)
         if self._tevid.stop_now(trial, result, self._time_axis, self.metric, mode):
+            if isinstance(self._base, AsyncHyperBandScheduler):
+                _keep_asha_rung_places(self._base, trial, result, self.metric)
             return TrialScheduler.STOP
         action = self._base.on_trial_result(tune_controller, trial, result)
         t = result.get(self._time_axis)
