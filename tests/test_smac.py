@@ -105,39 +105,11 @@ def test_cost_rule_stops_where_the_alert_rule_stays_silent(toy_diagnostician, di
     assert not info["tevid"]["stopped"] and info["tevid"]["epochs_done"] == 1
 
 
-def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(monkeypatch):
-    # Issue 25: the standing is the trial's cost among the other trials' at the same budget and
-    # epoch, as the wrapper saw them reported. Every trial gets the same belief after epoch 0.
+def believing_target(monkeypatch, **kw):
+    """A TEViDTarget whose trials report ``config["errors"]`` (one per epoch), all with the
+    same contested belief, and ask ``should_stop`` once at the end."""
     belief = contested_belief(1, 3)
-    monkeypatch.setattr(smac_module, "TrialMonitor", lambda model, diagnostician, **kw:
-                        SimpleNamespace(alert=None, alerts={}, last=belief, error=None,
-                                        history=[belief.to_dict()]))
-
-    def train(config, budget: float = 3, *, tevid):
-        tevid.monitor(None)
-        tevid.report(config["error"], epoch=0)
-        if tevid.should_stop():
-            raise TrialStopped()
-        return config["error"]
-
-    target = TEViDTarget(train, worst_cost=1.0, diagnostician="never/loaded", cost=CostModel())
-    monkeypatch.setattr(target, "diagnostician", lambda: None)
-
-    def stop(error, budget=3):
-        return target({"error": error}, budget=budget)[1]["tevid"].get("stop")
-
-    assert stop(0.5)["standing"] is None          # the first trial: no rival, stopped as before
-    assert stop(0.5)["standing"] == 0.0           # a tie is not beaten
-    assert stop(0.9)["standing"] == 0.0           # trailing
-    assert stop(0.1) is None                      # beats all 3: spared
-    assert stop(0.1, budget=9)["standing"] is None   # other budgets are not rivals
-
-
-def test_standing_counts_rivals_that_stopped_before_and_the_trials_best(monkeypatch):
-    # A rival that reported only epoch 0 counts at epoch 2 with what it reached, and a trial's
-    # own best (lowest) cost so far is what it risks, not its latest report.
-    belief = contested_belief(1, 3)
-    monkeypatch.setattr(smac_module, "TrialMonitor", lambda model, diagnostician, **kw:
+    monkeypatch.setattr(smac_module, "TrialMonitor", lambda model, diagnostician, **_:
                         SimpleNamespace(alert=None, alerts={}, last=belief, error=None,
                                         history=[belief.to_dict()]))
 
@@ -149,10 +121,31 @@ def test_standing_counts_rivals_that_stopped_before_and_the_trials_best(monkeypa
             raise TrialStopped()
         return config["errors"][-1]
 
-    # c_best=0: the belief stops whatever the standing, which the reason then records.
-    target = TEViDTarget(train, worst_cost=1.0, diagnostician="never/loaded",
-                         cost=CostModel(c_best=0.0), spare_leaders=None)
+    target = TEViDTarget(train, worst_cost=1.0, diagnostician="never/loaded", **kw)
     monkeypatch.setattr(target, "diagnostician", lambda: None)
+    return target
+
+
+def test_cost_rule_spares_the_leader_at_a_belief_that_stops_a_trailing_trial(monkeypatch):
+    # Issue 25: the standing is the trial's cost among the other trials' at the same budget,
+    # as the wrapper saw them reported. Every trial gets the same belief after epoch 0.
+    target = believing_target(monkeypatch, cost=CostModel())
+
+    def stop(error, budget=3):
+        return target({"errors": [error]}, budget=budget)[1]["tevid"].get("stop")
+
+    assert stop(0.5)["standing"] is None          # the first trial: no rival, stopped as before
+    assert stop(0.5)["standing"] == 0.0           # a tie is not beaten
+    assert stop(0.9)["standing"] == 0.0           # trailing
+    assert stop(0.1) is None                      # beats all 3: spared
+    assert stop(0.1, budget=9)["standing"] is None   # other budgets are not rivals
+
+
+def test_standing_counts_rivals_that_stopped_before_and_the_trials_best(monkeypatch):
+    # A rival that reported only epoch 0 counts at epoch 2 with what it reached, and a trial's
+    # own best (lowest) cost so far is what it risks, not its latest report. c_best=0: the
+    # belief stops whatever the standing, which the reason then records.
+    target = believing_target(monkeypatch, cost=CostModel(c_best=0.0), spare_leaders=None)
 
     def stop(*errors):
         return target({"errors": list(errors)}, budget=9)[1]["tevid"].get("stop")
