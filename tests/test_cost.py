@@ -9,7 +9,7 @@ import pytest
 
 from core_models.metrics import RunPrediction
 from data_factory.labels import FORGETTING, HEALTHY, INSTABILITY, KNOWN_LABELS, OVERFITTING, UNKNOWN
-from tevid_hpo.cost import CostModel, OperatingPoint, standing
+from tevid_hpo.cost import CostModel, OperatingPoint, standing, standing_so_far
 
 
 def make_run(label: str, scores, *, onset=None, fire=None, run_id=None) -> RunPrediction:
@@ -338,3 +338,17 @@ def test_standing_without_rivals_is_unknown_and_reproduces_the_old_decision():
     d = diag(Healthy=0.5, Overfitting=0.5)
     old = CostModel(c_best=0.0).decide(d, 50, 100)        # no standing term at all
     assert cm.decide(d, 50, 100, standing=standing(0.9, [], True)) == old
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_standing_so_far_weighs_bests_up_to_the_step_and_ignores_diverged_reports(maximize):
+    sign = 1.0 if maximize else -1.0   # the same race, as accuracies or as losses
+    nan = float("nan")
+    curve = {0: sign * 0.2, 1: sign * 0.6, 2: nan}                 # diverged after its best
+    rivals = [{0: sign * 0.5, 1: nan},                             # best 0.5, then diverged
+              {0: sign * 0.1, 2: sign * 0.4, 5: sign * 0.9},       # 0.9 comes after step 2
+              {0: nan},                                            # never a number: beaten
+              {3: sign * 0.99}]                                    # not reported by step 2
+    assert standing_so_far(curve, rivals, maximize) == 1.0
+    assert standing_so_far({0: nan}, rivals[:1], maximize) == 0.0  # NaN only: beats nothing
+    assert standing_so_far({}, rivals, maximize) is None

@@ -105,13 +105,10 @@ def standing(value: float, others: Iterable[float], maximize: bool) -> float | N
     return beaten / len(rivals)
 
 
-def _best(values: Iterable[float], maximize: bool) -> float | None:
-    """The best of ``values`` in the objective's direction, ignoring NaN (NaN if all are);
-    ``None`` when empty."""
-    vals = [float(v) for v in values]
-    finite = [v for v in vals if not math.isnan(v)]
-    if not vals:
-        return None
+def _best(values: Iterable[float], maximize: bool) -> float:
+    """The best of ``values`` (not empty) in the objective's direction, ignoring NaN (a diverged
+    report); NaN if all are."""
+    finite = [v for v in map(float, values) if not math.isnan(v)]
     if not finite:
         return math.nan
     return max(finite) if maximize else min(finite)
@@ -141,9 +138,9 @@ def standing_so_far(curve: Mapping[float, float], rivals: Iterable[Mapping[float
     if not curve:
         return None
     step = max(curve)
-    own = _best(curve.values(), maximize)
-    bests = [_best((v for s, v in rival.items() if s <= step), maximize) for rival in rivals]
-    return standing(own, [b for b in bests if b is not None], maximize)   # type: ignore[arg-type]
+    reached = ([v for s, v in rival.items() if s <= step] for rival in rivals)
+    return standing(_best(curve.values(), maximize),
+                    [_best(values, maximize) for values in reached if values], maximize)
 
 
 @dataclass(frozen=True)

@@ -184,8 +184,8 @@ def cost_reason(cost: CostModel, latest: Mapping[str, Any] | None, done: float, 
         done: budget used so far (e.g. epochs or reported steps); clipped to ``budget``.
         budget: the trial's whole budget in the same unit.
         prune_on: labels a stop is meant to catch; the reason names the most probable of them.
-        standing: the trial's standing in the search
-            (:func:`~tevid_hpo.cost.standing_so_far`; ``None``: unknown, a false stop costs ``c_fa`` alone); recorded, rounded, as
+        standing: the trial's standing in the search (:func:`~tevid_hpo.cost.standing_so_far`;
+            ``None``: unknown, a false stop costs ``c_fa`` alone); recorded, rounded, as
             ``reason["standing"]``.
 
     Example:

@@ -83,7 +83,8 @@ Example:
     'Instability'
 
 The leader guard: an alerted trial whose best value beats at least 90 % of the others' best
-up to its step trains on (unless its loss went non-finite); ``spare_leaders=None`` turns the guard off.
+up to its step trains on (unless its loss went non-finite); ``spare_leaders=None`` turns the
+guard off.
 
     >>> def leader(trial):
     ...     trial.set_user_attr("tevid", {"version": 1, "alerts": {"Overfitting": {
