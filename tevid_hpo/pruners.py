@@ -298,9 +298,9 @@ class TEViDPruner(BasePruner):
             takes the wrapped Hyperband's ``max_resource`` once known (the cost rule waits
             until then).
         spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a trial whose
-            standing in the search (:func:`study_standing`) reaches this share is not pruned by TEViD, except for a non-finite
-            loss; the wrapped pruner still judges it. Default 0.9 (the top tenth); ``None``
-            prunes on every confirmed alert.
+            standing in the search (:func:`study_standing`) reaches this share is not pruned
+            by TEViD, except for a non-finite loss; the wrapped pruner still judges it.
+            Default 0.9 (the top tenth); ``None`` prunes on every confirmed alert.
 
     Example:
         >>> import optuna

@@ -295,7 +295,7 @@ def _time_axis(base: TrialScheduler) -> str:
 
 
 #: What TEViDScheduler uses of AsyncHyperBandScheduler's internals to keep rung places.
-_ASHA_INTERNALS = ("_trial_info", "_metric_op", "_time_attr")
+_ASHA_INTERNALS = ("_trial_info", "_metric_op")
 
 
 def _keep_asha_rung_places(asha: AsyncHyperBandScheduler, trial: Trial,
@@ -554,8 +554,9 @@ class TEViDHyperband(_DecisionsMixin, HyperBandScheduler):
         min_confidence: ignore alerts whose probability for their label is below this.
         spare_leaders: the leader guard (:func:`~tevid_hpo.decision.spares`): a trial whose
             best ``metric`` so far beats at least this share of the other seen trials' best up
-            to the same ``time_attr`` is not stopped by TEViD, except for a non-finite loss; Hyperband still judges it.
-            Default 0.9 (the top tenth); ``None`` stops on every confirmed alert.
+            to the same ``time_attr`` is not stopped by TEViD, except for a non-finite loss;
+            Hyperband still judges it. Default 0.9 (the top tenth); ``None`` stops on every
+            confirmed alert.
 
     Example:
         >>> s = TEViDHyperband(metric="acc", mode="max", max_t=9, prune_on=("Instability",))
