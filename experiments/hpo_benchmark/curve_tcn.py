@@ -211,13 +211,14 @@ class CurveTCNPruner(HyperbandPruner):
     :func:`tevid_hpo.pruners.prune_reason` reads them, with ``pruner="CurveTCN"``.
 
     The alert passes the same leader guard as the TEViD arms (``spare_leaders``,
-    :func:`tevid_hpo.decision.spares`): a trial whose value at its step beats that share of its
-    rivals' is left to Hyperband, so the two signals are compared under one stop rule.
+    :func:`tevid_hpo.decision.spares`): a trial whose standing in the search
+    (:func:`tevid_hpo.pruners.study_standing`) reaches that share is left to Hyperband, so the
+    two signals are compared under one stop rule.
 
     Example:
         >>> p = CurveTCNPruner(min_resource=1, max_resource=9, reduction_factor=3)
         >>> isinstance(p, HyperbandPruner), p.prune_on, p.spare_leaders
-        (True, ('Instability', 'Overfitting'), 0.5)
+        (True, ('Instability', 'Overfitting'), 0.9)
     """
 
     def __init__(self, min_resource: int = 1, max_resource: int = 27,
