@@ -97,7 +97,7 @@ class TEViDHook:
         self.prune_on, self.min_confidence = self.rules.prune_on, self.rules.min_confidence
         self.cost = cost
         self.every = every
-        self._curves: list[list[float]] = []
+        self._curves: list[dict[int, float]] = []   # epoch -> accuracy, as standing reads them
 
     def monitor(self, model: nn.Module, trial: optuna.Trial | None = None,
                 optimizer: torch.optim.Optimizer | None = None) -> TrialMonitor:
@@ -131,14 +131,14 @@ class TEViDHook:
             >>> hook.standing([0.4]), hook.standing([0.4, 0.7]), hook.standing([0.1, 0.2, 0.3])
             (0.5, 1.0, 0.0)
         """
-        self._curves.append([float(v) for v in curve])
+        self._curves.append({e: float(v) for e, v in enumerate(curve)})
 
     def standing(self, curve: Sequence[float]) -> float | None:
         """The standing in the search (:func:`~tevid_hpo.cost.standing_so_far`) of a candidate
         whose accuracies so far are ``curve``: its best against each recorded candidate's best
         up to the same epoch (``None``: unknown)."""
         return standing_so_far(dict(enumerate(curve)),
-                               [dict(enumerate(c)) for c in self._curves], maximize=True)
+                               self._curves, maximize=True)
 
     def check(self, monitor: TrialMonitor, epochs_done: float, epochs_max: float,
               *, use_cost: bool = True, curve: Sequence[float] = ()) -> dict[str, Any] | None:
