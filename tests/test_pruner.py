@@ -28,7 +28,9 @@ from tevid_hpo.pruners import (
     REASON_SYSTEM_ATTR,
     TEViDPruner,
     prune_reason,
+    record_prune_reason,
     study_standing,
+    with_stopped_trials_held,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -385,10 +387,11 @@ def test_rejects_bad_arguments(kwargs, error):
         TEViDPruner(**kwargs)
 
 
-def _rung_decisions(pruner, with_tevid: bool, n_trials: int = 45) -> dict[int, int | None]:
-    """Deterministic curves by trial number; every third trial is dead (constant chance value)
-    and, ``with_tevid``, carries a confirmed Instability alert from step 1 on. Returns the step
-    at which each trial was pruned (``None``: completed)."""
+def _rung_decisions(pruner, with_tevid: bool, n_trials: int = 45, dead_value: float = 0.1
+                    ) -> dict[int, int | None]:
+    """Deterministic curves by trial number; every third trial is dead (constant value
+    ``dead_value``) and, ``with_tevid``, carries a confirmed Instability alert from step 1 on.
+    Returns the step at which each trial was pruned (``None``: completed)."""
     study = optuna.create_study(direction="maximize", pruner=pruner, study_name="rungs")
     stopped: dict[int, int | None] = {}
 
@@ -397,7 +400,7 @@ def _rung_decisions(pruner, with_tevid: bool, n_trials: int = 45) -> dict[int, i
         quality = ((trial.number * 37) % 17) / 17
         value = 0.1
         for step in range(9):
-            value = 0.1 if dead else quality * (1 - 0.7 ** (step + 1))
+            value = dead_value if dead else quality * (1 - 0.7 ** (step + 1))
             if with_tevid and dead and step >= 1:
                 trial.set_user_attr(USER_ATTR, diagnosis([alert(INSTABILITY)]))
             trial.report(value, step)
@@ -431,6 +434,41 @@ def test_trials_tevid_stops_keep_their_rung_places(halving):
     # trials still count at the rungs their (constant) value would have reached.
     assert any(alone[n] is not None for n in learning)   # Hyperband does prune some
     assert {n: tevid[n] for n in learning} == {n: alone[n] for n in learning}
+
+
+@pytest.mark.parametrize("dead_value", [0.45, 0.3])
+def test_trials_tevid_stops_still_count_among_the_medians_completed_trials(dead_value):
+    alone = _rung_decisions(MedianPruner(n_startup_trials=3), with_tevid=False,
+                            dead_value=dead_value)
+    tevid = _rung_decisions(TEViDPruner(MedianPruner(n_startup_trials=3)), with_tevid=True,
+                            dead_value=dead_value)
+    dead = [n for n in alone if n % 3 == 0]
+    learning = [n for n in alone if n % 3]
+    assert all(tevid[n] == 1 for n in dead if alone[n] != 0)
+    # Median alone lets some dead trials complete (0.45: they stay above the median) or prunes
+    # them later (0.3) ...
+    assert any(alone[n] is None or alone[n] > 1 for n in dead)
+    # ... and it judges every learning trial exactly as without TEViD: a stopped dead trial
+    # still counts as completed wherever Median would have let it complete, and nowhere else.
+    assert any(alone[n] is not None for n in learning)   # Median does prune some
+    assert {n: tevid[n] for n in learning} == {n: alone[n] for n in learning}
+
+
+def test_the_medians_view_leaves_the_study_and_other_pruned_trials_alone():
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.2, intermediate_values={0: 0.1, 1: 0.2}))
+    for pruner in ("TEViD", "MedianPruner"):
+        t = study.ask()
+        t.report(0.5, 0)
+        record_prune_reason(study, study.trials[t.number], {"pruner": pruner})
+        study.tell(t, state=TrialState.PRUNED)
+    view = with_stopped_trials_held(study, MedianPruner(n_startup_trials=1))
+    assert [t.state for t in view.get_trials(states=(TrialState.COMPLETE,))] == \
+        [TrialState.COMPLETE] * 2
+    assert [t.number for t in view.get_trials(deepcopy=False, states=(TrialState.PRUNED,))] == [2]
+    assert view.get_trials()[1].intermediate_values == {0: 0.5, 1: 0.5}
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED,
+                                               TrialState.PRUNED]
 
 
 # ---------------------------------------------------------------------- Optuna internals

@@ -50,6 +50,13 @@ have earned had its last value held until the end of its budget, decided by Optu
 promotion rule: a dead trial at chance accuracy still counts at the rungs it would have reached,
 and nowhere else.
 
+**Median's completed trials.** ``MedianPruner`` (any ``PercentilePruner``) compares a trial
+with the *completed* trials at its step. A trial TEViD stops would have completed had the
+percentile rule let it run, so without it the percentile is taken over the better trials alone
+and creeps up (more learning trials cut). So around a ``PercentilePruner`` the wrapped pruner sees
+each trial TEViD stopped as a completed trial whose last value held until the last step any
+trial reported (:func:`with_stopped_trials_held`); the study itself is not changed.
+
 **Hyperband and the sampler.** Optuna gives the sampler a per-bracket view of the study (each
 bracket samples from its own history) only when ``isinstance(study.pruner, HyperbandPruner)``
 (``optuna.pruners._filter_study``). A pruner that merely *holds* a HyperbandPruner would silently
@@ -107,7 +114,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal
 
 import optuna
-from optuna.pruners import BasePruner, HyperbandPruner, SuccessiveHalvingPruner
+from optuna.pruners import BasePruner, HyperbandPruner, PercentilePruner, SuccessiveHalvingPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -126,7 +133,7 @@ from tevid_hpo.decision import DEFAULT_SPARE_LEADERS, TEVID, StopRules, alert_re
 from tevid_hpo.monitor import ERROR_ATTR, FORMAT_VERSION, USER_ATTR
 
 __all__ = ["REASON_ATTR", "REASON_SYSTEM_ATTR", "TEViDPruner", "keep_rung_places", "prune_reason",
-           "record_prune_reason", "study_standing"]
+           "record_prune_reason", "study_standing", "with_stopped_trials_held"]
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +286,109 @@ def keep_rung_places(halving: BasePruner | None, study: optuna.study.Study, tria
         logger.debug("could not keep the rung places of trial %d: %s", trial.number, err)
 
 
+class _HeldStudy:
+    """A read-only stand-in for a study in which TEViD's stopped trials count as completed."""
+
+    def __init__(self, study: optuna.study.Study, rule: BasePruner,
+                 cache: dict[int, tuple[int, FrozenTrial | None]]) -> None:
+        self._study, self._rule, self._cache = study, rule, cache
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: Collection[TrialState] | None = None
+                   ) -> list[FrozenTrial]:
+        trials = self._study.get_trials(deepcopy=deepcopy)
+        last = max((t.last_step for t in trials if t.last_step is not None), default=None)
+        view = []
+        for t in trials:
+            if last is not None and _stopped_by_tevid(t):
+                if t.number not in self._cache or self._cache[t.number][0] != last:
+                    self._cache[t.number] = last, _held(t, last, self._rule, self._study, trials)
+                t = self._cache[t.number][1] or t
+            view.append(t)
+        return view if states is None else [t for t in view if t.state in states]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class _CompletedBefore:
+    """The completed trials of a study as they stood at one moment (what a rule saw then)."""
+
+    def __init__(self, study: optuna.study.Study, trials: list[FrozenTrial], moment: Any) -> None:
+        self._study = study
+        self._complete = [t for t in trials if t.state == TrialState.COMPLETE
+                          and (moment is None or t.datetime_complete is None
+                               or t.datetime_complete <= moment)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: Collection[TrialState] | None = None
+                   ) -> list[FrozenTrial]:
+        return list(self._complete) if states is None or TrialState.COMPLETE in states else []
+
+
+def _stopped_by_tevid(trial: FrozenTrial) -> bool:
+    if trial.state != TrialState.PRUNED or trial.last_step is None:
+        return False
+    reason = prune_reason(trial)
+    return reason is not None and reason.get("pruner") == TEVID
+
+
+def _held(trial: FrozenTrial, last_step: int, rule: BasePruner, study: optuna.study.Study,
+          trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """``trial`` completed with its last value held to ``last_step``, or ``None`` if ``rule``,
+    judging against the trials completed when TEViD stopped it, would have pruned it on the
+    way (then it stays a pruned trial)."""
+    step = trial.last_step
+    value = trial.intermediate_values[step]
+    then = _CompletedBefore(study, trials, trial.datetime_complete)
+    held = copy.copy(trial)
+    held.intermediate_values = dict(trial.intermediate_values)
+    for later in range(step + 1, last_step + 1):
+        held.intermediate_values[later] = value
+        if rule.prune(then, held):   # type: ignore[arg-type]   # duck-typed study
+            return None
+    held.state = TrialState.COMPLETE
+    return held
+
+
+def with_stopped_trials_held(study: optuna.study.Study, rule: BasePruner,
+                             cache: dict | None = None) -> optuna.study.Study:
+    """The study as a ``PercentilePruner`` ``rule`` should see it beside TEViD: a trial TEViD
+    stopped counts as completed with its last reported value held until the last step any trial
+    reported — unless ``rule``, judging against the trials completed when TEViD stopped it,
+    would have pruned it on the way at that value.
+
+    A read-only view for ``rule.prune(view, trial)``; nothing is written to the study. Trials
+    pruned for any other reason, and every other trial, are as stored. ``cache`` (a dict kept
+    by the caller across calls) saves replaying ``rule`` for a trial more than once.
+
+    Example:
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> median = optuna.pruners.MedianPruner(n_startup_trials=1)
+        >>> study = optuna.create_study(direction="maximize")
+        >>> study.add_trial(optuna.trial.create_trial(value=0.45,
+        ...                 intermediate_values={0: 0.3, 1: 0.4, 2: 0.45}))
+        >>> for last in (0.5, 0.1):                      # two trials TEViD stopped at step 0
+        ...     t = study.ask(); t.report(last, 0)
+        ...     record_prune_reason(study, study.trials[t.number], {"pruner": "TEViD"})
+        ...     _ = study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        >>> view = with_stopped_trials_held(study, median)
+        >>> [(s.state.name, s.intermediate_values) for s in view.get_trials()][1:]
+        [('COMPLETE', {0: 0.5, 1: 0.5, 2: 0.5}), ('PRUNED', {0: 0.1})]
+        >>> study.trials[1].state.name           # the study itself is unchanged
+        'PRUNED'
+
+    At 0.5 the first would have stayed above the median at every step; at 0.1 the median rule
+    would have pruned the second at step 1 anyway, so it does not count as completed.
+    """
+    return _HeldStudy(study, rule, {} if cache is None else cache)   # type: ignore[return-value]
+
+
 class TEViDPruner(BasePruner):
     """Prune on a confirmed TEViD diagnosis (or the cost rule), else defer to ``wrapped``.
 
@@ -349,6 +459,7 @@ class TEViDPruner(BasePruner):
         self._max_resource = max_resource
         self._rules = rules
         self._warned = False
+        self._held: dict[int, Any] = {}   # with_stopped_trials_held's replays, by trial
 
     def __getnewargs_ex__(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         # pickle/deepcopy call __new__ again: pass `wrapped` so it picks the same class.
@@ -406,7 +517,9 @@ class TEViDPruner(BasePruner):
             self._record(study, trial, reason)
             keep_rung_places(self._wrapped, study, trial, self._max_resource)
             return True
-        if self._wrapped is None or not self._wrapped.prune(study, trial):
+        view = with_stopped_trials_held(study, self._wrapped, self._held) \
+            if isinstance(self._wrapped, PercentilePruner) else study
+        if self._wrapped is None or not self._wrapped.prune(view, trial):
             return False
         step = trial.last_step
         value = trial.intermediate_values.get(step) if step is not None else None
