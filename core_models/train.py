@@ -56,6 +56,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "cosine_lr",
+    "drop_telemetry",
     "finetune",
     "predict",
     "pretrain",
@@ -143,7 +144,12 @@ class PretrainConfig(TrainConfig):
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    """Table 14, TEViD column, plus the EDL KL ramp (Appendix D.2: 0 → 1 over 10 epochs)."""
+    """Table 14, TEViD column, plus the EDL KL ramp (Appendix D.2: 0 → 1 over 10 epochs).
+
+    ``telemetry_dropout``: for a telemetry model, the share of training clips whose training
+    scalars are hidden (every feature 0 = unknown, as for a monitor without them), so that the
+    frames have to carry the diagnosis on their own too (:func:`drop_telemetry`); 0 = off.
+    """
 
     epochs: int = 50
     batch_size: int = 32
@@ -151,6 +157,33 @@ class FinetuneConfig(TrainConfig):
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = 5.0
     kl_anneal_epochs: float = 10.0
+    telemetry_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.telemetry_dropout < 1.0:
+            raise ValueError(f"telemetry_dropout must be in [0, 1), got {self.telemetry_dropout!r}")
+
+
+def drop_telemetry(inputs: dict[str, torch.Tensor], p: float) -> dict[str, torch.Tensor]:
+    """Hide the training scalars of a random share ``p`` of the clips in a batch: their
+    ``telemetry`` becomes 0 everywhere, which :mod:`core_models.telemetry` reads as "unknown"
+    (value 0, every ``*_present`` flag 0). Without telemetry, or at ``p = 0``, ``inputs`` as is.
+
+    Example:
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> batch = {"clips": torch.ones(4, 2, 1), "telemetry": torch.ones(4, 2, 3)}
+        >>> out = drop_telemetry(batch, 0.5)
+        >>> out["telemetry"].sum(dim=(1, 2)).tolist()   # each clip: all hidden or all kept
+        [0.0, 6.0, 0.0, 0.0]
+        >>> bool(out["clips"].eq(1).all()), drop_telemetry(batch, 0.0) is batch
+        (True, True)
+    """
+    tele = inputs.get("telemetry")
+    if tele is None or p <= 0:
+        return inputs
+    keep = (torch.rand(tele.shape[0], device=tele.device) >= p).to(tele.dtype)
+    return {**inputs, "telemetry": tele * keep.view(-1, *([1] * (tele.dim() - 1)))}
 
 
 @dataclass
@@ -419,7 +452,8 @@ def finetune(model: TEViD, dataset: Dataset, config: FinetuneConfig | None = Non
         known = (labels >= 0) & (labels < k)
         if not bool(known.any()):
             return None
-        out = m(**{k: v[known] for k, v in inputs.items()}, temperature=1.0)
+        inputs = drop_telemetry({k: v[known] for k, v in inputs.items()}, cfg.telemetry_dropout)
+        out = m(**inputs, temperature=1.0)
         return edl_loss(out.alpha, labels[known], epoch, cfg.kl_anneal_epochs)
 
     def validate(m: nn.Module, epoch: int) -> dict[str, float]:

@@ -18,7 +18,15 @@ from core_models.mae import DynamicsMAE, tube_masking
 from core_models.model_io import load_model, save_model
 from core_models.profiles import PROFILES, Profile, get_profile
 from core_models.tevid import TEViD
-from core_models.train import FinetuneConfig, PretrainConfig, cosine_lr, finetune, predict, pretrain
+from core_models.train import (
+    FinetuneConfig,
+    PretrainConfig,
+    cosine_lr,
+    drop_telemetry,
+    finetune,
+    predict,
+    pretrain,
+)
 
 TINY = get_profile("tiny")
 
@@ -311,6 +319,51 @@ def test_finetune_two_steps_resume_and_validation(tmp_path):
         assert torch.equal(value, resumed.state_dict()[key]), key
     with pytest.raises(ValueError):                       # resuming another profile's run
         finetune(TEViD("cpu"), data, FinetuneConfig(**cfg), out_dir=tmp_path / "b")
+
+
+class _TelemetryClips(torch.utils.data.Dataset):
+    """Clips whose label lives in both the frames and the scalars (sign of every input)."""
+
+    def __init__(self, n: int = 24) -> None:
+        g = torch.Generator().manual_seed(7)
+        self.labels = torch.arange(n) % 2
+        sign = (self.labels * 2 - 1).float().view(-1, 1, 1, 1, 1)
+        self.clips = sign * (1 + torch.rand(n, 4, 6, 16, 16, generator=g))
+        self.tele = sign.view(-1, 1, 1) * torch.ones(n, 4, 3)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"clips": self.clips[i], "telemetry": self.tele[i]}, self.labels[i]
+
+
+def test_telemetry_dropout_hides_the_scalars_of_that_share_of_training_clips(monkeypatch):
+    data = _TelemetryClips(64)
+    cfg = {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "progress": False,
+           "lr_batch_ref": None, "device": "cpu"}
+    seen: list[torch.Tensor] = []
+    forward = TEViD.forward
+
+    def spy(self, clips, temperature=None, telemetry=None, **kw):
+        if self.training:
+            seen.append(telemetry.detach().abs().sum(dim=(1, 2)) == 0)   # hidden clips
+        return forward(self, clips, temperature=temperature, telemetry=telemetry, **kw)
+
+    monkeypatch.setattr(TEViD, "forward", spy)
+    hidden = {}
+    for p in (0.0, 0.5):
+        seen.clear()
+        torch.manual_seed(3)
+        finetune(TEViD("tiny", telemetry=3), data, FinetuneConfig(**cfg, telemetry_dropout=p))
+        hidden[p] = float(torch.cat(seen).float().mean())
+    assert hidden[0.0] == 0.0
+    assert 0.35 < hidden[0.5] < 0.65                   # 128 training clips, each hidden w.p. 1/2
+    with pytest.raises(ValueError, match="telemetry_dropout"):
+        FinetuneConfig(telemetry_dropout=1.0)
+    batch = {"clips": torch.ones(3, 1), "telemetry": torch.ones(3, 2)}
+    assert drop_telemetry(batch, 0.0) is batch
+    assert drop_telemetry({"clips": batch["clips"]}, 0.5) == {"clips": batch["clips"]}
 
 
 def test_predict_returns_calibration_inputs():
