@@ -286,15 +286,24 @@ def keep_rung_places(halving: BasePruner | None, study: optuna.study.Study, tria
         logger.debug("could not keep the rung places of trial %d: %s", trial.number, err)
 
 
-class _HeldStudy:
-    """A read-only stand-in for a study in which TEViD's stopped trials count as completed."""
+class _StudyView:
+    """A read-only stand-in for a study whose trials a pruner sees differently; everything but
+    ``get_trials`` is the study's own."""
 
-    def __init__(self, study: optuna.study.Study, rule: BasePruner,
-                 cache: dict[int, tuple[int, FrozenTrial | None]]) -> None:
-        self._study, self._rule, self._cache = study, rule, cache
+    def __init__(self, study: optuna.study.Study) -> None:
+        self._study = study
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
+
+
+class _HeldStudy(_StudyView):
+    """The study with TEViD's stopped trials counted as completed (:func:`with_stopped_trials_held`)."""
+
+    def __init__(self, study: optuna.study.Study, rule: BasePruner,
+                 cache: dict[int, tuple[int, FrozenTrial | None]]) -> None:
+        super().__init__(study)
+        self._rule, self._cache = rule, cache
 
     def get_trials(self, deepcopy: bool = True, states: Collection[TrialState] | None = None
                    ) -> list[FrozenTrial]:
@@ -314,17 +323,14 @@ class _HeldStudy:
         return self.get_trials()
 
 
-class _CompletedBefore:
+class _CompletedBefore(_StudyView):
     """The completed trials of a study as they stood at one moment (what a rule saw then)."""
 
     def __init__(self, study: optuna.study.Study, trials: list[FrozenTrial], moment: Any) -> None:
-        self._study = study
+        super().__init__(study)
         self._complete = [t for t in trials if t.state == TrialState.COMPLETE
                           and (moment is None or t.datetime_complete is None
                                or t.datetime_complete <= moment)]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
 
     def get_trials(self, deepcopy: bool = True, states: Collection[TrialState] | None = None
                    ) -> list[FrozenTrial]:
