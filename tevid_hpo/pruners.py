@@ -298,7 +298,8 @@ class _StudyView:
 
 
 class _HeldStudy(_StudyView):
-    """The study with TEViD's stopped trials counted as completed (:func:`with_stopped_trials_held`)."""
+    """The study with TEViD's stopped trials counted as completed
+    (:func:`with_stopped_trials_held`)."""
 
     def __init__(self, study: optuna.study.Study, rule: BasePruner,
                  cache: dict[int, tuple[int, FrozenTrial | None]]) -> None:
