@@ -287,8 +287,7 @@ def keep_rung_places(halving: BasePruner | None, study: optuna.study.Study, tria
 
 
 class _StudyView:
-    """A read-only stand-in for a study whose trials a pruner sees differently; everything but
-    ``get_trials`` is the study's own."""
+    """A read-only stand-in for a study: all but ``get_trials`` is the study's own."""
 
     def __init__(self, study: optuna.study.Study) -> None:
         self._study = study
@@ -298,8 +297,7 @@ class _StudyView:
 
 
 class _HeldStudy(_StudyView):
-    """The study with TEViD's stopped trials counted as completed
-    (:func:`with_stopped_trials_held`)."""
+    """The study with TEViD's stopped trials counted as completed (see below)."""
 
     def __init__(self, study: optuna.study.Study, rule: BasePruner,
                  cache: dict[int, tuple[int, FrozenTrial | None]]) -> None:
