@@ -56,7 +56,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "cosine_lr",
-    "drop_telemetry",
+    "drop_modalities",
     "finetune",
     "predict",
     "pretrain",
@@ -146,9 +146,11 @@ class PretrainConfig(TrainConfig):
 class FinetuneConfig(TrainConfig):
     """Table 14, TEViD column, plus the EDL KL ramp (Appendix D.2: 0 → 1 over 10 epochs).
 
-    ``telemetry_dropout``: for a telemetry model, the share of training clips whose training
-    scalars are hidden (every feature 0 = unknown, as for a monitor without them), so that the
-    frames have to carry the diagnosis on their own too (:func:`drop_telemetry`); 0 = off.
+    Modality dropout, for a telemetry model (:func:`drop_modalities`; 0 = off):
+    ``telemetry_dropout`` hides the training scalars of that share of the training clips, so the
+    frames have to carry the diagnosis on their own too; ``frame_dropout`` zeroes the frames of
+    another share (what the scalars-only variant sees), so the scalars have to stand alone and the
+    frames can only add to them. No clip loses both, so the two shares sum to at most 1.
     """
 
     epochs: int = 50
@@ -158,32 +160,51 @@ class FinetuneConfig(TrainConfig):
     warmup_epochs: float = 5.0
     kl_anneal_epochs: float = 10.0
     telemetry_dropout: float = 0.0
+    frame_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.telemetry_dropout < 1.0:
-            raise ValueError(f"telemetry_dropout must be in [0, 1), got {self.telemetry_dropout!r}")
+        for name in ("telemetry_dropout", "frame_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.telemetry_dropout + self.frame_dropout > 1.0:
+            raise ValueError("telemetry_dropout + frame_dropout must be at most 1 (no clip loses "
+                             f"both), got {self.telemetry_dropout} + {self.frame_dropout}")
 
 
-def drop_telemetry(inputs: dict[str, torch.Tensor], p: float) -> dict[str, torch.Tensor]:
-    """Hide the training scalars of a random share ``p`` of the clips in a batch: their
-    ``telemetry`` becomes 0 everywhere, which :mod:`core_models.telemetry` reads as "unknown"
-    (value 0, every ``*_present`` flag 0). Without telemetry, or at ``p = 0``, ``inputs`` as is.
+def drop_modalities(inputs: dict[str, torch.Tensor], telemetry: float = 0.0, frames: float = 0.0
+                    ) -> dict[str, torch.Tensor]:
+    """Modality dropout for a batch with ``clips`` and ``telemetry``: each clip draws one
+    ``u ~ U(0, 1)``; its scalars are hidden where ``u < telemetry`` (every feature 0, which
+    :mod:`core_models.telemetry` reads as "unknown") and its frames zeroed where
+    ``u >= 1 - frames`` (as the scalars-only variant sees them), so no clip loses both when
+    ``telemetry + frames <= 1``. Without telemetry, or with both shares 0, ``inputs`` as is.
 
     Example:
         >>> torch.manual_seed(0)
         <torch._C.Generator object at ...>
         >>> batch = {"clips": torch.ones(4, 2, 1), "telemetry": torch.ones(4, 2, 3)}
-        >>> out = drop_telemetry(batch, 0.5)
+        >>> out = drop_modalities(batch, telemetry=0.5)
         >>> out["telemetry"].sum(dim=(1, 2)).tolist()   # each clip: all hidden or all kept
         [0.0, 6.0, 0.0, 0.0]
-        >>> bool(out["clips"].eq(1).all()), drop_telemetry(batch, 0.0) is batch
-        (True, True)
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> out = drop_modalities(batch, telemetry=0.5, frames=0.5)
+        >>> out["clips"].sum(dim=(1, 2)).tolist(), out["telemetry"].sum(dim=(1, 2)).tolist()
+        ([2.0, 0.0, 2.0, 2.0], [0.0, 6.0, 0.0, 0.0])
+        >>> drop_modalities(batch) is batch
+        True
     """
     tele = inputs.get("telemetry")
-    if tele is None or p <= 0:
+    if tele is None or (telemetry <= 0 and frames <= 0):
         return inputs
-    keep = (torch.rand(tele.shape[0], device=tele.device) >= p).to(tele.dtype)
-    return {**inputs, "telemetry": tele * keep.view(-1, *([1] * (tele.dim() - 1)))}
+    u = torch.rand(tele.shape[0], device=tele.device)
+    out = dict(inputs)
+    if telemetry > 0:
+        out["telemetry"] = tele * (u >= telemetry).to(tele.dtype).view(-1, *([1] * (tele.dim() - 1)))
+    if frames > 0:
+        clips = inputs["clips"]
+        out["clips"] = clips * (u < 1.0 - frames).to(clips.dtype).view(-1, *([1] * (clips.dim() - 1)))
+    return out
 
 
 @dataclass
@@ -444,6 +465,12 @@ def finetune(model: TEViD, dataset: Dataset, config: FinetuneConfig | None = Non
     """
     cfg = config or FinetuneConfig()
     k = model.num_classes
+    if (cfg.telemetry_dropout > 0 or cfg.frame_dropout > 0) and (
+            not getattr(model, "telemetry", 0) or getattr(model, "channels", "both") == "none"):
+        # A one-modality model would see nothing on a dropped clip; say so instead of training
+        # on empty inputs.
+        raise ValueError("telemetry_dropout / frame_dropout need a model that reads frames and "
+                         "telemetry (TEViD(..., telemetry=F > 0), channels other than 'none')")
 
     def loss_fn(m: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
                 epoch: int) -> torch.Tensor | None:
@@ -452,7 +479,8 @@ def finetune(model: TEViD, dataset: Dataset, config: FinetuneConfig | None = Non
         known = (labels >= 0) & (labels < k)
         if not bool(known.any()):
             return None
-        inputs = drop_telemetry({k: v[known] for k, v in inputs.items()}, cfg.telemetry_dropout)
+        inputs = drop_modalities({k: v[known] for k, v in inputs.items()}, cfg.telemetry_dropout,
+                                 cfg.frame_dropout)
         out = m(**inputs, temperature=1.0)
         return edl_loss(out.alpha, labels[known], epoch, cfg.kl_anneal_epochs)
 

@@ -22,7 +22,7 @@ from core_models.train import (
     FinetuneConfig,
     PretrainConfig,
     cosine_lr,
-    drop_telemetry,
+    drop_modalities,
     finetune,
     predict,
     pretrain,
@@ -338,32 +338,46 @@ class _TelemetryClips(torch.utils.data.Dataset):
         return {"clips": self.clips[i], "telemetry": self.tele[i]}, self.labels[i]
 
 
-def test_telemetry_dropout_hides_the_scalars_of_that_share_of_training_clips(monkeypatch):
+def test_modality_dropout_hides_one_input_of_that_share_of_training_clips(monkeypatch):
     data = _TelemetryClips(64)
     cfg = {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "progress": False,
            "lr_batch_ref": None, "device": "cpu"}
-    seen: list[torch.Tensor] = []
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     forward = TEViD.forward
 
     def spy(self, clips, temperature=None, telemetry=None, **kw):
-        if self.training:
-            seen.append(telemetry.detach().abs().sum(dim=(1, 2)) == 0)   # hidden clips
+        if self.training:   # per clip: scalars hidden, frames zeroed
+            seen.append((telemetry.detach().abs().sum(dim=(1, 2)) == 0,
+                         clips.detach().abs().flatten(1).sum(1) == 0))
         return forward(self, clips, temperature=temperature, telemetry=telemetry, **kw)
 
     monkeypatch.setattr(TEViD, "forward", spy)
     hidden = {}
-    for p in (0.0, 0.5):
+    for shares in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.4, 0.6)):
         seen.clear()
         torch.manual_seed(3)
-        finetune(TEViD("tiny", telemetry=3), data, FinetuneConfig(**cfg, telemetry_dropout=p))
-        hidden[p] = float(torch.cat(seen).float().mean())
-    assert hidden[0.0] == 0.0
-    assert 0.35 < hidden[0.5] < 0.65                   # 128 training clips, each hidden w.p. 1/2
+        finetune(TEViD("tiny", telemetry=3), data,
+                 FinetuneConfig(**cfg, telemetry_dropout=shares[0], frame_dropout=shares[1]))
+        tele = torch.cat([t for t, _ in seen]).float()
+        frames = torch.cat([f for _, f in seen]).float()
+        hidden[shares] = (float(tele.mean()), float(frames.mean()), float((tele * frames).sum()))
+    assert hidden[(0.0, 0.0)] == (0.0, 0.0, 0.0)
+    assert 0.35 < hidden[(0.5, 0.0)][0] < 0.65 and hidden[(0.5, 0.0)][1] == 0.0   # 128 clips
+    assert hidden[(0.0, 0.5)][0] == 0.0 and 0.35 < hidden[(0.0, 0.5)][1] < 0.65
+    t, f, both = hidden[(0.4, 0.6)]
+    assert both == 0.0 and t + f == 1.0                # every clip loses exactly one input
     with pytest.raises(ValueError, match="telemetry_dropout"):
         FinetuneConfig(telemetry_dropout=1.0)
+    with pytest.raises(ValueError, match="frame_dropout"):
+        FinetuneConfig(frame_dropout=-0.1)
+    with pytest.raises(ValueError, match="at most 1"):
+        FinetuneConfig(telemetry_dropout=0.6, frame_dropout=0.6)
+    for model in (TEViD("tiny"), TEViD("tiny", channels="none", telemetry=3)):   # one modality
+        with pytest.raises(ValueError, match="need a model that reads frames and telemetry"):
+            finetune(model, data, FinetuneConfig(**cfg, frame_dropout=0.3))
     batch = {"clips": torch.ones(3, 1), "telemetry": torch.ones(3, 2)}
-    assert drop_telemetry(batch, 0.0) is batch
-    assert drop_telemetry({"clips": batch["clips"]}, 0.5) == {"clips": batch["clips"]}
+    assert drop_modalities(batch) is batch
+    assert drop_modalities({"clips": batch["clips"]}, 0.5, 0.5) == {"clips": batch["clips"]}
 
 
 def test_predict_returns_calibration_inputs():
