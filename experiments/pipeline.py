@@ -14,7 +14,6 @@ variant is written to ``out/tevid_mae/default`` and, with ``ship=true``, copied 
 
 from __future__ import annotations
 
-
 import hashlib
 import json
 import shutil
