@@ -150,7 +150,8 @@ class FinetuneConfig(TrainConfig):
     ``telemetry_dropout`` hides the training scalars of that share of the training clips, so the
     frames have to carry the diagnosis on their own too; ``frame_dropout`` zeroes the frames of
     another share (what the scalars-only variant sees), so the scalars have to stand alone and the
-    frames can only add to them. No clip loses both, so the two shares sum to at most 1.
+    frames can only add to them. No clip loses both, so the two shares sum to at most 1. A model
+    that reads one modality only (frames-only, or ``channels="none"``) ignores both.
     """
 
     epochs: int = 50
@@ -465,12 +466,11 @@ def finetune(model: TEViD, dataset: Dataset, config: FinetuneConfig | None = Non
     """
     cfg = config or FinetuneConfig()
     k = model.num_classes
-    if (cfg.telemetry_dropout > 0 or cfg.frame_dropout > 0) and (
-            not getattr(model, "telemetry", 0) or getattr(model, "channels", "both") == "none"):
-        # A one-modality model would see nothing on a dropped clip; say so instead of training
-        # on empty inputs.
-        raise ValueError("telemetry_dropout / frame_dropout need a model that reads frames and "
-                         "telemetry (TEViD(..., telemetry=F > 0), channels other than 'none')")
+    # Modality dropout needs two modalities to drop between: a frames-only or scalars-only model
+    # trains on its one input whole (the pipeline's Table 12 variants share one config).
+    shares = (cfg.telemetry_dropout, cfg.frame_dropout) \
+        if getattr(model, "telemetry", 0) and getattr(model, "channels", "both") != "none" \
+        else (0.0, 0.0)
 
     def loss_fn(m: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
                 epoch: int) -> torch.Tensor | None:
@@ -479,8 +479,7 @@ def finetune(model: TEViD, dataset: Dataset, config: FinetuneConfig | None = Non
         known = (labels >= 0) & (labels < k)
         if not bool(known.any()):
             return None
-        inputs = drop_modalities({k: v[known] for k, v in inputs.items()}, cfg.telemetry_dropout,
-                                 cfg.frame_dropout)
+        inputs = drop_modalities({k: v[known] for k, v in inputs.items()}, *shares)
         out = m(**inputs, temperature=1.0)
         return edl_loss(out.alpha, labels[known], epoch, cfg.kl_anneal_epochs)
 

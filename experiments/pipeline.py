@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -310,8 +310,6 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         if from_mae:
             model.load_mae_encoder(mae)
         ft_cfg = training_config(FinetuneConfig, cfg.finetune, cfg.device, cfg.seed)
-        if not n_tele or channels == "none":   # modality dropout needs both modalities
-            ft_cfg = replace(ft_cfg, telemetry_dropout=0.0, frame_dropout=0.0)
         result = finetune(model, ft_tele if n_tele else ft_ds, ft_cfg, out / name)
         # With a burn-in grid the streams stay whole: calibrate() withholds each candidate.
         streams = stream_logits(model, val_runs, val_events, window, cfg.device,

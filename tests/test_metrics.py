@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -25,6 +26,7 @@ from core_models.metrics import (
     lead_times,
     macro_f1,
     median_lead,
+    paired_bootstrap_ci,
     per_class_auprc,
     risk_coverage_curve,
     selective_predictions,
@@ -509,6 +511,33 @@ def test_bootstrap_resamples_runs_not_steps():
 
     bootstrap_ci(metric, runs, n_resamples=20, method="percentile")
     assert set(seen) == {10}
+
+
+def test_paired_bootstrap_is_the_difference_on_the_same_resamples():
+    runs = _mixed_runs(30, 5)
+    # b: the same scores with noise on the healthy runs — worse, by a margin the two separate
+    # intervals overlap on but the paired one resolves.
+    rng = np.random.default_rng(6)
+    worse = [dataclasses.replace(r, probs=_with_score(r, np.clip(
+        1 - r.probs[:, 0] + (0 if r.is_anomalous else rng.uniform(0, 0.25, len(r.steps))), 0, 1)))
+        for r in runs]
+    diff = paired_bootstrap_ci(event_time_auprc, runs, worse[::-1], n_resamples=300, seed=1)
+    assert diff.estimate == pytest.approx(event_time_auprc(runs) - event_time_auprc(worse))
+    assert 0 < diff.low <= diff.estimate <= diff.high
+    a = bootstrap_ci(event_time_auprc, runs, n_resamples=300, seed=1)
+    b = bootstrap_ci(event_time_auprc, worse, n_resamples=300, seed=1)
+    assert diff.high - diff.low < (a.high - a.low) + (b.high - b.low)
+    same = paired_bootstrap_ci(event_time_auprc, runs, runs, n_resamples=50)
+    assert same.estimate == same.low == same.high == 0.0
+    with pytest.raises(ValueError, match="same runs"):
+        paired_bootstrap_ci(event_time_auprc, runs, runs[1:], n_resamples=10)
+
+
+def _with_score(run: RunPrediction, score: np.ndarray) -> np.ndarray:
+    """Probabilities shaped like ``run``'s with ``score`` as the anomalous mass (1 − p_Healthy)."""
+    probs = np.zeros_like(run.probs)
+    probs[:, 0], probs[:, 1] = 1 - score, score
+    return probs
 
 
 def test_bootstrap_constant_metric_falls_back_to_percentile():

@@ -24,7 +24,8 @@ What is here, the paper's name for it, and the file that holds it (import every 
 * :func:`unknown_auroc` — novel anomalies vs known ones, scored by EDL vacuity (``open_set.py``).
 * :func:`diagnostic_cost` — Appendix I, ``C_FA·N_FA + C_MD·N_MD + C_Lead·ΣLead`` (``cost.py``).
 * :func:`truncate_before_fire` — the causal-integrity protocol of Table 15 (``causal.py``).
-* :func:`bootstrap_ci` — 95 % BCa intervals with run-level resampling (:func:`scipy.stats.bootstrap`)
+* :func:`bootstrap_ci` — 95 % BCa intervals with run-level resampling (:func:`scipy.stats.bootstrap`);
+  :func:`paired_bootstrap_ci` the same for the difference of two methods on the same runs
   (``bootstrap.py``).
 
 Example:
@@ -40,7 +41,7 @@ Example:
 from __future__ import annotations
 
 from core_models.metrics.alerts import alert_profile, class_alert, first_alert
-from core_models.metrics.bootstrap import ConfidenceInterval, bootstrap_ci
+from core_models.metrics.bootstrap import ConfidenceInterval, bootstrap_ci, paired_bootstrap_ci
 from core_models.metrics.causal import truncate_before_fire
 from core_models.metrics.classification import macro_f1
 from core_models.metrics.cost import diagnostic_cost
@@ -90,6 +91,7 @@ __all__ = [
     "lead_times",
     "macro_f1",
     "median_lead",
+    "paired_bootstrap_ci",
     "per_class_auprc",
     "risk_coverage_curve",
     "selective_predictions",

@@ -14,7 +14,12 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from core_models.metrics import ConfidenceInterval, RunPrediction, bootstrap_ci
+from core_models.metrics import (
+    ConfidenceInterval,
+    RunPrediction,
+    bootstrap_ci,
+    paired_bootstrap_ci,
+)
 from data_factory.labels import LABELS
 from experiments.evaluate.leakage import LeakageGuard
 from experiments.evaluate.methods import MethodEval
@@ -86,6 +91,13 @@ class _Context:
     def ci(self, metric: Callable[[list[RunPrediction]], float],
            runs: Sequence[RunPrediction]) -> ConfidenceInterval:
         return _interval(metric, runs, self.n_resamples, self.seed)
+
+    def paired(self, metric: Callable[[list[RunPrediction]], float], a: MethodEval,
+               b: MethodEval) -> ConfidenceInterval:
+        """Interval of ``metric(a) - metric(b)`` on the test runs, both scored on the same
+        resamples (:func:`~core_models.metrics.paired_bootstrap_ci`)."""
+        return paired_bootstrap_ci(metric, a.test, b.test, n_resamples=self.n_resamples,
+                                   seed=self.seed)
 
     def write(self, name: str, body: str) -> None:
         write_section(name, body, command=self.command, path=self.results, seed=self.seed,

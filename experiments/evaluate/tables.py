@@ -81,6 +81,7 @@ def _table3(ctx: _Context) -> None:
     ctx.figures.mkdir(parents=True, exist_ok=True)
     pr = _plot_pr_curves(ctx, ctx.figures / "pr_curves.png")
     notes = [f"- {m.display}: {'; '.join(m.notes)}" for m in _order(ctx) if m.notes]
+    notes += _paired_lines(ctx)
     foreign = [f"- {m.display}: checkpoint provenance not verified ({'; '.join(p)})"
                for m in _order(ctx) if (p := m.provenance.get("problems"))]
     body = "\n".join([
@@ -117,6 +118,21 @@ def _table3(ctx: _Context) -> None:
         "- " + _CI_NOTE, "- " + ctx.guard.summary(), *notes, *foreign, "",
         f"![Precision–recall curves, test steps]({ctx.figure_link(pr)})"])
     ctx.write("eval-table3", body)
+
+
+def _paired_lines(ctx: _Context) -> list[str]:
+    """Table 3's paired comparison: TEViD minus the best other method on test AUPRC."""
+    tevid = ctx.methods.get("tevid_mae")
+    others = [m for m in ctx.methods.values() if not m.is_tevid]
+    if tevid is None or not others:
+        return []
+    best = max(others, key=lambda m: event_time_auprc(m.test))
+    diff = ctx.paired(event_time_auprc, tevid, best)
+    ctx.summary["paired_auprc_vs_best_baseline"] = {"baseline": best.name, **_ci_dict(diff)}
+    return [(f"- **Paired difference to the best baseline**: event-time AUPRC of {tevid.display} "
+             f"minus {best.display} (the other method with the highest test AUPRC), both on the "
+             f"same run-level bootstrap resamples (`core_models.metrics.paired_bootstrap_ci`): "
+             f"{_fmt(diff)}.")]
 
 
 def _table_memory(ctx: _Context) -> None:
@@ -231,6 +247,18 @@ def _table12(ctx: _Context) -> None:
             "experiments.pipeline ablations=true` trains them (skipping the stages already "
             "done). Once they exist, rerun "
             f"`{ctx.command}`.")
+    full, scalars = ctx.methods.get("tevid_mae"), ctx.methods.get("tevid_scalars")
+    if with_scalars and full is not None and scalars is not None:
+        # Issue 24: what the frames add over the scalars alone, on the same resampled runs.
+        vt = full.vacuity_threshold
+        auprc = ctx.paired(event_time_auprc, full, scalars)
+        f1 = ctx.paired(partial(macro_f1, vacuity_threshold=vt), full, scalars) \
+            if vt == scalars.vacuity_threshold else None
+        ctx.summary["frames_over_scalars"] = {"auprc": _ci_dict(auprc), "macro_f1": _ci_dict(f1)}
+        lines.append("**What the frames add over the scalars alone** (A+G + training scalars "
+                     "minus training scalars only, paired run-level bootstrap on the test runs, "
+                     f"`core_models.metrics.paired_bootstrap_ci`): event-time AUPRC {_fmt(auprc)}"
+                     + (f", macro-F1 (known) {_fmt(f1)}" if f1 is not None else "") + ".")
     # The A+G row alone is Table 3's TEViD row: print the table only when an ablation exists.
     table = [_markdown(rows), ""] if len(rows) > 1 else []
     body = "\n".join(["## Table 12 analogue — activations vs gradients (TEViD channel ablation)",
