@@ -38,7 +38,7 @@ from typing import Literal
 
 import numpy as np
 
-from core_models.metrics import RunPrediction, event_time_auprc
+from core_models.metrics import RunPrediction, event_time_auprc, event_time_auprc_by_label
 
 __all__ = ["dirichlet_alpha", "fuse", "main"]
 
@@ -119,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("| diagnoses | AUPRC |\n|---|---|")
         for name, value in rows:
             print(f"| {name} | {value:.3f} |")
+        print("\nper event label against the healthy steps (AUPRC; random = the label's share)")
+        for name in ("tevid_frames", "tevid_scalars"):
+            by_label = event_time_auprc_by_label(preds[name])
+            print(f"- {name}: " + ", ".join(f"{k} {v:.3f} ({r:.3f})" for k, (v, r) in by_label.items()))
 
 
 if __name__ == "__main__":
