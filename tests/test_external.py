@@ -45,6 +45,32 @@ def test_halves_are_disjoint_and_cover_ten_families() -> None:
         check_disjoint(DEV, DEV[:1])
 
 
+def test_drawn_blocks_are_fixed_and_stay_inside_their_half() -> None:
+    """The drawn blocks (dev v4, test v3) are part of the committed spec: the same rows on every
+    draw, each recipe inside its half's menu, every mid-run fault before the run's last epoch."""
+    from collections import Counter
+
+    from experiments.external.suite import _DEV_MENU, _TEST_MENU, _draw
+
+    assert _draw(_DEV_MENU, 25, 120, 200) == _draw(_DEV_MENU, 25, 120, 200)
+    block = DEV[58:]
+    assert [s.seed for s in block] == list(range(200, 320))
+    assert Counter(s.scenario.kind for s in block) == {
+        "healthy": 47, "lr_jump": 42, "lr_high": 18, "overfit": 6, "stall": 3,
+        "label_noise": 3, "freeze": 1}
+    assert Counter(s.scenario.kind for s in TEST[48:])["lr_jump"] == 14
+    for menu, drawn in ((_DEV_MENU, block), (_TEST_MENU, TEST[48:])):
+        ranges = {name: (lo, hi) for name, lo, hi in menu.optimizers}
+        cells = {(f, d): e for f, _, d, e in menu.cells}
+        for s in drawn:
+            lo, hi = ranges[s.recipe.optimizer]
+            assert lo * 0.95 <= s.recipe.lr <= hi * 1.05, s
+            base = cells[s.family, s.data]
+            assert s.recipe.epochs == (3 * base if s.scenario.kind == "overfit" else base)
+            if s.scenario.fault_epoch is not None:
+                assert 2 <= s.scenario.fault_epoch < s.recipe.epochs
+
+
 def test_no_family_comes_from_the_factory() -> None:
     import data_factory.architectures as arch
 
