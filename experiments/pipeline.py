@@ -134,15 +134,18 @@ def stream_logits(model: TEViD, runs, events, window: int, device: str, burn_in:
     return out
 
 
-def transfer_runs(source: str | None, profile: Any) -> list[tuple[Any, np.ndarray, bool]]:
+def transfer_runs(source: str | None, profile: Any, part: str = "all"
+                  ) -> list[tuple[Any, np.ndarray, bool]]:
     """The held-out-factor validation runs (issue 24, point 4): the recorded external-dev runs
     as ``[(run, per-frame event labels, healthy reference)]``
     (:func:`experiments.external.transfer.dev_streams`; never external-test). ``source``
-    ``None`` or ``"none"``: no transfer set. Missing recordings, or recordings of another frame
+    ``None`` or ``"none"``: no transfer set. ``part``: only the runs of that external-dev part
+    (:mod:`experiments.external.folds`). Missing recordings, or recordings of another frame
     geometry than ``profile``'s, are said, not fatal: record them with
     ``python -m experiments.external --half dev``."""
     if source in (None, "none"):
         return []
+    from experiments.external.folds import in_part
     from experiments.external.transfer import dev_streams
 
     if source == "external-dev":   # the recordings of the current frame / capture code
@@ -150,6 +153,7 @@ def transfer_runs(source: str | None, profile: Any) -> list[tuple[Any, np.ndarra
     else:                          # one recordings directory, e.g. made before a code change
         path = Path(source).expanduser()
         dev = dev_streams(root=path.parent, key=path.name)
+    dev = [d for d in dev if in_part(d[0].run_id, part)]
     if not dev:
         print("transfer: no external-dev recordings found (python -m experiments.external "
               "--half dev records them); choosing on factory val only")
@@ -281,9 +285,19 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     # model does not learn to read them, neither while pretraining nor while fine-tuning.
     grid = [int(b) for b in cfg.get("burn_in_grid") or ()]
     burn_in = min(grid) if grid else (cfg.burn_in or window)
-    ft_ds = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride,
+    ft_runs, ft_events = list(train_runs), list(train_events)
+    extra = cfg.get("finetune_extra") or "none"
+    if extra != "none":   # user-style runs join the fine-tuning clips (attempts row 17)
+        # the head has no Unknown class: runs of the novel faults stay out
+        users = [(r, ev) for r, ev, _ in transfer_runs(cfg.get("transfer", "external-dev"), mae.profile, extra)
+                 if all(str(x) in KNOWN_LABELS for x in ev)]
+        repeat = int(cfg.get("finetune_extra_repeat", 1))
+        ft_runs += [r for r, _ in users] * repeat
+        ft_events += [ev for _, ev in users] * repeat
+        print(f"fine-tuning also on {len(users)} external-dev runs ({extra}), x{repeat}")
+    ft_ds = ClipDataset(ft_runs, ft_events, window=window, stride=cfg.clips.finetune_stride,
                         min_frames=burn_in)
-    ft_tele = ClipDataset(train_runs, train_events, window=window, stride=cfg.clips.finetune_stride,
+    ft_tele = ClipDataset(ft_runs, ft_events, window=window, stride=cfg.clips.finetune_stride,
                           min_frames=burn_in, telemetry=True) if telemetry else ft_ds
     print("fine-tuning clips per label:", {KNOWN_LABELS[k] if k >= 0 else "Unknown": v
                                           for k, v in ft_ds.label_counts().items()})
@@ -299,7 +313,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         if telemetry:
             variants |= {"tevid_frames": (True, "both", 0),
                          "tevid_scalars": (True, "none", telemetry)}
-    dev = transfer_runs(cfg.get("transfer", "external-dev"), mae.profile)   # read once
+    dev = transfer_runs(cfg.get("transfer", "external-dev"), mae.profile,   # read once
+                        cfg.get("transfer_part", "all"))
     summary: dict[str, Any] = {"corpus_hash": corpus_hash(root), "split_hash": split_hash(cells),
                                "train_runs": len(train_runs), "val_runs": len(val_runs),
                                "pretrain_final_loss": pre.history[-1]["loss"] if pre.history else None}

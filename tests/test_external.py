@@ -71,6 +71,20 @@ def test_drawn_blocks_are_fixed_and_stay_inside_their_half() -> None:
                 assert 2 <= s.scenario.fault_epoch < s.recipe.epochs
 
 
+def test_dev_parts_split_external_dev_and_never_hold_a_test_run() -> None:
+    from experiments.external.folds import PARTS, WRITTEN_ROWS, in_part
+
+    ids = [s.run_id for s in DEV]
+    parts = {p: {i for i in ids if in_part(i, p)} for p in PARTS}
+    assert len(parts["written"]) == WRITTEN_ROWS == 58
+    assert len(parts["drawn-even"]) == len(parts["drawn-odd"]) == 60
+    assert parts["written"] | parts["drawn-even"] | parts["drawn-odd"] == parts["all"] == set(ids)
+    assert not parts["written"] & parts["drawn"] and not parts["drawn-even"] & parts["drawn-odd"]
+    assert not any(in_part(s.run_id, p) for s in TEST for p in PARTS)
+    with pytest.raises(ValueError, match="unknown external-dev part"):
+        in_part(ids[0], "test")
+
+
 def test_no_family_comes_from_the_factory() -> None:
     import data_factory.architectures as arch
 
