@@ -85,6 +85,32 @@ def test_dev_parts_split_external_dev_and_never_hold_a_test_run() -> None:
         in_part(ids[0], "test")
 
 
+def test_compare_parts_is_the_paired_difference_of_the_two_outcomes(monkeypatch) -> None:
+    from core_models.metrics import RunPrediction, event_time_auprc
+    from experiments.external import folds
+
+    def preds(shift: float) -> list[RunPrediction]:
+        out = []
+        for i in range(12):
+            bad = i % 2 == 1
+            # a worse checkpoint raises some healthy runs' scores above the anomalous ones'
+            score = np.clip(np.array([0.1, 0.2, 0.3 + (0.5 if bad else shift * (i % 3))]), 0, 1)
+            probs = np.stack([1 - score, np.zeros(3), score, np.zeros(3), np.zeros(3)], 1)
+            out.append(RunPrediction(f"r{i}", "Instability" if bad else "Healthy", [0, 1, 2],
+                                     [0, 1, 2], probs, [0.1, 0.1, 0.1],
+                                     onset_step=1 if bad else None))
+        return out
+
+    runs = {"good": preds(0.0), "worse": preds(0.4)}
+    monkeypatch.setattr(folds, "part_outcome",
+                        lambda ckpt, part, key=None: {"checkpoint": ckpt, "preds": runs[ckpt]})
+    out = folds.compare_parts("good", "worse", "drawn-odd", n_resamples=200)
+    diff = out["auprc_difference"]
+    want = event_time_auprc(runs["good"]) - event_time_auprc(runs["worse"])
+    assert diff["estimate"] == pytest.approx(want) and want > 0
+    assert diff["low"] <= diff["estimate"] <= diff["high"]
+
+
 def test_no_family_comes_from_the_factory() -> None:
     import data_factory.architectures as arch
 

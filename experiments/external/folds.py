@@ -19,7 +19,8 @@ External-test has no parts: nothing may use it (:class:`experiments.evaluate.Lea
 
 ``python -m experiments.external.folds --checkpoint CKPT --part drawn-odd`` prints a checkpoint's
 own-alert outcome on one part (the suite's own definitions: :func:`~experiments.external.report
-.summarise`).
+.summarise`); ``--baseline CKPT2`` adds the other checkpoint and the paired bootstrap interval of
+the AUPRC difference.
 
 Example:
     >>> in_part("external-dev-07-mlp-digits-lr_jump-6d87fafc843d", "written")
@@ -43,7 +44,7 @@ from typing import Any
 
 from experiments.external.suite import DEV_HALF
 
-__all__ = ["PARTS", "WRITTEN_ROWS", "in_part", "part_outcome"]
+__all__ = ["PARTS", "WRITTEN_ROWS", "compare_parts", "in_part", "part_outcome"]
 
 #: external-dev's rows before the drawn block.
 WRITTEN_ROWS = 58
@@ -109,7 +110,22 @@ def part_outcome(checkpoint: str, part: str, key: str | None = None) -> dict[str
             "false_alarms": int(ref.false_alarm.sum()), "references": len(ref),
             "false_alarms_epoch0": int((ref.false_alarm & ref.first_epoch).sum()),
             "median_delay": float(np.median(delays)) if len(delays) else None,
-            "auprc": float(event_time_auprc(list(own.preds[DEV_HALF])))}
+            "auprc": float(event_time_auprc(list(own.preds[DEV_HALF]))),
+            "preds": list(own.preds[DEV_HALF])}
+
+
+def compare_parts(checkpoint: str, baseline: str, part: str, key: str | None = None,
+                  n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Both checkpoints' :func:`part_outcome` on ``part`` and the paired run-level bootstrap
+    interval of their event-time AUPRC difference (``checkpoint`` minus ``baseline``: the same
+    resamples of the same runs, :func:`core_models.metrics.paired_bootstrap_ci`)."""
+    from core_models.metrics import event_time_auprc, paired_bootstrap_ci
+
+    a, b = part_outcome(checkpoint, part, key), part_outcome(baseline, part, key)
+    ci = paired_bootstrap_ci(event_time_auprc, a["preds"], b["preds"], n_resamples=n_resamples,
+                             seed=seed)
+    return {"checkpoint": a, "baseline": b,
+            "auprc_difference": {"estimate": ci.estimate, "low": ci.low, "high": ci.high}}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -119,10 +135,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--part", default="all", help=f"one of {PARTS}, or several joined with +")
     ap.add_argument("--key", default=None, help="recordings of this cache key")
+    ap.add_argument("--baseline", default=None,
+                    help="also score this checkpoint and print the paired AUPRC difference")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
-    out = part_outcome(args.checkpoint, args.part, args.key)
-    print(json.dumps(out, indent=1))
+    if args.baseline is None:
+        out = part_outcome(args.checkpoint, args.part, args.key)
+        shown = {k: v for k, v in out.items() if k != "preds"}
+    else:
+        out = compare_parts(args.checkpoint, args.baseline, args.part, args.key)
+        shown = {k: ({kk: vv for kk, vv in v.items() if kk != "preds"} if isinstance(v, dict)
+                     else v) for k, v in out.items()}
+    print(json.dumps(shown, indent=1))
     return out
 
 
