@@ -1,5 +1,5 @@
-"""The Hydra command line the experiments share: their configuration folder and a ``--quick``
-shorthand for ``quick=true``.
+"""The Hydra command line the experiments share: their configuration folder, a ``--quick``
+shorthand for ``quick=true``, and SIGTERM handled as Ctrl-C (:func:`sigterm_as_interrupt`).
 
 Example:
     >>> command, args = hydra_args(["--quick", "seed=1"], "python -m experiments.x")
@@ -9,8 +9,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -25,6 +28,39 @@ def hydra_args(argv: Sequence[str] | None, command: str) -> tuple[str, list[str]
     args = list(sys.argv[1:] if argv is None else argv)
     line = " ".join([command, *args])
     return line, ["quick=true" if a == "--quick" else a for a in args]
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`KeyboardInterrupt` as Ctrl-C does.
+
+    Python's default SIGTERM handler ends the process at once: no ``finally`` runs, so the
+    spawn workers of a ``ProcessPoolExecutor`` outlive it and keep training (seen with
+    ``python -m experiments.hpo_benchmark workers=2`` under ``timeout``). As an interrupt, every
+    pool's shutdown runs: finished work is on disk, queued work is dropped, the workers exit.
+    Outside the main thread (where signals cannot be handled) it does nothing.
+
+    Example:
+        >>> import os, signal
+        >>> with sigterm_as_interrupt():
+        ...     try:
+        ...         os.kill(os.getpid(), signal.SIGTERM)
+        ...     except KeyboardInterrupt:
+        ...         print("interrupted")
+        interrupted
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_hydra(config_name: str, command: str, argv: Sequence[str] | None,
@@ -42,6 +78,7 @@ def run_hydra(config_name: str, command: str, argv: Sequence[str] | None,
 
     @hydra.main(config_path=str(CONF), config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:
-        run(cfg, line, args)
+        with sigterm_as_interrupt():
+            run(cfg, line, args)
 
     _main()

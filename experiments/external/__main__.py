@@ -20,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+from experiments.cli import sigterm_as_interrupt
 from experiments.external.pipeline import run_external
 
 
@@ -49,11 +50,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     t0 = time.time()
-    summary = run_external(smoke=args.smoke, workers=args.workers, n_resamples=args.resamples,
-                           seed=args.seed, baselines=not args.no_baselines,
-                           results=args.results, figures=args.figures, root=args.root,
-                           key=args.key, record=not args.no_record, half=args.half,
-                           checkpoint=args.checkpoint)
+    with sigterm_as_interrupt():   # the recording pool's workers end with the command
+        summary = run_external(smoke=args.smoke, workers=args.workers,
+                               n_resamples=args.resamples, seed=args.seed,
+                               baselines=not args.no_baselines, results=args.results,
+                               figures=args.figures, root=args.root, key=args.key,
+                               record=not args.no_record, half=args.half,
+                               checkpoint=args.checkpoint)
     print(json.dumps({"seconds": round(time.time() - t0, 1),
                       "runs": summary.get("runs")}, indent=1))
     return summary
