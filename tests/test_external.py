@@ -85,23 +85,49 @@ def test_dev_parts_split_external_dev_and_never_hold_a_test_run() -> None:
         in_part(ids[0], "test")
 
 
+def _shifted_preds(shift: float) -> list:
+    """12 runs, every other one anomalous from step 1; ``shift`` raises some healthy runs'
+    scores above the anomalous ones' (a worse method)."""
+    from core_models.metrics import RunPrediction
+
+    out = []
+    for i in range(12):
+        bad = i % 2 == 1
+        score = np.clip(np.array([0.1, 0.2, 0.3 + (0.5 if bad else shift * (i % 3))]), 0, 1)
+        probs = np.stack([1 - score, np.zeros(3), score, np.zeros(3), np.zeros(3)], 1)
+        out.append(RunPrediction(f"r{i}", "Instability" if bad else "Healthy", [0, 1, 2],
+                                 [0, 1, 2], probs, [0.1, 0.1, 0.1],
+                                 onset_step=1 if bad else None))
+    return out
+
+
+def test_paired_to_best_compares_tevid_with_the_best_other_method() -> None:
+    from core_models.metrics import event_time_auprc
+    from experiments.external.methods import MethodScores
+    from experiments.external.report import paired_to_best
+
+    half = "external-test"
+    # event-time AUPRC of _shifted_preds: 0.75 at shift 0, 0.625 at 0.3, 0.55 at 0.6
+    methods = {"tevid": MethodScores("tevid", "TEViD (its own alert)", "TEViD",
+                                     {half: _shifted_preds(0.0)}),
+               "tevid_far": MethodScores("tevid_far", "TEViD @ 5 %", "TEViD",
+                                         {half: _shifted_preds(0.6)}),   # not a rival
+               "cusum": MethodScores("cusum", "CUSUM", "baseline", {half: _shifted_preds(0.6)}),
+               "rule": MethodScores("rule", "a rule", "user rule", {half: _shifted_preds(0.3)})}
+    out = paired_to_best(methods, half, n_resamples=200)
+    assert out["best"] == "rule"
+    want = (event_time_auprc(methods["tevid"].preds[half])
+            - event_time_auprc(methods["rule"].preds[half]))
+    assert out["estimate"] == pytest.approx(want) and want > 0
+    assert out["low"] <= out["estimate"] <= out["high"]
+    assert paired_to_best({"tevid": methods["tevid"]}, half) is None
+
+
 def test_compare_parts_is_the_paired_difference_of_the_two_outcomes(monkeypatch) -> None:
-    from core_models.metrics import RunPrediction, event_time_auprc
+    from core_models.metrics import event_time_auprc
     from experiments.external import folds
 
-    def preds(shift: float) -> list[RunPrediction]:
-        out = []
-        for i in range(12):
-            bad = i % 2 == 1
-            # a worse checkpoint raises some healthy runs' scores above the anomalous ones'
-            score = np.clip(np.array([0.1, 0.2, 0.3 + (0.5 if bad else shift * (i % 3))]), 0, 1)
-            probs = np.stack([1 - score, np.zeros(3), score, np.zeros(3), np.zeros(3)], 1)
-            out.append(RunPrediction(f"r{i}", "Instability" if bad else "Healthy", [0, 1, 2],
-                                     [0, 1, 2], probs, [0.1, 0.1, 0.1],
-                                     onset_step=1 if bad else None))
-        return out
-
-    runs = {"good": preds(0.0), "worse": preds(0.4)}
+    runs = {"good": _shifted_preds(0.0), "worse": _shifted_preds(0.4)}
     monkeypatch.setattr(folds, "part_outcome",
                         lambda ckpt, part, key=None: {"checkpoint": ckpt, "preds": runs[ckpt]})
     out = folds.compare_parts("good", "worse", "drawn-odd", n_resamples=200)

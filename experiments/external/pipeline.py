@@ -166,7 +166,8 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
                   + f"![runs with their diagnoses](figures/{fig.name})", COMMAND, results,
                   **cfg)
     for h, t in tables.items():
-        body = (f"## External suite, {h}\n\n### Every method\n\n{t['headline']}\n\n"
+        paired = f"{t['paired']}\n\n" if t.get("paired") else ""
+        body = (f"## External suite, {h}\n\n### Every method\n\n{t['headline']}\n\n{paired}"
                 f"### Per scenario\n\n{t['scenario']}\n\n### Per model family "
                 f"(false alarms on healthy references · recall)\n\n{t['family']}\n\n"
                 + guard.summary().replace("test split", "external-test half"))

@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core_models.metrics import ConfidenceInterval, bootstrap_ci, event_time_auprc
+from core_models.metrics import (
+    ConfidenceInterval,
+    bootstrap_ci,
+    event_time_auprc,
+    paired_bootstrap_ci,
+)
 from data_factory.store import Run
 from experiments.external.methods import MethodScores
 from experiments.external.truth import ExternalTruth
@@ -147,7 +152,35 @@ def external_tables(methods: Mapping[str, MethodScores], half: str, runs: Sequen
                          "median_delay": None if pos.delay.dropna().empty
                          else float(np.median(pos.delay.dropna())),
                          "threshold": m.threshold, "notes": m.notes}
-    return {"headline": _md(head), "scenario": _md(scen), "family": _md(fam)}, summary
+    paired = paired_to_best(methods, half, n_resamples, seed)
+    if paired is not None:
+        summary["tevid_minus_best"] = paired
+    return {"headline": _md(head), "scenario": _md(scen), "family": _md(fam),
+            "paired": "" if paired is None else _paired_sentence(paired)}, summary
+
+
+def paired_to_best(methods: Mapping[str, MethodScores], half: str, n_resamples: int = 1000,
+                   seed: int = 0) -> dict[str, Any] | None:
+    """TEViD's event-time AUPRC minus that of the best other method on ``half`` (baselines and
+    user rules; TEViD's own variants left out), with the paired run-level bootstrap interval
+    (:func:`core_models.metrics.paired_bootstrap_ci`: both scored on the same resampled runs).
+    ``None`` without TEViD or another method."""
+    tevid = methods.get("tevid")
+    others = {n: m for n, m in methods.items() if m.kind != "TEViD" and m.preds.get(half)}
+    if tevid is None or not tevid.preds.get(half) or not others:
+        return None
+    point = {n: event_time_auprc(list(m.preds[half])) for n, m in others.items()}
+    best = max(point, key=lambda n: (point[n], n))
+    ci = paired_bootstrap_ci(event_time_auprc, list(tevid.preds[half]),
+                             list(others[best].preds[half]), n_resamples=n_resamples, seed=seed)
+    return {"best": best, "display": others[best].display, "estimate": ci.estimate,
+            "low": ci.low, "high": ci.high}
+
+
+def _paired_sentence(p: Mapping[str, Any]) -> str:
+    return (f"TEViD's own alert minus the best other method by event-time AUPRC "
+            f"({p['display']}), paired run-level bootstrap: **{p['estimate']:+.3f} "
+            f"[{p['low']:+.3f}, {p['high']:+.3f}]**.")
 
 
 def plot_runs(runs: Sequence[Run], truths: Mapping[str, ExternalTruth],
