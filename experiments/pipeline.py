@@ -140,7 +140,7 @@ def transfer_runs(source: str | None, profile: Any, part: str = "all"
     as ``[(run, per-frame event labels, healthy reference)]``
     (:func:`experiments.external.transfer.dev_streams`; never external-test). ``source``
     ``None`` or ``"none"``: no transfer set. ``part``: only the runs of that external-dev part
-    (:mod:`experiments.external.folds`). Missing recordings, or recordings of another frame
+    (:mod:`experiments.external.folds`; ``"all"``: every run given). Missing recordings, or recordings of another frame
     geometry than ``profile``'s, are said, not fatal: record them with
     ``python -m experiments.external --half dev``."""
     if source in (None, "none"):
@@ -153,7 +153,8 @@ def transfer_runs(source: str | None, profile: Any, part: str = "all"
     else:                          # one recordings directory, e.g. made before a code change
         path = Path(source).expanduser()
         dev = dev_streams(root=path.parent, key=path.name)
-    dev = [d for d in dev if in_part(d[0].run_id, part)]
+    if part != "all":
+        dev = [d for d in dev if in_part(d[0].run_id, part)]
     if not dev:
         print("transfer: no external-dev recordings found (python -m experiments.external "
               "--half dev records them); choosing on factory val only")

@@ -125,12 +125,12 @@ def test_paired_to_best_compares_tevid_with_the_best_other_method() -> None:
 
 def test_compare_parts_is_the_paired_difference_of_the_two_outcomes(monkeypatch) -> None:
     from core_models.metrics import event_time_auprc
-    from experiments.external import folds
+    from experiments.external import part_scores
 
     runs = {"good": _shifted_preds(0.0), "worse": _shifted_preds(0.4)}
-    monkeypatch.setattr(folds, "part_outcome",
+    monkeypatch.setattr(part_scores, "part_outcome",
                         lambda ckpt, part, key=None: {"checkpoint": ckpt, "preds": runs[ckpt]})
-    out = folds.compare_parts("good", "worse", "drawn-odd", n_resamples=200)
+    out = part_scores.compare_parts("good", "worse", "drawn-odd", n_resamples=200)
     diff = out["auprc_difference"]
     want = event_time_auprc(runs["good"]) - event_time_auprc(runs["worse"])
     assert diff["estimate"] == pytest.approx(want) and want > 0

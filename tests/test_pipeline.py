@@ -91,7 +91,7 @@ def test_pipeline_on_tiny_corpus(tmp_path, monkeypatch):
 
     held_out = [(r, ev, True) for r, ev in zip(*split_runs(store, load_labels(root), "val"))]
     monkeypatch.setattr(transfer, "dev_streams", lambda root=None: held_out)
-    conf.transfer = "external-dev"
+    conf.transfer, conf.transfer_part = "external-dev", "all"   # the stand-ins have no dev row ids
     xfer = run_pipeline(conf)
     for variant in ("tevid_mae", "tevid_scratch"):
         assert xfer[variant]["external_dev_runs"] == len(held_out)

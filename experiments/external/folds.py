@@ -17,10 +17,9 @@ the run id (``external-dev-NN-…``):
 Parts join with ``+`` (``written+drawn-even``: every dev run but the odd drawn ones).
 External-test has no parts: nothing may use it (:class:`experiments.evaluate.LeakageGuard`).
 
-``python -m experiments.external.folds --checkpoint CKPT --part drawn-odd`` prints a checkpoint's
-own-alert outcome on one part (the suite's own definitions: :func:`~experiments.external.report
-.summarise`); ``--baseline CKPT2`` adds the other checkpoint and the paired bootstrap interval of
-the AUPRC difference.
+:mod:`experiments.external.part_scores` scores a checkpoint on one part
+(``python -m experiments.external.part_scores --checkpoint CKPT --part drawn-odd``). This module
+imports nothing of the evaluation, so the pipeline can select its transfer runs with it.
 
 Example:
     >>> in_part("external-dev-07-mlp-digits-lr_jump-6d87fafc843d", "written")
@@ -35,16 +34,11 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import warnings
-from collections.abc import Sequence
-from typing import Any
 
 from experiments.external.suite import DEV_HALF
 
-__all__ = ["PARTS", "WRITTEN_ROWS", "compare_parts", "in_part", "part_outcome"]
+__all__ = ["PARTS", "WRITTEN_ROWS", "in_part"]
 
 #: external-dev's rows before the drawn block.
 WRITTEN_ROWS = 58
@@ -74,81 +68,3 @@ def in_part(run_id: str, part: str) -> bool:
     return {"all": True, "written": row < WRITTEN_ROWS, "drawn": row >= WRITTEN_ROWS,
             "drawn-even": row >= WRITTEN_ROWS and row % 2 == 0,
             "drawn-odd": row >= WRITTEN_ROWS and row % 2 == 1}[part]
-
-
-def part_outcome(checkpoint: str, part: str, key: str | None = None) -> dict[str, Any]:
-    """A checkpoint's own alert on the counted recordings of one external-dev ``part``:
-    detections, false alarms (and how many in epoch 0), median delay, event-time AUPRC.
-
-    The same scoring as ``python -m experiments.external --half dev --no-record
-    --no-baselines --checkpoint CKPT``, restricted afterwards to the part's runs.
-    """
-    import numpy as np
-
-    from core_models.metrics import event_time_auprc
-    from experiments.evaluate import LeakageGuard
-    from experiments.external.methods import score_methods
-    from experiments.external.record import store_for
-    from experiments.external.report import summarise
-    from experiments.external.truth import truth_of
-    from tevid_hpo import Diagnostician
-
-    store = store_for(key=key)
-    runs = [store.load(rid) for rid in store.list() if in_part(rid, part)]
-    runs = [r for r in runs if (r.path / "frames.safetensors").exists()]
-    truths = {r.run_id: truth_of(r) for r in runs}
-    counted = [r for r in runs if truths[r.run_id].counted]
-    diag = Diagnostician.from_pretrained(checkpoint, device="cpu")
-    methods = score_methods({DEV_HALF: counted}, truths, None, LeakageGuard([], factors=()),
-                            diag=diag, log=lambda *_: None)
-    own = methods["tevid"]
-    df = summarise(own, DEV_HALF, counted, truths)
-    pos, ref = df[df.positive], df[df.reference]
-    delays = pos.delay.dropna()
-    return {"part": part, "checkpoint": str(checkpoint), "runs": len(counted),
-            "detections": int(pos.detected.sum()), "positives": len(pos),
-            "false_alarms": int(ref.false_alarm.sum()), "references": len(ref),
-            "false_alarms_epoch0": int((ref.false_alarm & ref.first_epoch).sum()),
-            "median_delay": float(np.median(delays)) if len(delays) else None,
-            "auprc": float(event_time_auprc(list(own.preds[DEV_HALF]))),
-            "preds": list(own.preds[DEV_HALF])}
-
-
-def compare_parts(checkpoint: str, baseline: str, part: str, key: str | None = None,
-                  n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Both checkpoints' :func:`part_outcome` on ``part`` and the paired run-level bootstrap
-    interval of their event-time AUPRC difference (``checkpoint`` minus ``baseline``: the same
-    resamples of the same runs, :func:`core_models.metrics.paired_bootstrap_ci`)."""
-    from core_models.metrics import event_time_auprc, paired_bootstrap_ci
-
-    a, b = part_outcome(checkpoint, part, key), part_outcome(baseline, part, key)
-    ci = paired_bootstrap_ci(event_time_auprc, a["preds"], b["preds"], n_resamples=n_resamples,
-                             seed=seed)
-    return {"checkpoint": a, "baseline": b,
-            "auprc_difference": {"estimate": ci.estimate, "low": ci.low, "high": ci.high}}
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``python -m experiments.external.folds --checkpoint CKPT --part PART``."""
-    ap = argparse.ArgumentParser(prog="python -m experiments.external.folds",
-                                 description=part_outcome.__doc__)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--part", default="all", help=f"one of {PARTS}, or several joined with +")
-    ap.add_argument("--key", default=None, help="recordings of this cache key")
-    ap.add_argument("--baseline", default=None,
-                    help="also score this checkpoint and print the paired AUPRC difference")
-    args = ap.parse_args(argv)
-    warnings.filterwarnings("ignore", category=RuntimeWarning)
-    if args.baseline is None:
-        out = part_outcome(args.checkpoint, args.part, args.key)
-        shown = {k: v for k, v in out.items() if k != "preds"}
-    else:
-        out = compare_parts(args.checkpoint, args.baseline, args.part, args.key)
-        shown = {k: ({kk: vv for kk, vv in v.items() if kk != "preds"} if isinstance(v, dict)
-                     else v) for k, v in out.items()}
-    print(json.dumps(shown, indent=1))
-    return out
-
-
-if __name__ == "__main__":
-    main()
