@@ -81,6 +81,9 @@ def test_dev_parts_split_external_dev_and_never_hold_a_test_run() -> None:
     assert parts["written"] | parts["drawn-even"] | parts["drawn-odd"] == parts["all"] == set(ids)
     assert not parts["written"] & parts["drawn"] and not parts["drawn-even"] & parts["drawn-odd"]
     assert not any(in_part(s.run_id, p) for s in TEST for p in PARTS)
+    mixers = {i for i in ids if in_part(i, "drawn@mixer")}
+    assert mixers == {s.run_id for s in DEV[58:] if s.family == "mixer"} and mixers
+    assert {i for i in ids if in_part(i, "drawn@mlp,lstm+drawn@conv1d,mixer")} == parts["drawn"]
     with pytest.raises(ValueError, match="unknown external-dev part"):
         in_part(ids[0], "test")
 

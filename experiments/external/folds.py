@@ -14,7 +14,9 @@ the run id (``external-dev-NN-…``):
 ``drawn-odd``   drawn rows with an odd index
 ==============  ==============================================================================
 
-Parts join with ``+`` (``written+drawn-even``: every dev run but the odd drawn ones).
+Parts join with ``+`` (``written+drawn-even``: every dev run but the odd drawn ones), and
+``@families`` keeps a part's runs of those model families only (``drawn@mlp,lstm``), so runs
+of some families can train and another family's runs judge.
 External-test has no parts: nothing may use it (:class:`experiments.evaluate.LeakageGuard`).
 
 :mod:`experiments.external.part_scores` scores a checkpoint on one part
@@ -30,6 +32,8 @@ Example:
     False
     >>> [in_part(f"external-dev-{i}-mlp-digits-healthy", "written+drawn-even") for i in (3, 58, 59)]
     [True, True, False]
+    >>> [in_part(f"external-dev-60-{f}-x-healthy", "drawn@mlp,lstm") for f in ("mlp", "mixer")]
+    [True, False]
 """
 
 from __future__ import annotations
@@ -55,14 +59,17 @@ def in_part(run_id: str, part: str) -> bool:
         ValueError: for an unknown part.
     """
     names = part.split("+")
-    bad = [p for p in names if p not in PARTS]
+    bad = [p for p in names if p.partition("@")[0] not in PARTS]
     if bad:
         raise ValueError(f"unknown external-dev part {bad[0]!r}; choose from {list(PARTS)}, "
-                         "joined with '+'")
+                         "joined with '+', each optionally @family,family")
     if len(names) > 1:
         return any(in_part(run_id, p) for p in names)
+    part, _, families = part.partition("@")
     m = _ROW.match(run_id)
     if m is None:
+        return False
+    if families and run_id.split("-")[3] not in families.split(","):
         return False
     row = int(m.group(1))
     return {"all": True, "written": row < WRITTEN_ROWS, "drawn": row >= WRITTEN_ROWS,
