@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ from tevid_hpo.diagnostician import Diagnostician
 TINY = dict(epochs=3, every=5, frame_size=16, lyapunov_every=0)
 
 
-def test_pipeline_on_tiny_corpus(tmp_path, monkeypatch):
+def test_pipeline_on_tiny_corpus(tmp_path, monkeypatch, capsys):
     torch.set_num_threads(1)
     root = tmp_path / "corpus"
     store = RunStore(root)
@@ -92,10 +93,29 @@ def test_pipeline_on_tiny_corpus(tmp_path, monkeypatch):
     held_out = [(r, ev, True) for r, ev in zip(*split_runs(store, load_labels(root), "val"))]
     monkeypatch.setattr(transfer, "dev_streams", lambda root=None: held_out)
     conf.transfer, conf.transfer_part = "external-dev", "all"   # the stand-ins have no dev row ids
+    capsys.readouterr()
     xfer = run_pipeline(conf)
     for variant in ("tevid_mae", "tevid_scratch"):
         assert xfer[variant]["external_dev_runs"] == len(held_out)
         assert not xfer[variant]["external_dev_healthy_far"] > conf.target_far   # NaN: no healthy
+
+    def clips(out: str) -> int:
+        line = next(x for x in out.splitlines() if x.startswith("fine-tuning clips per label:"))
+        return sum(ast.literal_eval(line.split(":", 1)[1].strip()).values())
+
+    base = clips(capsys.readouterr().out)
+    # User-style runs in fine-tuning (attempts row 17): a part's transfer runs join the
+    # fine-tuning clips, each `finetune_extra_repeat` times; runs with Unknown frames stay out.
+    from data_factory.labels import KNOWN_LABELS
+
+    known = [ev for _, ev, _ in held_out if all(str(x) in KNOWN_LABELS for x in ev)]
+    conf.merge_with({"out": str(tmp_path / "models_extra"), "finetune_extra": "all",
+                     "finetune_extra_repeat": 2})
+    run_pipeline(conf)
+    out = capsys.readouterr().out
+    assert f"fine-tuning also on {len(known)} external-dev runs (all), x2" in out
+    assert known and clips(out) > base
+    conf.merge_with({"out": str(tmp_path / "models"), "finetune_extra": "none"})
     conf.transfer = "none"
 
     # Telemetry (issue 24 point 3): MAE and tevid_mae read the training scalars; the Table 12
