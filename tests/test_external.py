@@ -131,9 +131,13 @@ def test_compare_parts_is_the_paired_difference_of_the_two_outcomes(monkeypatch)
     from experiments.external import part_scores
 
     runs = {"good": _shifted_preds(0.0), "worse": _shifted_preds(0.4)}
-    monkeypatch.setattr(part_scores, "part_outcome",
-                        lambda ckpt, part, key=None: {"checkpoint": ckpt, "preds": runs[ckpt]})
+    reads = []
+    monkeypatch.setattr(part_scores, "_part_runs",
+                        lambda part, key: reads.append(part) or ([], {}))
+    monkeypatch.setattr(part_scores, "_outcome",
+                        lambda ckpt, part, counted, truths: {"checkpoint": ckpt, "preds": runs[ckpt]})
     out = part_scores.compare_parts("good", "worse", "drawn-odd", n_resamples=200)
+    assert reads == ["drawn-odd"]   # the recordings are read once for both checkpoints
     diff = out["auprc_difference"]
     want = event_time_auprc(runs["good"]) - event_time_auprc(runs["worse"])
     assert diff["estimate"] == pytest.approx(want) and want > 0

@@ -27,6 +27,36 @@ from experiments.external.suite import DEV_HALF
 __all__ = ["compare_parts", "part_outcome"]
 
 
+def _part_runs(part: str, key: str | None) -> tuple[list[Any], dict[str, Any]]:
+    """The counted recordings of ``part`` and every recording's truth."""
+    from experiments.external.record import store_for
+    from experiments.external.truth import truth_of
+
+    store = store_for(key=key)
+    runs = [store.load(rid) for rid in store.list() if in_part(rid, part)]
+    runs = [r for r in runs if (r.path / "frames.safetensors").exists()]
+    truths = {r.run_id: truth_of(r) for r in runs}
+    return [r for r in runs if truths[r.run_id].counted], truths
+
+
+def _outcome(checkpoint: str, part: str, counted: Sequence[Any], truths: dict[str, Any]
+             ) -> dict[str, Any]:
+    from core_models.metrics import event_time_auprc
+    from experiments.evaluate import LeakageGuard
+    from experiments.external.methods import score_methods
+    from experiments.external.report import alert_counts, summarise
+    from tevid_hpo import Diagnostician
+
+    diag = Diagnostician.from_pretrained(checkpoint, device="cpu")
+    own = score_methods({DEV_HALF: counted}, truths, None, LeakageGuard([], factors=()),
+                        diag=diag, log=lambda *_: None)["tevid"]
+    counts = alert_counts(summarise(own, DEV_HALF, counted, truths))
+    counts.pop("premature")
+    return {"part": part, "checkpoint": str(checkpoint), "runs": len(counted), **counts,
+            "auprc": float(event_time_auprc(list(own.preds[DEV_HALF]))),
+            "preds": list(own.preds[DEV_HALF])}
+
+
 def part_outcome(checkpoint: str, part: str, key: str | None = None) -> dict[str, Any]:
     """A checkpoint's own alert on the counted recordings of one external-dev ``part``:
     detections, false alarms (and how many in epoch 0), median delay, event-time AUPRC.
@@ -34,45 +64,20 @@ def part_outcome(checkpoint: str, part: str, key: str | None = None) -> dict[str
     The same scoring as ``python -m experiments.external --half dev --no-record
     --no-baselines --checkpoint CKPT``, restricted afterwards to the part's runs.
     """
-    import numpy as np
-
-    from core_models.metrics import event_time_auprc
-    from experiments.evaluate import LeakageGuard
-    from experiments.external.methods import score_methods
-    from experiments.external.record import store_for
-    from experiments.external.report import summarise
-    from experiments.external.truth import truth_of
-    from tevid_hpo import Diagnostician
-
-    store = store_for(key=key)
-    runs = [store.load(rid) for rid in store.list() if in_part(rid, part)]
-    runs = [r for r in runs if (r.path / "frames.safetensors").exists()]
-    truths = {r.run_id: truth_of(r) for r in runs}
-    counted = [r for r in runs if truths[r.run_id].counted]
-    diag = Diagnostician.from_pretrained(checkpoint, device="cpu")
-    methods = score_methods({DEV_HALF: counted}, truths, None, LeakageGuard([], factors=()),
-                            diag=diag, log=lambda *_: None)
-    own = methods["tevid"]
-    df = summarise(own, DEV_HALF, counted, truths)
-    pos, ref = df[df.positive], df[df.reference]
-    delays = pos.delay.dropna()
-    return {"part": part, "checkpoint": str(checkpoint), "runs": len(counted),
-            "detections": int(pos.detected.sum()), "positives": len(pos),
-            "false_alarms": int(ref.false_alarm.sum()), "references": len(ref),
-            "false_alarms_epoch0": int((ref.false_alarm & ref.first_epoch).sum()),
-            "median_delay": float(np.median(delays)) if len(delays) else None,
-            "auprc": float(event_time_auprc(list(own.preds[DEV_HALF]))),
-            "preds": list(own.preds[DEV_HALF])}
+    return _outcome(checkpoint, part, *_part_runs(part, key))
 
 
 def compare_parts(checkpoint: str, baseline: str, part: str, key: str | None = None,
                   n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Both checkpoints' :func:`part_outcome` on ``part`` and the paired run-level bootstrap
-    interval of their event-time AUPRC difference (``checkpoint`` minus ``baseline``: the same
-    resamples of the same runs, :func:`core_models.metrics.paired_bootstrap_ci`)."""
+    """Both checkpoints' :func:`part_outcome` on ``part`` (the recordings read once) and the
+    paired run-level bootstrap interval of their event-time AUPRC difference (``checkpoint``
+    minus ``baseline``: the same resamples of the same runs,
+    :func:`core_models.metrics.paired_bootstrap_ci`)."""
     from core_models.metrics import event_time_auprc, paired_bootstrap_ci
 
-    a, b = part_outcome(checkpoint, part, key), part_outcome(baseline, part, key)
+    counted, truths = _part_runs(part, key)
+    a = _outcome(checkpoint, part, counted, truths)
+    b = _outcome(baseline, part, counted, truths)
     ci = paired_bootstrap_ci(event_time_auprc, a["preds"], b["preds"], n_resamples=n_resamples,
                              seed=seed)
     return {"checkpoint": a, "baseline": b,

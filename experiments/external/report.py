@@ -83,6 +83,27 @@ def summarise(m: MethodScores, half: str, runs: Sequence[Run],
     return pd.DataFrame(rows)
 
 
+def alert_counts(df: pd.DataFrame) -> dict[str, Any]:
+    """A method's alert outcome over :func:`summarise`'s rows: detections among the positives,
+    false alarms (and in epoch 0) among the healthy references, premature alerts, median delay.
+
+    Example:
+        >>> df = pd.DataFrame({"positive": [True, True, False], "reference": [False, False, True],
+        ...                    "detected": [True, False, False], "false_alarm": [False, False, True],
+        ...                    "first_epoch": [False, False, False], "premature": [False, True, False],
+        ...                    "delay": [0.5, None, None]})
+        >>> alert_counts(df)["detections"], alert_counts(df)["false_alarms"], alert_counts(df)["median_delay"]
+        (1, 1, 0.5)
+    """
+    pos, ref = df[df.positive], df[df.reference]
+    delays = pos.delay.dropna()
+    return {"detections": int(pos.detected.sum()), "positives": len(pos),
+            "false_alarms": int(ref.false_alarm.sum()), "references": len(ref),
+            "false_alarms_epoch0": int((ref.false_alarm & ref.first_epoch).sum()),
+            "premature": int(pos.premature.sum()),
+            "median_delay": float(np.median(delays)) if len(delays) else None}
+
+
 def _ci(preds: Sequence[Any], n_resamples: int, seed: int) -> ConfidenceInterval | None:
     try:
         return bootstrap_ci(event_time_auprc, list(preds), n_resamples=n_resamples, seed=seed)
@@ -118,14 +139,14 @@ def external_tables(methods: Mapping[str, MethodScores], half: str, runs: Sequen
     head, scen, fam, summary = [], [], [], {}
     for name, m in methods.items():
         df = summarise(m, half, runs, truths)
-        pos, ref = df[df.positive], df[df.reference]
+        n = alert_counts(df)
         ci = _ci(m.preds[half], n_resamples, seed)
         head.append({"method": m.display, "kind": m.kind, "event-time AUPRC [95 % BCa]": _fmt_ci(ci),
-                     "recall": _frac(int(pos.detected.sum()), len(pos)),
-                     "median delay (epochs)": _median(pos.delay),
-                     "false alarms (healthy)": _frac(int(ref.false_alarm.sum()), len(ref)),
-                     "of which in epoch 0": str(int((ref.false_alarm & ref.first_epoch).sum())),
-                     "premature": str(int(pos.premature.sum()))})
+                     "recall": _frac(n["detections"], n["positives"]),
+                     "median delay (epochs)": _median(df[df.positive].delay),
+                     "false alarms (healthy)": _frac(n["false_alarms"], n["references"]),
+                     "of which in epoch 0": str(n["false_alarms_epoch0"]),
+                     "premature": str(n["premature"])})
         row = {"method": m.display}
         for k in _KIND_ORDER:
             sub = df[df.kind == k]
@@ -146,11 +167,10 @@ def external_tables(methods: Mapping[str, MethodScores], half: str, runs: Sequen
                        f"R {_frac(int(p.detected.sum()), len(p))}")
         fam.append(frow)
         summary[name] = {"auprc": None if ci is None else ci.__dict__,
-                         "recall": [int(pos.detected.sum()), len(pos)],
-                         "false_alarms": [int(ref.false_alarm.sum()), len(ref)],
-                         "false_alarms_epoch0": int((ref.false_alarm & ref.first_epoch).sum()),
-                         "median_delay": None if pos.delay.dropna().empty
-                         else float(np.median(pos.delay.dropna())),
+                         "recall": [n["detections"], n["positives"]],
+                         "false_alarms": [n["false_alarms"], n["references"]],
+                         "false_alarms_epoch0": n["false_alarms_epoch0"],
+                         "median_delay": n["median_delay"],
                          "threshold": m.threshold, "notes": m.notes}
     paired = paired_to_best(methods, half, n_resamples, seed)
     if paired is not None:

@@ -125,8 +125,8 @@ def _stall(epoch: int) -> Scenario:
 
 @dataclass(frozen=True)
 class _Menu:
-    """What a drawn block may combine: one half's cells ``(family, variants, data, epochs)``,
-    its optimizers with their log-uniform learning-rate ranges, and SGD momentum choices."""
+    """What a drawn block may combine: one half's cells ``(family, variants, data, epochs)`` and
+    its optimizers with their log-uniform learning-rate ranges."""
 
     cells: tuple[tuple[str, int, str, int], ...]
     optimizers: tuple[tuple[str, float, float], ...]
