@@ -140,19 +140,21 @@ def transfer_runs(source: str | None, profile: Any, part: str = "all"
     as ``[(run, per-frame event labels, healthy reference)]``
     (:func:`experiments.external.transfer.dev_streams`; never external-test). ``source``
     ``None`` or ``"none"``: no transfer set. ``part``: only the runs of that external-dev part
-    (:mod:`experiments.external.folds`; ``"all"``: every run given). Missing recordings, or recordings of another frame
+    (:mod:`experiments.external.folds`; ``"all"``: every run given; ``pool`` adds the
+    external-train pool's runs, e.g. ``written+pool``). Missing recordings, or recordings of another frame
     geometry than ``profile``'s, are said, not fatal: record them with
     ``python -m experiments.external --half dev``."""
     if source in (None, "none"):
         return []
-    from experiments.external.folds import in_part
+    from experiments.external.folds import in_part, uses_pool
     from experiments.external.transfer import dev_streams
 
+    pool = {"pool": True} if uses_pool(part) else {}   # the external-train pool's runs too
     if source == "external-dev":   # the recordings of the current frame / capture code
-        dev = dev_streams()
+        dev = dev_streams(**pool)
     else:                          # one recordings directory, e.g. made before a code change
         path = Path(source).expanduser()
-        dev = dev_streams(root=path.parent, key=path.name)
+        dev = dev_streams(root=path.parent, key=path.name, **pool)
     if part != "all":
         dev = [d for d in dev if in_part(d[0].run_id, part)]
     if not dev:

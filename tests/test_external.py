@@ -12,6 +12,7 @@ fit or a threshold choice is wiretapped independently of the guard.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,7 +31,7 @@ from experiments.external.models import FAMILIES, build_model
 from experiments.external.record import record_suite, recording_id
 from experiments.external.report import external_tables, run_outcome
 from experiments.external.scenarios import Injector, Scenario
-from experiments.external.suite import DEV, SMOKE, SUITE, TEST, check_disjoint
+from experiments.external.suite import DEV, POOL, SMOKE, SUITE, TEST, check_disjoint
 from experiments.external.truth import truth_of
 
 
@@ -71,6 +72,34 @@ def test_drawn_blocks_are_fixed_and_stay_inside_their_half() -> None:
                 assert 2 <= s.scenario.fault_epoch < s.recipe.epochs
 
 
+def test_pool_trains_on_factors_neither_half_has() -> None:
+    """The external-train pool is fixed, disjoint from both halves, and every family of it
+    builds on its data and takes a step with every pool optimizer."""
+    from collections import Counter
+
+    from experiments.external.recipes import build_optimizer
+    from experiments.external.suite import _POOL_MENU, _draw
+
+    check_disjoint(POOL, DEV + TEST)
+    assert {s.half for s in POOL} == {"external-train"} and not set(POOL) & set(SUITE)
+    assert [s.seed for s in POOL] == list(range(500, 660))
+    assert _draw(_POOL_MENU, 27, 160, 500) == _draw(_POOL_MENU, 27, 160, 500)
+    assert Counter(s.scenario.kind for s in POOL) == {
+        "healthy": 71, "lr_jump": 43, "overfit": 21, "lr_high": 16, "stall": 4,
+        "label_noise": 3, "freeze": 2}
+    optimizers = sorted({s.recipe.optimizer for s in POOL})
+    assert optimizers == ["adamax", "asgd", "nadam", "radam"]
+    for (family, data), opt in zip(sorted({(s.family, s.data) for s in POOL}),
+                                   optimizers * 2):
+        d = load_data(data)
+        model = build_model(family, d, variant=1, seed=0)
+        before = [p.detach().clone() for p in model.parameters()]
+        o, _ = build_optimizer(replace(POOL[0].recipe, optimizer=opt), model.parameters(), 4)
+        torch.nn.functional.cross_entropy(model(d.x_train[:8]), d.y_train[:8]).backward()
+        o.step()
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), family
+
+
 def test_dev_parts_split_external_dev_and_never_hold_a_test_run() -> None:
     from experiments.external.folds import PARTS, WRITTEN_ROWS, in_part
 
@@ -86,6 +115,11 @@ def test_dev_parts_split_external_dev_and_never_hold_a_test_run() -> None:
     assert {i for i in ids if in_part(i, "drawn@mlp,lstm+drawn@conv1d,mixer")} == parts["drawn"]
     with pytest.raises(ValueError, match="unknown external-dev part"):
         in_part(ids[0], "test")
+    pool = {s.run_id for s in POOL if in_part(s.run_id, "pool")}
+    assert pool == {s.run_id for s in POOL} and not any(in_part(i, "pool") for i in ids)
+    assert not any(in_part(s.run_id, p) for s in POOL for p in PARTS if p != "pool")
+    assert {s.run_id for s in POOL if in_part(s.run_id, "written+pool@tcn")} == {
+        s.run_id for s in POOL if s.family == "tcn"}
 
 
 def _shifted_preds(shift: float) -> list:
@@ -401,6 +435,35 @@ def test_dev_streams_label_frames_and_refuse_external_test(smoke: SimpleNamespac
             assert set(labels[run.frames.steps >= onset]) == {t.label.label}
     with pytest.raises(LeakageError):
         dev_streams(store=smoke.store, half="external-test")
+
+
+def test_pool_is_recorded_apart_and_handed_out_only_when_asked(smoke: SimpleNamespace,
+                                                              tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """``--half train`` records the pool (here one short run) and scores nothing;
+    ``dev_streams`` hands its runs out only with ``pool=True``, after the dev runs."""
+    from experiments.external import pipeline as ext_pipeline
+    from experiments.external.transfer import dev_streams
+
+    short = POOL[36]   # a healthy resmlp on synth_tab, 8 epochs of batch 64: about a second
+    assert (short.family, short.scenario.kind) == ("resmlp", "healthy")
+    monkeypatch.setattr(ext_pipeline, "POOL", (short,))
+    logged: list[str] = []
+    summary = ext_pipeline.run_external(half="train", workers=1, root=tmp_path,
+                                        log=logged.append)
+    assert summary["runs"] == 1 and summary["failed"] == {}
+    assert "external-train pool: 1/1 recorded" in logged[-1]
+    assert not (tmp_path / "summary-train.json").exists()
+    store = ext_pipeline.store_for(root=tmp_path)
+    for rid in smoke.store.list():   # the dev / test recordings beside it
+        if not (store.root / rid).exists():
+            (store.root / rid).symlink_to(smoke.store.root / rid)
+    plain = dev_streams(store=store)
+    both = dev_streams(store=store, pool=True)
+    assert all(r.meta["split"] == "external-dev" for r, _, _ in plain)
+    assert truth_of(store.load(recording_id(short))).counted
+    assert len(both) == len(plain) + 1 and both[-1][0].meta["split"] == "external-train"
+    assert [r.run_id for r, _, _ in both[:len(plain)]] == [r.run_id for r, _, _ in plain]
 
 
 def test_recordings_key_follows_the_code_that_makes_them(monkeypatch) -> None:

@@ -4,6 +4,7 @@
     python -m experiments.external --smoke --results /tmp/r.md   # a few short runs, end to end
     python -m experiments.external --workers 1 --resamples 200 --no-baselines
     python -m experiments.external --half dev --no-record --checkpoint ckpt   # score a checkpoint
+    python -m experiments.external --half train      # record the external-train pool only
 
 Steps (each cached and resumable): record every run of both halves under a ``TrialMonitor``
 (:mod:`.record`); build / find the labelled factory corpus the trained baselines learn from
@@ -43,8 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--key", default=None,
                     help="use the recordings of this cache key (default: the current frame and "
                          "capture code's and checkpoint's)")
-    ap.add_argument("--half", choices=("dev", "test"), default=None,
-                    help="record and score one half only (default both)")
+    ap.add_argument("--half", choices=("dev", "test", "train"), default=None,
+                    help="record and score one half only (default both); train: record the "
+                         "external-train pool (trained on, never scored)")
     ap.add_argument("--checkpoint", default=None,
                     help="TEViD checkpoint scored offline on the recordings (default shipped)")
     args = ap.parse_args(argv)

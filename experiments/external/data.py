@@ -16,7 +16,15 @@ sines           signal    procedural sinusoids (1×64), class = frequency band (
 waveforms       signal    procedural square / saw / chirp / AM waves (64 steps × 1, 4 classes)
 markov          tokens    procedural order-1 Markov sequences (32 tokens, vocab 24), class = chain
 stdlib_text     tokens    48-byte windows of Python standard-library modules, class = module
+synth_tab       tabular   scikit-learn ``make_classification`` (20 features, 8 informative, 4 classes)
+quantiles       tabular   scikit-learn ``make_gaussian_quantiles`` (10 features, 4 nested shells)
+checkers        image     procedural checkerboards (1×16×16), class = cell size (2, 3, 4 or 6 px)
+chirps          signal    procedural chirps (1×64), class = sweep up / down × slow / fast
+motifs          tokens    random 16-token strings (vocab 12), class = which 3-token motif is planted
 ==============  ========  ======================================================================
+
+The last five feed only the external-train pool (:data:`experiments.external.suite.POOL`): no
+external half uses them.
 
 Features are standardised with the *training* statistics only.
 
@@ -196,6 +204,60 @@ def _stdlib_text(seed: int, n: int = 1280, length: int = 48) -> DataSet:
     return _pack("stdlib_text", "tokens", _split(x, y, 0.2, rng), len(texts), 128)
 
 
+def _synth_tab(seed: int, n: int = 1280) -> DataSet:
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n, n_features=20, n_informative=8, n_redundant=4, n_classes=4,
+                               class_sep=0.8, flip_y=0.02, random_state=seed)
+    xtr, ytr, xva, yva = _split(x.astype(np.float32), y, 0.2, np.random.default_rng(seed))
+    xtr, xva = _standardise(xtr, xva)
+    return _pack("synth_tab", "tabular", (xtr, ytr, xva, yva), 4)
+
+
+def _quantiles(seed: int, n: int = 1280) -> DataSet:
+    from sklearn.datasets import make_gaussian_quantiles
+
+    x, y = make_gaussian_quantiles(n_samples=n, n_features=10, n_classes=4, random_state=seed)
+    xtr, ytr, xva, yva = _split(x.astype(np.float32), y, 0.2, np.random.default_rng(seed))
+    xtr, xva = _standardise(xtr, xva)
+    return _pack("quantiles", "tabular", (xtr, ytr, xva, yva), 4)
+
+
+def _checkers(seed: int, n: int = 1280, size: int = 16) -> DataSet:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    cell = np.array([2, 3, 4, 6])[y]
+    g = np.arange(size)
+    oy, ox = rng.integers(0, 6, (2, n))
+    yy = (g[None, :, None] + oy[:, None, None]) // cell[:, None, None]
+    xx = (g[None, None, :] + ox[:, None, None]) // cell[:, None, None]
+    img = np.where((yy + xx) % 2 == 0, 1.0, -1.0) * rng.uniform(0.5, 1.0, (n, 1, 1))
+    x = (img[:, None] + rng.normal(0, 1.0, (n, 1, size, size))).astype(np.float32)
+    return _pack("checkers", "image", _split(x, y, 0.2, rng), 4)
+
+
+def _chirps(seed: int, n: int = 1280, length: int = 64) -> DataSet:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    t = np.arange(length) / length
+    f0 = rng.uniform(2, 4, (n, 1))
+    rate = np.where(y[:, None] % 2 == 0, 1.0, -1.0) * np.where(y[:, None] < 2, 3.0, 8.0)
+    phase = 2 * np.pi * (f0 * t + 0.5 * rate * t ** 2) + rng.uniform(0, 2 * np.pi, (n, 1))
+    x = (np.sin(phase) * rng.uniform(0.5, 1.5, (n, 1)) + rng.normal(0, 0.5, (n, length)))[:, None]
+    return _pack("chirps", "signal", _split(x.astype(np.float32), y, 0.2, rng), 4)
+
+
+def _motifs(seed: int, n: int = 1280, length: int = 16, vocab: int = 12, k: int = 4) -> DataSet:
+    rng = np.random.default_rng(seed)
+    motifs = rng.integers(0, vocab, (k, 3))
+    y = rng.integers(0, k, n)
+    x = rng.integers(0, vocab, (n, length))
+    at = rng.integers(0, length - 3, n)
+    for i in range(n):
+        x[i, at[i]:at[i] + 3] = motifs[y[i]]
+    return _pack("motifs", "tokens", _split(x.astype(np.int64), y, 0.2, rng), k, vocab)
+
+
 #: Loaders by name.
 DATA: dict[str, Callable[[int], DataSet]] = {
     "digits": lambda s: _sklearn("digits", s),
@@ -208,6 +270,11 @@ DATA: dict[str, Callable[[int], DataSet]] = {
     "waveforms": _waveforms,
     "markov": _markov,
     "stdlib_text": _stdlib_text,
+    "synth_tab": _synth_tab,
+    "quantiles": _quantiles,
+    "checkers": _checkers,
+    "chirps": _chirps,
+    "motifs": _motifs,
 }
 
 
@@ -220,10 +287,10 @@ def load_data(name: str, seed: int = 0) -> DataSet:
     Example:
         >>> load_data("stdlib_text").vocab
         128
-        >>> load_data("imagenet")
+        >>> load_data("imagenet")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown data set 'imagenet'; choose from ['breast_cancer', 'digits', 'digits_img', 'gratings', 'markov', 'shapes', 'sines', 'stdlib_text', 'waveforms', 'wine']
+        ValueError: unknown data set 'imagenet'; choose from ['breast_cancer', 'checkers', ...]
     """
     if name not in DATA:
         raise ValueError(f"unknown data set {name!r}; choose from {sorted(DATA)}")

@@ -12,6 +12,8 @@ the run id (``external-dev-NN-…``):
 ``drawn``       rows 58–177
 ``drawn-even``  drawn rows with an even index
 ``drawn-odd``   drawn rows with an odd index
+``pool``        the external-train pool (:data:`experiments.external.suite.POOL`), not a dev
+                part: families, data and optimizers of neither half, only ever trained on
 ==============  ==============================================================================
 
 Parts join with ``+`` (``written+drawn-even``: every dev run but the odd drawn ones), and
@@ -34,21 +36,33 @@ Example:
     [True, True, False]
     >>> [in_part(f"external-dev-60-{f}-x-healthy", "drawn@mlp,lstm") for f in ("mlp", "mixer")]
     [True, False]
+    >>> [in_part(r, "pool") for r in ("external-train-03-tcn-chirps-healthy", "external-dev-03-mlp-x-healthy")]
+    [True, False]
 """
 
 from __future__ import annotations
 
 import re
 
-from experiments.external.suite import DEV_HALF
+from experiments.external.suite import DEV_HALF, POOL_HALF
 
-__all__ = ["PARTS", "WRITTEN_ROWS", "in_part"]
+__all__ = ["PARTS", "WRITTEN_ROWS", "in_part", "uses_pool"]
 
 #: external-dev's rows before the drawn block.
 WRITTEN_ROWS = 58
 #: The parts :func:`in_part` knows.
-PARTS: tuple[str, ...] = ("all", "written", "drawn", "drawn-even", "drawn-odd")
-_ROW = re.compile(rf"^{DEV_HALF}-(\d+)-")
+PARTS: tuple[str, ...] = ("all", "written", "drawn", "drawn-even", "drawn-odd", "pool")
+_ROW = re.compile(rf"^({DEV_HALF}|{POOL_HALF})-(\d+)-")
+
+
+def uses_pool(part: str) -> bool:
+    """Whether ``part`` names the external-train pool (its recordings must then be read too).
+
+    Example:
+        >>> uses_pool("written+pool@tcn"), uses_pool("drawn")
+        (True, False)
+    """
+    return any(p.partition("@")[0] == "pool" for p in part.split("+"))
 
 
 def in_part(run_id: str, part: str) -> bool:
@@ -67,11 +81,11 @@ def in_part(run_id: str, part: str) -> bool:
         return any(in_part(run_id, p) for p in names)
     part, _, families = part.partition("@")
     m = _ROW.match(run_id)
-    if m is None:
+    if m is None or (m.group(1) == POOL_HALF) != (part == "pool"):
         return False
     if families and run_id.split("-")[3] not in families.split(","):
         return False
-    row = int(m.group(1))
-    return {"all": True, "written": row < WRITTEN_ROWS, "drawn": row >= WRITTEN_ROWS,
+    row = int(m.group(2))
+    return {"all": True, "pool": True, "written": row < WRITTEN_ROWS, "drawn": row >= WRITTEN_ROWS,
             "drawn-even": row >= WRITTEN_ROWS and row % 2 == 0,
             "drawn-odd": row >= WRITTEN_ROWS and row % 2 == 1}[part]

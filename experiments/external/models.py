@@ -20,7 +20,15 @@ conv1d              a Conv1d/BatchNorm/ReLU signal net                          
 lstm                embedding + ``nn.LSTM`` classifier (last hidden state)               tokens
 gru                 ``nn.GRU`` classifier on real-valued sequences or tokens             signal
 transformer         embedding + ``nn.TransformerEncoder`` text classifier (mean pool)    tokens
+resmlp              pre-norm residual MLP blocks (LayerNorm, GELU)                       tabular
+lenet               LeNet-5 style: Conv 5×5 / pool / Linear 120-84, tanh or ReLU          image
+vgg_bn              VGG-style Conv3×3/BatchNorm/ReLU stacks with max-pool                image
+tcn                 dilated residual Conv1d blocks (dilation 1, 2, 4, 8)                 signal
+rnn                 embedding + Elman ``nn.RNN`` (tanh) classifier                       tokens
 ==================  =================================================================  =========
+
+The last five build only the external-train pool (:data:`experiments.external.suite.POOL`): no
+external half uses them.
 
 Example:
     >>> from experiments.external.data import load_data
@@ -149,7 +157,7 @@ def _conv1d(d: DataSet, variant: int, dropout: bool) -> nn.Module:
 
 
 class RecurrentClassifier(nn.Module):
-    """An LSTM / GRU classifier on token ids (embedding) or real-valued ``(B, L, F)`` sequences,
+    """An LSTM / GRU / Elman-RNN classifier on token ids (embedding) or real-valued ``(B, L, F)`` sequences,
     reading the last layer's final hidden state.
 
     Example:
@@ -162,7 +170,7 @@ class RecurrentClassifier(nn.Module):
                  hidden: int = 64, layers: int = 2, dropout: float = 0.0) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, 32) if vocab else None
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
         self.rnn = rnn(32 if vocab else n_features, hidden, num_layers=layers, batch_first=True,
                        dropout=dropout)
         self.head = nn.Linear(hidden, n_classes)
@@ -216,6 +224,98 @@ def _transformer(d: DataSet, variant: int, dropout: bool) -> nn.Module:
 
 
 #: Builders by family: ``(data, variant, dropout) -> nn.Module``.
+class ResidualMLP(nn.Module):
+    """Linear stem, ``depth`` pre-norm residual blocks ``x + MLP(LayerNorm(x))``, linear head.
+
+    Example:
+        >>> ResidualMLP(5, n_classes=3, width=16, depth=2)(torch.randn(4, 5)).shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(self, n_in: int, n_classes: int, width: int = 128, depth: int = 2,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.stem = nn.Linear(n_in, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(),
+                          nn.Dropout(dropout), nn.Linear(2 * width, width))
+            for _ in range(depth))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x.flatten(1))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h)
+
+
+class TemporalConvNet(nn.Module):
+    """Residual blocks of two dilated ``Conv1d`` (dilation 1, 2, 4, …), global average pool.
+
+    Example:
+        >>> TemporalConvNet(1, n_classes=4, width=8, levels=2)(torch.randn(2, 1, 32)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, in_chans: int, n_classes: int, width: int = 32, levels: int = 4,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.stem = nn.Conv1d(in_chans, width, 1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(width, width, 3, padding=2 ** i, dilation=2 ** i), nn.ReLU(),
+                          nn.Dropout(dropout),
+                          nn.Conv1d(width, width, 3, padding=2 ** i, dilation=2 ** i), nn.ReLU())
+            for i in range(levels))
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for block in self.blocks:
+            h = torch.relu(h + block(h))
+        return self.head(h.mean(-1))
+
+
+def _resmlp(d: DataSet, variant: int, dropout: bool) -> nn.Module:
+    width, depth = [(128, 2), (256, 3), (64, 4)][variant % 3]
+    return ResidualMLP(int(torch.tensor(d.input_shape).prod()), d.n_classes, width, depth,
+                       0.1 if dropout else 0.0)
+
+
+def _lenet(d: DataSet, variant: int, dropout: bool) -> nn.Module:
+    act = nn.Tanh if variant % 2 == 0 else nn.ReLU
+    pool = nn.AvgPool2d if variant < 2 else nn.MaxPool2d
+    side = d.input_shape[-1] // 4
+    return nn.Sequential(nn.Conv2d(d.input_shape[0], 6, 5, padding=2), act(), pool(2),
+                         nn.Conv2d(6, 16, 5, padding=2), act(), pool(2), nn.Flatten(),
+                         nn.Linear(16 * side * side, 120), act(),
+                         *([nn.Dropout(0.2)] if dropout else []), nn.Linear(120, 84), act(),
+                         nn.Linear(84, d.n_classes))
+
+
+def _vgg_bn(d: DataSet, variant: int, dropout: bool) -> nn.Module:
+    w = 16 if variant % 2 == 0 else 32
+
+    def block(i: int, o: int) -> list[nn.Module]:
+        return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+
+    return nn.Sequential(*block(d.input_shape[0], w), nn.MaxPool2d(2), *block(w, 2 * w),
+                         *block(2 * w, 2 * w), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(2 * w * (d.input_shape[-1] // 4) ** 2, 128), nn.ReLU(),
+                         *([nn.Dropout(0.3)] if dropout else []), nn.Linear(128, d.n_classes))
+
+
+def _tcn(d: DataSet, variant: int, dropout: bool) -> nn.Module:
+    return TemporalConvNet(d.input_shape[0], d.n_classes, 32 if variant % 2 == 0 else 48,
+                           dropout=0.1 if dropout else 0.0)
+
+
+def _rnn(d: DataSet, variant: int, dropout: bool) -> nn.Module:
+    return RecurrentClassifier("rnn", d.n_classes, vocab=d.vocab,
+                               n_features=0 if d.vocab else d.input_shape[-1],
+                               hidden=64 if variant % 2 == 0 else 96, layers=1 + variant % 2,
+                               dropout=0.2 if dropout and variant % 2 else 0.0)
+
+
 FAMILIES: dict[str, Callable[[DataSet, int, bool], nn.Module]] = {
     "mlp": _mlp,
     "mlp_norm": _mlp_norm,
@@ -230,6 +330,11 @@ FAMILIES: dict[str, Callable[[DataSet, int, bool], nn.Module]] = {
     "lstm": _lstm,
     "gru": _gru,
     "transformer": _transformer,
+    "resmlp": _resmlp,
+    "lenet": _lenet,
+    "vgg_bn": _vgg_bn,
+    "tcn": _tcn,
+    "rnn": _rnn,
 }
 
 
@@ -244,10 +349,10 @@ def build_model(family: str, data: DataSet, variant: int = 0, seed: int = 0,
         ValueError: for an unknown family (the message lists the choices).
 
     Example:
-        >>> build_model("lenet", None)
+        >>> build_model("alexnet", None)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown model family 'lenet'; choose from ['conv1d', 'convnext_atto', 'gn_cnn', 'gru', 'lstm', 'mixer', 'mlp', 'mlp_norm', 'mobilenet_v3_small', 'regnetx_002', 'resnet18', 'transformer', 'vit_tiny']
+        ValueError: unknown model family 'alexnet'; choose from ['conv1d', 'convnext_atto', ...]
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; choose from {sorted(FAMILIES)}")

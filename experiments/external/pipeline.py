@@ -21,7 +21,7 @@ from experiments.evaluate import LeakageGuard
 from experiments.external.methods import score_methods
 from experiments.external.record import CACHE, record_suite, recording_id, store_for
 from experiments.external.report import external_tables, plot_runs
-from experiments.external.suite import DEV_HALF, SMOKE, SUITE, TEST_HALF, RunSpec
+from experiments.external.suite import DEV_HALF, POOL, POOL_HALF, SMOKE, SUITE, TEST_HALF, RunSpec
 from experiments.external.truth import ExternalTruth, truth_of
 from experiments.report import RESULTS, write_section
 
@@ -59,6 +59,27 @@ def _truth_table(runs: dict[str, list[Run]], truths: dict[str, ExternalTruth]) -
     return pd.DataFrame(rows).to_markdown(index=False) if rows else "_none_"
 
 
+def _record_pool(workers: int, root: Path | None, key: str | None, record: bool,
+                 log: Any) -> dict[str, Any]:
+    """Record the external-train pool (cached) and count its truth labels; nothing is scored —
+    the pool is only trained on (``finetune_extra=pool``)."""
+    t0 = time.time()
+    if record:
+        store, errors = record_suite(POOL, workers=workers, root=root, key=key)
+    else:
+        store, errors = store_for(root=root, key=key), {}
+    for rid, err in errors.items():
+        log(f"[external] run {rid} failed: {err}")
+    runs = [store.load(recording_id(s)) for s in POOL if recording_id(s) in store]
+    truths = [truth_of(r) for r in runs if (r.path / "frames.safetensors").exists()]
+    labels = pd.Series([t.label.label if t.counted else "not counted" for t in truths])
+    log(f"[external] external-train pool: {len(runs)}/{len(POOL)} recorded, "
+        f"{sum(t.counted for t in truths)} counted: {labels.value_counts().to_dict()}")
+    return {"runs": len(runs), "counted": int(sum(t.counted for t in truths)),
+            "labels": labels.value_counts().to_dict(), "failed": errors,
+            "seconds": round(time.time() - t0, 1)}
+
+
 def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000, seed: int = 0,
                  baselines: bool = True, results: Path | None = None, figures: Path | None = None,
                  root: Path | None = None, key: str | None = None, record: bool = True,
@@ -68,9 +89,12 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
     nothing is written to ``docs/`` unless ``results`` is given; ``key``: score the recordings
     of that cache key instead of the current code's; ``half``: ``"dev"`` / ``"test"`` records
     that half only and scores it (``"test"`` with the stored external-dev runs, on which its
-    thresholds are chosen); ``checkpoint``: the TEViD checkpoint scored offline, default the
+    thresholds are chosen); ``"train"`` records the external-train pool and counts its labels,
+    nothing is scored; ``checkpoint``: the TEViD checkpoint scored offline, default the
     shipped one; with ``half`` nothing is written to ``docs/`` unless ``results`` is given)."""
     t0 = time.time()
+    if half in ("train", POOL_HALF):
+        return _record_pool(workers, root, key, record, log)
     specs = scored = SMOKE if smoke else SUITE
     if half is not None:
         want = {"dev": DEV_HALF, "test": TEST_HALF}.get(half, half)

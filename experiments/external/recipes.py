@@ -26,7 +26,8 @@ import torch
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Recipe", "build_optimizer"]
 
 #: Optimizer names a recipe may use.
-OPTIMIZERS: tuple[str, ...] = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop", "adagrad")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop", "adagrad",
+                               "nadam", "radam", "adamax", "asgd")
 #: Learning-rate schedules a recipe may use.
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step", "onecycle")
 
@@ -114,8 +115,11 @@ def build_optimizer(r: Recipe, params: Iterable[torch.nn.Parameter], steps_per_e
         opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=wd)
     elif o == "rmsprop":
         opt = torch.optim.RMSprop(params, lr=r.lr, momentum=r.momentum, weight_decay=wd)
-    else:
+    elif o == "adagrad":
         opt = torch.optim.Adagrad(params, lr=r.lr, weight_decay=wd)
+    else:   # the external-train pool's optimizers (experiments.external.suite.POOL)
+        opt = {"nadam": torch.optim.NAdam, "radam": torch.optim.RAdam, "adamax": torch.optim.Adamax,
+               "asgd": torch.optim.ASGD}[o](params, lr=r.lr, weight_decay=wd)
     total = r.epochs * steps_per_epoch
     if r.schedule == "onecycle":
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(

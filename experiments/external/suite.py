@@ -13,11 +13,17 @@ that half's own families, data and optimizers — as fixed as a pasted row (a te
 composition), and long enough (120 and 64 runs) that a decision on external-dev is no longer
 one detection wide.
 
+Beside the two halves, :data:`POOL` ("external-train", drawn the same way) holds user-style
+runs of five more families, five more data sets and four more optimizers that neither half
+uses: runs the diagnostician may *train* on (``finetune_extra`` / ``transfer_part`` part
+``pool`` of :mod:`experiments.external.folds`) while every external-dev run, then of families it
+never saw, judges the change. It is never scored in the external report.
+
 Example:
     >>> halves = {s.half for s in SUITE}
-    >>> sorted(halves), len(DEV), len(TEST)
-    (['external-dev', 'external-test'], 178, 112)
-    >>> check_disjoint(DEV, TEST)
+    >>> sorted(halves), len(DEV), len(TEST), len(POOL)
+    (['external-dev', 'external-test'], 178, 112, 160)
+    >>> check_disjoint(DEV, TEST); check_disjoint(POOL, DEV + TEST)
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ from typing import Any
 from experiments.external.recipes import Recipe
 from experiments.external.scenarios import Scenario
 
-__all__ = ["DEV", "HALVES", "SMOKE", "SUITE", "TEST", "RunSpec", "check_disjoint", "spec_hash"]
+__all__ = ["DEV", "HALVES", "POOL", "SMOKE", "SUITE", "TEST", "RunSpec", "check_disjoint",
+           "spec_hash"]
 
 DEV_HALF, TEST_HALF = "external-dev", "external-test"
+#: The split of the training pool's runs (neither half; never reported).
+POOL_HALF = "external-train"
 #: The halves by name.
 HALVES: tuple[str, ...] = (DEV_HALF, TEST_HALF)
 
@@ -44,7 +53,8 @@ class RunSpec:
 
     Attributes:
         run_id: unique id (``half-family-data-kind-index``).
-        half: ``"external-dev"`` or ``"external-test"`` (stored as the run's ``split``).
+        half: ``"external-dev"``, ``"external-test"`` or the pool's ``"external-train"``
+            (stored as the run's ``split``).
         family: a :data:`~experiments.external.models.FAMILIES` key.
         variant: the family's width / depth variant.
         data: a :data:`~experiments.external.data.DATA` key.
@@ -392,7 +402,19 @@ TEST: tuple[RunSpec, ...] = _rows(TEST_HALF, [
     *_draw(_TEST_MENU, 26, 64, first_seed=300),
 ])
 
-#: Every external run, dev first.
+# ------------------------------------------------------------------------------------------
+# external-train (2026-12-08): a pool to train on, disjoint from both halves — resmlp, lenet,
+# vgg_bn, tcn, rnn; NAdam, RAdam, Adamax, ASGD; synth_tab, quantiles, checkers, chirps, motifs.
+# Drawn once (default_rng(27)) and committed before any run was recorded; none is dropped.
+# ------------------------------------------------------------------------------------------
+_POOL_MENU = _Menu(cells=(("resmlp", 3, "synth_tab", 8), ("resmlp", 3, "quantiles", 10),
+                          ("lenet", 4, "checkers", 8), ("vgg_bn", 2, "checkers", 6),
+                          ("tcn", 2, "chirps", 8), ("rnn", 2, "motifs", 8)),
+                   optimizers=(("nadam", 3e-4, 3e-3), ("radam", 3e-4, 3e-3),
+                               ("adamax", 5e-4, 5e-3), ("asgd", 0.005, 0.1)))
+POOL: tuple[RunSpec, ...] = _rows(POOL_HALF, _draw(_POOL_MENU, 27, 160, first_seed=500))
+
+#: Every external run, dev first (the pool is not one: it is never reported).
 SUITE: tuple[RunSpec, ...] = DEV + TEST
 
 #: A few short runs for ``make test`` (dev specs, shortened; the last three play the test half so
@@ -417,8 +439,8 @@ def _factors(specs: Sequence[RunSpec]) -> dict[str, set[str]]:
 
 
 def check_disjoint(dev: Sequence[RunSpec], test: Sequence[RunSpec]) -> None:
-    """Raise ``ValueError`` unless dev and test share no model family, data set or optimizer,
-    and run ids are unique.
+    """Raise ``ValueError`` unless dev and test (or the pool and both halves) share no model
+    family, data set or optimizer, and run ids are unique.
 
     Example:
         >>> check_disjoint(DEV[:1], DEV[1:2])

@@ -26,7 +26,7 @@ from data_factory.labels import HEALTHY
 from data_factory.store import Run, RunStore
 from experiments.evaluate.leakage import LeakageError, LeakageGuard
 from experiments.external.record import as_monitored, store_for
-from experiments.external.suite import DEV_HALF, TEST_HALF
+from experiments.external.suite import DEV_HALF, POOL_HALF, TEST_HALF
 from experiments.external.truth import truth_of
 
 __all__ = ["dev_streams", "frame_labels"]
@@ -48,13 +48,16 @@ def frame_labels(run: Run, label: str, onset: int | None) -> np.ndarray:
 
 
 def dev_streams(root: Path | None = None, key: str | None = None, half: str = DEV_HALF,
-                store: RunStore | None = None) -> list[tuple[Run, np.ndarray, bool]]:
+                store: RunStore | None = None, pool: bool = False
+                ) -> list[tuple[Run, np.ndarray, bool]]:
     """The counted external-dev recordings as ``[(run, per-frame event labels, reference)]``.
 
     Args:
         root: recordings root (default the cache); ``key``: a given recordings directory
             (default the current frame / capture code's); ``store``: a store instead of both.
         half: must be external-dev; anything else raises :class:`LeakageError`.
+        pool: also the external-train pool's recordings (after the dev runs;
+            ``python -m experiments.external --half train`` records them).
 
     Example:
         >>> isinstance(dev_streams(root=Path("/nonexistent")), list)
@@ -68,7 +71,9 @@ def dev_streams(root: Path | None = None, key: str | None = None, half: str = DE
     runs = [store.load(rid) for rid in store.list()]
     runs = [r for r in runs if (r.path / "frames.safetensors").exists()]
     test = [r for r in runs if r.meta.get("split") == TEST_HALF]
-    dev = [r for r in runs if r.meta.get("split") == DEV_HALF]
+    splits = (DEV_HALF, POOL_HALF) if pool else (DEV_HALF,)
+    dev = sorted((r for r in runs if r.meta.get("split") in splits),
+                 key=lambda r: splits.index(r.meta["split"]))
     guard = LeakageGuard(test, factors=())   # same rule as the suite's own threshold choice
     out = []
     for run in guard.admit("transfer selection (external-dev)", "dev_streams", dev):
