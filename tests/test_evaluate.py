@@ -233,6 +233,11 @@ def test_leakage_guard_rejects_test_runs_and_held_out_factors() -> None:
             guard.admit("alert threshold", "m", [leak])
     with pytest.raises(evaluate.LeakageError):
         guard.check()   # the recorded leaks are still there
+    assert "held out: arch: mixer; dataset: text; optimizer: lion" in guard.summary()
+    # a guard without factors checks ids and splits only, and its summary claims no more
+    bare = evaluate.LeakageGuard(test, factors=())
+    bare.admit("fit", "m", clean)
+    assert "held out" not in bare.summary() and bare.summary().endswith("split=test.")
 
 
 def test_retime_and_run_level_label() -> None:

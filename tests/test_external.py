@@ -329,6 +329,22 @@ def test_tables_end_to_end(smoke: SimpleNamespace) -> None:
     assert re.search(r"\d\.\d{3}", tables["headline"])
 
 
+def test_scoring_a_checkpoint_keeps_its_own_summary(smoke: SimpleNamespace) -> None:
+    """Scoring a given checkpoint writes ``summary-…-<hash>.json`` naming it, so scoring a
+    second checkpoint does not overwrite the first one's per-run outcomes."""
+    import json
+
+    from experiments.external.pipeline import run_external
+    from experiments.external.record import DEFAULT_CHECKPOINT
+
+    root = smoke.store.root.parent
+    run_external(smoke=True, half="dev", record=False, root=root, baselines=False,
+                 n_resamples=20, checkpoint=str(DEFAULT_CHECKPOINT), log=lambda *_: 0)
+    (written,) = root.glob("summary-smoke-dev-*.json")
+    assert json.loads(written.read_text())["checkpoint"] == str(Path(DEFAULT_CHECKPOINT).resolve())
+    assert not (root / "summary-smoke-dev.json").exists()
+
+
 def test_evaluate_guard_is_the_one_extended() -> None:
     assert "external-test" in evaluate.leakage.REPORT_ONLY_SPLITS
 

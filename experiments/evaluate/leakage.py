@@ -137,9 +137,12 @@ class LeakageGuard:
     def summary(self) -> str:
         """One Markdown paragraph stating what was checked (for the results file)."""
         purposes = sorted({u.purpose for u in self.uses})
+        held = "; ".join(f"{f}: " + ", ".join(sorted(v))
+                         for f, v in self.test_factors.items() if v)
+        # a guard built without factors checks run ids and splits only; it must not claim more
+        factors = (", and none shares an architecture, data set or optimizer with the test "
+                   f"split (held out: {held})" if held else "")
         return (f"Leakage guard (`experiments.evaluate.LeakageGuard`): {len(self.seen_ids())} "
                 f"distinct runs reached {', '.join(purposes) or 'no step'} across "
                 f"{len({u.method for u in self.uses})} methods; none is one of the "
-                f"{len(self.test_ids)} test runs or has split=test, and none shares an "
-                "architecture, data set or optimizer with the test split "
-                f"(held out: {'; '.join(f'{f}: ' + ', '.join(sorted(v)) for f, v in self.test_factors.items())}).")
+                f"{len(self.test_ids)} test runs or has split=test{factors}.")

@@ -10,7 +10,8 @@ Steps (each cached and resumable): record every run of both halves under a ``Tri
 (:mod:`.record`); build / find the labelled factory corpus the trained baselines learn from
 (:mod:`.corpus`); label every recording (:mod:`.truth`); score every method (:mod:`.methods`);
 write the ``external-*`` sections of ``docs/results.md`` and ``docs/figures/external_runs.png``
-(:mod:`.report`) and ``summary.json`` next to the recordings.
+(:mod:`.report`) and ``summary.json`` next to the recordings (``summary-dev-<hash>.json`` when
+``--checkpoint`` is scored: one file per checkpoint).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -163,6 +164,9 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
     summary["seconds"] = {"record": round(t_rec, 1), "score": round(t_score, 1),
                           "total": round(time.time() - t0, 1)}
     name = "summary" + ("-smoke" if smoke else "") + (f"-{half}" if half else "")
+    if checkpoint is not None:   # one file per scored checkpoint: scoring another keeps this one
+        summary["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
+        name += "-" + hashlib.sha256(summary["checkpoint"].encode()).hexdigest()[:8]
     out = (root or CACHE) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, default=str))
