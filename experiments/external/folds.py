@@ -1,17 +1,19 @@
 """Parts of external-dev, so one part can train or calibrate and another judge.
 
 external-dev grew in blocks: 58 written-out rows (v1–v3), which every checkpoint up to attempts
-row 16 used as its transfer set (calibration and the run-memory choice), and 120 drawn rows (v4,
-:func:`experiments.external.suite._draw`). A change that *uses* dev runs — fine-tuning on them,
+row 16 used as its transfer set (calibration and the run-memory choice), then two blocks of 120
+drawn rows each (v4 and v5, :func:`experiments.external.suite._draw`). A change that *uses* dev runs — fine-tuning on them,
 calibrating on more of them — is judged on a part it did not use. The parts, by the row index in
 the run id (``external-dev-NN-…``):
 
 ==============  ==============================================================================
 ``all``         every dev run
 ``written``     rows 0–57 (the transfer set of rows 14 and 16)
-``drawn``       rows 58–177
+``drawn``       rows 58–177 (the first drawn block, v4)
 ``drawn-even``  drawn rows with an even index
 ``drawn-odd``   drawn rows with an odd index
+``drawn2``      rows 178–297 (the second drawn block, v5: drawn after rows 17–23 were judged on
+                the first, to judge what those results informed)
 ``pool``        the external-train pool (:data:`experiments.external.suite.POOL`), not a dev
                 part: families, data and optimizers of neither half, only ever trained on
 ==============  ==============================================================================
@@ -28,8 +30,10 @@ imports nothing of the evaluation, so the pipeline can select its transfer runs 
 Example:
     >>> in_part("external-dev-07-mlp-digits-lr_jump-6d87fafc843d", "written")
     True
-    >>> [in_part(f"external-dev-{i}-mlp-digits-healthy", "drawn-odd") for i in (58, 59, 177)]
-    [False, True, True]
+    >>> [in_part(f"external-dev-{i}-mlp-digits-healthy", "drawn-odd") for i in (58, 59, 177, 179)]
+    [False, True, True, False]
+    >>> [in_part(f"external-dev-{i}-mlp-digits-healthy", "drawn2") for i in (177, 178)]
+    [False, True]
     >>> in_part("external-test-03-mlp_norm-wine-healthy", "all")
     False
     >>> [in_part(f"external-dev-{i}-mlp-digits-healthy", "written+drawn-even") for i in (3, 58, 59)]
@@ -50,8 +54,10 @@ __all__ = ["PARTS", "WRITTEN_ROWS", "in_part", "uses_pool"]
 
 #: external-dev's rows before the drawn block.
 WRITTEN_ROWS = 58
+#: external-dev's rows before the second drawn block.
+DRAWN2_ROW = 178
 #: The parts :func:`in_part` knows.
-PARTS: tuple[str, ...] = ("all", "written", "drawn", "drawn-even", "drawn-odd", "pool")
+PARTS: tuple[str, ...] = ("all", "written", "drawn", "drawn-even", "drawn-odd", "drawn2", "pool")
 _ROW = re.compile(rf"^({DEV_HALF}|{POOL_HALF})-(\d+)-")
 
 
@@ -86,6 +92,7 @@ def in_part(run_id: str, part: str) -> bool:
     if families and run_id.split("-")[3] not in families.split(","):
         return False
     row = int(m.group(2))
-    return {"all": True, "pool": True, "written": row < WRITTEN_ROWS, "drawn": row >= WRITTEN_ROWS,
-            "drawn-even": row >= WRITTEN_ROWS and row % 2 == 0,
-            "drawn-odd": row >= WRITTEN_ROWS and row % 2 == 1}[part]
+    drawn = WRITTEN_ROWS <= row < DRAWN2_ROW
+    return {"all": True, "pool": True, "written": row < WRITTEN_ROWS, "drawn": drawn,
+            "drawn-even": drawn and row % 2 == 0, "drawn-odd": drawn and row % 2 == 1,
+            "drawn2": row >= DRAWN2_ROW}[part]
