@@ -1,8 +1,9 @@
 """Parts of external-dev, so one part can train or calibrate and another judge.
 
 external-dev grew in blocks: 58 written-out rows (v1–v3), which every checkpoint up to attempts
-row 16 used as its transfer set (calibration and the run-memory choice), then two blocks of 120
-drawn rows each (v4 and v5, :func:`experiments.external.suite._draw`). A change that *uses* dev runs — fine-tuning on them,
+row 16 used as its transfer set (calibration and the run-memory choice), then blocks of 120
+drawn rows each (v4, v5, v6; :func:`experiments.external.suite._draw`), each drawn to judge
+what the earlier ones' results informed. A change that *uses* dev runs — fine-tuning on them,
 calibrating on more of them — is judged on a part it did not use. The parts, by the row index in
 the run id (``external-dev-NN-…``):
 
@@ -14,6 +15,7 @@ the run id (``external-dev-NN-…``):
 ``drawn-odd``   drawn rows with an odd index
 ``drawn2``      rows 178–297 (the second drawn block, v5: drawn after rows 17–23 were judged on
                 the first, to judge what those results informed)
+``drawn3``      rows 298–417 (the third, v6: drawn after row 22 was judged on ``drawn2``)
 ``pool``        the external-train pool (:data:`experiments.external.suite.POOL`), not a dev
                 part: families, data and optimizers of neither half, only ever trained on
 ==============  ==============================================================================
@@ -50,14 +52,16 @@ import re
 
 from experiments.external.suite import DEV_HALF, POOL_HALF
 
-__all__ = ["PARTS", "WRITTEN_ROWS", "in_part", "uses_pool"]
+__all__ = ["DRAWN_BLOCKS", "PARTS", "WRITTEN_ROWS", "in_part", "uses_pool"]
 
 #: external-dev's rows before the drawn block.
 WRITTEN_ROWS = 58
-#: external-dev's rows before the second drawn block.
-DRAWN2_ROW = 178
+#: The drawn blocks' rows ``[first, end)`` by part name.
+DRAWN_BLOCKS: dict[str, tuple[int, int]] = {"drawn": (58, 178), "drawn2": (178, 298),
+                                            "drawn3": (298, 418)}
 #: The parts :func:`in_part` knows.
-PARTS: tuple[str, ...] = ("all", "written", "drawn", "drawn-even", "drawn-odd", "drawn2", "pool")
+PARTS: tuple[str, ...] = ("all", "written", "drawn", "drawn-even", "drawn-odd", "drawn2",
+                          "drawn3", "pool")
 _ROW = re.compile(rf"^({DEV_HALF}|{POOL_HALF})-(\d+)-")
 
 
@@ -92,7 +96,10 @@ def in_part(run_id: str, part: str) -> bool:
     if families and run_id.split("-")[3] not in families.split(","):
         return False
     row = int(m.group(2))
-    drawn = WRITTEN_ROWS <= row < DRAWN2_ROW
-    return {"all": True, "pool": True, "written": row < WRITTEN_ROWS, "drawn": drawn,
-            "drawn-even": drawn and row % 2 == 0, "drawn-odd": drawn and row % 2 == 1,
-            "drawn2": row >= DRAWN2_ROW}[part]
+    if part in ("all", "pool"):
+        return True
+    if part == "written":
+        return row < WRITTEN_ROWS
+    first, end = DRAWN_BLOCKS[part.removesuffix("-even").removesuffix("-odd")]
+    parity = {"drawn-even": 0, "drawn-odd": 1}.get(part)
+    return first <= row < end and (parity is None or row % 2 == parity)
