@@ -47,24 +47,32 @@ def test_halves_are_disjoint_and_cover_ten_families() -> None:
 
 
 def test_drawn_blocks_are_fixed_and_stay_inside_their_half() -> None:
-    """The drawn blocks (dev v4 and v5, test v3) are part of the committed spec: the same rows on every
+    """The drawn blocks (dev v4–v7, test v3) are part of the committed spec: the same rows on every
     draw, each recipe inside its half's menu, every mid-run fault before the run's last epoch."""
     from collections import Counter
 
     from experiments.external.suite import _DEV_MENU, _TEST_MENU, _draw
 
     assert _draw(_DEV_MENU, 25, 120, 200) == _draw(_DEV_MENU, 25, 120, 200)
-    block, block2 = DEV[58:178], DEV[178:]
+    block, block2, block3, block4 = DEV[58:178], DEV[178:298], DEV[298:418], DEV[418:]
     assert [s.seed for s in block] == list(range(200, 320))
     assert [s.seed for s in block2] == list(range(700, 820))
+    assert [s.seed for s in block3] == list(range(900, 1020))
+    assert [s.seed for s in block4] == list(range(1100, 1220))
     assert Counter(s.scenario.kind for s in block) == {
         "healthy": 47, "lr_jump": 42, "lr_high": 18, "overfit": 6, "stall": 3,
         "label_noise": 3, "freeze": 1}
     assert Counter(s.scenario.kind for s in block2) == {
         "healthy": 64, "lr_jump": 24, "overfit": 15, "lr_high": 10, "stall": 3, "freeze": 3,
         "label_noise": 1}
+    assert Counter(s.scenario.kind for s in block3) == {
+        "healthy": 63, "lr_jump": 30, "overfit": 10, "lr_high": 9, "stall": 4, "freeze": 3,
+        "label_noise": 1}
+    assert Counter(s.scenario.kind for s in block4) == {
+        "healthy": 53, "lr_jump": 32, "overfit": 17, "lr_high": 13, "freeze": 3,
+        "label_noise": 1, "stall": 1}
     assert Counter(s.scenario.kind for s in TEST[48:])["lr_jump"] == 14
-    for menu, drawn in ((_DEV_MENU, block + block2), (_TEST_MENU, TEST[48:])):
+    for menu, drawn in ((_DEV_MENU, block + block2 + block3 + block4), (_TEST_MENU, TEST[48:])):
         ranges = {name: (lo, hi) for name, lo, hi in menu.optimizers}
         cells = {(f, d): e for f, _, d, e in menu.cells}
         for s in drawn:
@@ -110,10 +118,11 @@ def test_dev_parts_split_external_dev_and_never_hold_a_test_run() -> None:
     ids = [s.run_id for s in DEV]
     parts = {p: {i for i in ids if in_part(i, p)} for p in PARTS}
     assert len(parts["written"]) == WRITTEN_ROWS == 58
-    assert len(parts["drawn-even"]) == len(parts["drawn-odd"]) == 60 == len(parts["drawn2"]) / 2
+    assert len(parts["drawn-even"]) == len(parts["drawn-odd"]) == 60
+    assert {len(parts[f"drawn{k}"]) for k in ("", "2", "3", "4")} == {120}
     assert (parts["written"] | parts["drawn-even"] | parts["drawn-odd"] | parts["drawn2"]
-            == parts["all"] == set(ids))
-    assert not parts["drawn2"] & (parts["written"] | parts["drawn"])
+            | parts["drawn3"] | parts["drawn4"] == parts["all"] == set(ids))
+    assert not parts["drawn2"] & (parts["written"] | parts["drawn"] | parts["drawn3"])
     assert not parts["written"] & parts["drawn"] and not parts["drawn-even"] & parts["drawn-odd"]
     assert not any(in_part(s.run_id, p) for s in TEST for p in PARTS)
     mixers = {i for i in ids if in_part(i, "drawn@mixer")}

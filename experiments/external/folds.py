@@ -2,7 +2,7 @@
 
 external-dev grew in blocks: 58 written-out rows (v1–v3), which every checkpoint up to attempts
 row 16 used as its transfer set (calibration and the run-memory choice), then blocks of 120
-drawn rows each (v4, v5, v6; :func:`experiments.external.suite._draw`), each drawn to judge
+drawn rows each (v4–v7; :func:`experiments.external.suite._draw`), each drawn to judge
 what the earlier ones' results informed. A change that *uses* dev runs — fine-tuning on them,
 calibrating on more of them — is judged on a part it did not use. The parts, by the row index in
 the run id (``external-dev-NN-…``):
@@ -16,6 +16,7 @@ the run id (``external-dev-NN-…``):
 ``drawn2``      rows 178–297 (the second drawn block, v5: drawn after rows 17–23 were judged on
                 the first, to judge what those results informed)
 ``drawn3``      rows 298–417 (the third, v6: drawn after row 22 was judged on ``drawn2``)
+``drawn4``      rows 418–537 (the fourth, v7: drawn after row 24 was judged on ``drawn3``)
 ``pool``        the external-train pool (:data:`experiments.external.suite.POOL`), not a dev
                 part: families, data and optimizers of neither half, only ever trained on
 ==============  ==============================================================================
@@ -58,10 +59,10 @@ __all__ = ["DRAWN_BLOCKS", "PARTS", "WRITTEN_ROWS", "in_part", "uses_pool"]
 WRITTEN_ROWS = 58
 #: The drawn blocks' rows ``[first, end)`` by part name.
 DRAWN_BLOCKS: dict[str, tuple[int, int]] = {"drawn": (58, 178), "drawn2": (178, 298),
-                                            "drawn3": (298, 418)}
+                                            "drawn3": (298, 418), "drawn4": (418, 538)}
 #: The parts :func:`in_part` knows.
 PARTS: tuple[str, ...] = ("all", "written", "drawn", "drawn-even", "drawn-odd", "drawn2",
-                          "drawn3", "pool")
+                          "drawn3", "drawn4", "pool")
 _ROW = re.compile(rf"^({DEV_HALF}|{POOL_HALF})-(\d+)-")
 
 

@@ -8,7 +8,7 @@ thresholds). The halves share no model family, optimizer setting or data set
 
 The first rows of each half are written out: their fault epochs and learning-rate factors were
 drawn once (``numpy.random.default_rng(23)``: jump epochs in 2–5, factors in 10–30) and pasted.
-The last blocks of each half (dev v4–v6, test v3) are drawn by :func:`_draw` from a fixed
+The last blocks of each half (dev v4–v7, test v3) are drawn by :func:`_draw` from a fixed
 seed over that half's own families, data and optimizers — as fixed as a pasted row (a test pins its
 composition), and long enough (120 and 64 runs) that a decision on external-dev is no longer
 one detection wide.
@@ -22,7 +22,7 @@ never saw, judges the change. It is never scored in the external report.
 Example:
     >>> halves = {s.half for s in SUITE}
     >>> sorted(halves), len(DEV), len(TEST), len(POOL)
-    (['external-dev', 'external-test'], 418, 112, 160)
+    (['external-dev', 'external-test'], 538, 112, 160)
     >>> check_disjoint(DEV, TEST); check_disjoint(POOL, DEV + TEST)
 """
 
@@ -317,6 +317,9 @@ DEV: tuple[RunSpec, ...] = _rows(DEV_HALF, [
     # after row 22 was judged on v5: judges row 24, designed knowing v4's and v5's results
     # (part "drawn3").
     *_draw(_DEV_MENU, 29, 120, first_seed=900),
+    # v7 (2026-12-08): a fourth drawn block (default_rng(30)), written before any was recorded,
+    # after row 24 was judged on v6: judges row 25 (part "drawn4").
+    *_draw(_DEV_MENU, 30, 120, first_seed=1100),
 ])
 
 # ------------------------------------------------------------------------------------------
