@@ -7,6 +7,7 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
@@ -160,3 +161,29 @@ def test_transfer_reads_the_named_recordings_directory(tmp_path, monkeypatch):
     assert transfer_runs("external-dev", profile) == []
     assert transfer_runs("none", profile) == []
     assert seen == [(tmp_path, "f6c52739ac17fa1e"), (None, None)]
+
+
+def test_transfer_runs_read_the_pool_only_for_a_part_that_names_it(monkeypatch) -> None:
+    """Part ``pool`` (alone or joined) asks ``dev_streams`` for the external-train pool's runs
+    too and keeps the part's runs; a dev part never asks for them."""
+    from experiments.external import transfer
+
+    frames = SimpleNamespace(tensor=torch.zeros(2, 6, 32, 32))
+    runs = {rid: (SimpleNamespace(run_id=rid, frames=frames), np.array(["Healthy"] * 2), True)
+            for rid in ("external-dev-03-mlp-digits-healthy-aa",
+                        "external-dev-60-mlp-digits-healthy-bb",
+                        "external-train-05-tcn-chirps-healthy-cc")}
+    asked = []
+
+    def streams(root=None, key=None, pool=False):
+        asked.append(pool)
+        return [r for rid, r in runs.items() if pool or "external-train" not in rid]
+
+    monkeypatch.setattr(transfer, "dev_streams", streams)
+    profile = SimpleNamespace(name="cpu", in_chans=6, frame_size=32)
+    ids = lambda part: [r.run_id for r, _, _ in transfer_runs("external-dev", profile, part)]
+    assert ids("pool") == ["external-train-05-tcn-chirps-healthy-cc"]
+    assert ids("written+pool") == ["external-dev-03-mlp-digits-healthy-aa",
+                                   "external-train-05-tcn-chirps-healthy-cc"]
+    assert ids("drawn") == ["external-dev-60-mlp-digits-healthy-bb"]
+    assert asked == [True, True, False]
