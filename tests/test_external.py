@@ -360,6 +360,19 @@ def test_scoring_a_checkpoint_keeps_its_own_summary(smoke: SimpleNamespace) -> N
     assert not (root / "summary-smoke-dev.json").exists()
 
 
+def test_baselines_can_learn_from_a_given_corpus(tmp_path: Path) -> None:
+    """``--corpus DIR`` names the labelled corpus the trained baselines fit on (the tables then
+    name it); an unlabelled one is refused with the command that labels it."""
+    from experiments.external.corpus import factory_corpus
+
+    corpus = tmp_path / "corpus-procedural-v10"
+    corpus.mkdir()
+    with pytest.raises(FileNotFoundError, match="python -m experiments.label"):
+        factory_corpus(given=corpus)
+    (corpus / "labels.csv").write_text("run_id,label\n")
+    assert factory_corpus(given=corpus, build=False) == (corpus, "corpus-procedural-v10")
+
+
 def test_evaluate_guard_is_the_one_extended() -> None:
     assert "external-test" in evaluate.leakage.REPORT_ONLY_SPLITS
 

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--half", choices=("dev", "test", "train"), default=None,
                     help="record and score one half only (default both); train: record the "
                          "external-train pool (trained on, never scored)")
+    ap.add_argument("--corpus", type=Path, default=None,
+                    help="labelled factory corpus the trained baselines learn from (default: "
+                         "the full corpus if built, else a quick one)")
     ap.add_argument("--checkpoint", default=None,
                     help="TEViD checkpoint scored offline on the recordings (default shipped)")
     args = ap.parse_args(argv)
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
                                baselines=not args.no_baselines, results=args.results,
                                figures=args.figures, root=args.root, key=args.key,
                                record=not args.no_record, half=args.half,
-                               checkpoint=args.checkpoint)
+                               checkpoint=args.checkpoint, corpus=args.corpus)
     print(json.dumps({"seconds": round(time.time() - t0, 1),
                       "runs": summary.get("runs")}, indent=1))
     return summary

@@ -8,6 +8,8 @@ used. Otherwise a **quick corpus** is built once under ``~/.cache/tevid-hpo/exte
 of distinct architectures, one forgetting and one concept-bias run), 12 epochs, no Lyapunov probe, labelled by ``experiments.label`` exactly as the
 full corpus is. It is smaller and shorter than the corpus the shipped checkpoint was trained on,
 so the trained baselines are weaker than in ``make evaluate`` — the tables say which was used.
+``python -m experiments.external --corpus DIR`` fits them on a given labelled corpus instead,
+e.g. the one the shipped checkpoint learned from, so that both sides saw the same runs.
 
 Example:
     >>> [s.split for s in quick_plan()][:1], len(quick_plan())
@@ -64,14 +66,22 @@ def quick_plan(mix: dict[str, dict[str, int]] | None = None) -> list[FactorySpec
     return out
 
 
-def factory_corpus(root: Path | None = None, build: bool = True, progress: bool = True
-                   ) -> tuple[Path, str]:
-    """``(corpus root, kind)`` with ``kind`` ``"full"`` or ``"quick"``; builds and labels the
-    quick corpus (resumable) when no full one exists and ``build`` is true.
+def factory_corpus(root: Path | None = None, build: bool = True, progress: bool = True,
+                   given: Path | None = None) -> tuple[Path, str]:
+    """``(corpus root, kind)`` with ``kind`` ``"full"``, ``"quick"`` or, for a labelled corpus
+    ``given`` by the caller (e.g. the one the shipped checkpoint was trained on, so TEViD and
+    the trained baselines learn from the same runs), its directory name; builds and labels the
+    quick corpus (resumable, at ``root``) when no full one exists and ``build`` is true.
 
     Raises:
-        FileNotFoundError: no labelled corpus and ``build`` is false.
+        FileNotFoundError: no labelled corpus and ``build`` is false, or ``given`` unlabelled.
     """
+    if given is not None:
+        given = Path(given).expanduser()
+        if not (given / "labels.csv").is_file():
+            raise FileNotFoundError(f"{given} has no labels.csv (python -m experiments.label "
+                                    f"--root {given})")
+        return given, given.name
     if root is None and (FULL_CORPUS / "labels.csv").is_file():
         return FULL_CORPUS, "full"
     root = root or QUICK_CORPUS

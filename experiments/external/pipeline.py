@@ -85,14 +85,16 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
                  baselines: bool = True, results: Path | None = None, figures: Path | None = None,
                  root: Path | None = None, key: str | None = None, record: bool = True,
                  log: Any = print, half: str | None = None,
-                 checkpoint: str | None = None) -> dict[str, Any]:
+                 checkpoint: str | None = None, corpus: Path | None = None) -> dict[str, Any]:
     """Record (cached), label, score and report the suite (``smoke``: the short runs only; then
     nothing is written to ``docs/`` unless ``results`` is given; ``key``: score the recordings
     of that cache key instead of the current code's; ``half``: ``"dev"`` / ``"test"`` records
     that half only and scores it (``"test"`` with the stored external-dev runs, on which its
     thresholds are chosen); ``"train"`` records the external-train pool and counts its labels,
     nothing is scored; ``checkpoint``: the TEViD checkpoint scored offline, default the
-    shipped one; with ``half`` nothing is written to ``docs/`` unless ``results`` is given)."""
+    shipped one; with ``half`` nothing is written to ``docs/`` unless ``results`` is given;
+    ``corpus``: the labelled factory corpus the trained baselines learn from, default
+    :func:`~experiments.external.corpus.factory_corpus`'s full or quick one)."""
     t0 = time.time()
     if half in ("train", POOL_HALF):
         return _record_pool(workers, root, key, record, log)
@@ -130,10 +132,11 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
         from experiments.pipeline import load_labels, split_runs
         from tevid_hpo import Diagnostician
 
-        croot, corpus_kind = factory_corpus()
+        croot, corpus_kind = factory_corpus(given=corpus)
         cstore, clabels = RunStore(croot), load_labels(croot)
         train, _ = split_runs(cstore, clabels, "train")
         val, _ = split_runs(cstore, clabels, "val")
+        corpus_kind = f"{corpus_kind} ({len(train)} train / {len(val)} val runs)"
         factory = (train, val, clabels)
         diag_model = Diagnostician.from_pretrained(device="cpu").model
     t_score = time.time()
