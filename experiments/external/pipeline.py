@@ -60,6 +60,12 @@ def _truth_table(runs: dict[str, list[Run]], truths: dict[str, ExternalTruth]) -
     return pd.DataFrame(rows).to_markdown(index=False) if rows else "_none_"
 
 
+def _home(path: Path) -> str:
+    """``path`` with the home directory written ``~`` (as a reader would type it)."""
+    p = Path(path).expanduser()
+    return str(p).replace(str(Path.home()), "~", 1) if p.is_relative_to(Path.home()) else str(p)
+
+
 def _record_pool(workers: int, root: Path | None, key: str | None, record: bool,
                  log: Any) -> dict[str, Any]:
     """Record the external-train pool (cached) and count its truth labels; nothing is scored —
@@ -187,6 +193,7 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
         if cand:
             shown.append(cand[0])
     fig = plot_runs(shown, truths, methods, half_of, figures / "external_runs.png")
+    command = COMMAND + (f" --corpus {_home(corpus)}" if corpus is not None else "")
     cfg = {"seed": seed, "n_resamples": n_resamples, "factory corpus": corpus_kind,
            "recordings": store.root.name}
     write_section("external-suite", "## External suite: composition and ground truth\n\n"
@@ -194,7 +201,7 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
                   + _truth_table(all_runs, truths) + "\n\n"
                   + "".join(f"Not scored — the monitor turned itself off on `{rid}`: {err}.\n\n"
                             for rid, err in unmonitored.items())
-                  + f"![runs with their diagnoses](figures/{fig.name})", COMMAND, results,
+                  + f"![runs with their diagnoses](figures/{fig.name})", command, results,
                   **cfg)
     for h, t in tables.items():
         paired = f"{t['paired']}\n\n" if t.get("paired") else ""
@@ -202,5 +209,5 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
                 f"### Per scenario\n\n{t['scenario']}\n\n### Per model family "
                 f"(false alarms on healthy references · recall)\n\n{t['family']}\n\n"
                 + guard.summary().replace("test split", "external-test half"))
-        write_section(h, body, COMMAND, results, **cfg)
+        write_section(h, body, command, results, **cfg)
     return summary
