@@ -66,24 +66,33 @@ def _home(path: Path) -> str:
     return str(p).replace(str(Path.home()), "~", 1) if p.is_relative_to(Path.home()) else str(p)
 
 
+def _recordings(specs: Sequence[RunSpec], record: bool, workers: int, root: Path | None,
+                key: str | None, log: Any) -> tuple[Any, dict[str, str]]:
+    """The store holding ``specs``' recordings (recording what is missing when ``record``),
+    and the runs that failed, each logged."""
+    if record:
+        store, errors = record_suite(specs, workers=workers, root=root, key=key)
+    else:   # score what is recorded so far
+        store, errors = store_for(root=root, key=key), {}
+    for rid, err in errors.items():
+        log(f"[external] run {rid} failed: {err}")
+    return store, errors
+
+
 def _record_pool(workers: int, root: Path | None, key: str | None, record: bool,
                  log: Any) -> dict[str, Any]:
     """Record the external-train pool (cached) and count its truth labels; nothing is scored —
     the pool is only trained on (``finetune_extra=pool``)."""
     t0 = time.time()
-    if record:
-        store, errors = record_suite(POOL, workers=workers, root=root, key=key)
-    else:
-        store, errors = store_for(root=root, key=key), {}
-    for rid, err in errors.items():
-        log(f"[external] run {rid} failed: {err}")
+    store, errors = _recordings(POOL, record, workers, root, key, log)
     runs = [store.load(recording_id(s)) for s in POOL if recording_id(s) in store]
     truths = [truth_of(r) for r in runs if (r.path / "frames.safetensors").exists()]
+    counted = sum(t.counted for t in truths)
     labels = pd.Series([t.label.label if t.counted else "not counted" for t in truths])
+    labels = labels.value_counts().to_dict()
     log(f"[external] external-train pool: {len(runs)}/{len(POOL)} recorded, "
-        f"{sum(t.counted for t in truths)} counted: {labels.value_counts().to_dict()}")
-    return {"runs": len(runs), "counted": int(sum(t.counted for t in truths)),
-            "labels": labels.value_counts().to_dict(), "failed": errors,
+        f"{counted} counted: {labels}")
+    return {"runs": len(runs), "counted": counted, "labels": labels, "failed": errors,
             "seconds": round(time.time() - t0, 1)}
 
 
@@ -110,13 +119,8 @@ def run_external(smoke: bool = False, workers: int = 2, n_resamples: int = 1000,
         specs = tuple(s for s in specs if s.half == want)
         # external-test is scored at thresholds chosen on the stored external-dev runs
         scored = specs if want == DEV_HALF else scored
-    if record:
-        store, errors = record_suite(specs, workers=workers, root=root, key=key)
-    else:   # score what is recorded so far
-        store, errors = store_for(root=root, key=key), {}
+    store, errors = _recordings(specs, record, workers, root, key, log)
     t_rec = time.time() - t0
-    for rid, err in errors.items():
-        log(f"[external] run {rid} failed: {err}")
     all_runs: dict[str, list[Run]] = {DEV_HALF: [], TEST_HALF: []}
     for s in scored:
         if recording_id(s) in store:
